@@ -1,0 +1,337 @@
+//! The wire event of the Thoth ingest API and the derivation of its stable id.
+//!
+//! An [`Event`] serializes to exactly the JSON object that `POST /v1/events/batch`
+//! takes (field names and order of the 0.5.x SDK). Its `event_id` is derived from
+//! where the event came from, never from the clock or a random number, so a
+//! re-sent event always carries the id of its first send (design invariant 3).
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+use uuid::Uuid;
+
+/// Namespace of thoth-ingest's UUIDv5 event ids. Changing it changes every id.
+const EVENT_ID_NAMESPACE: Uuid = Uuid::from_bytes([
+    0x5b, 0x0e, 0x8a, 0x52, 0x3c, 0x1d, 0x4f, 0x8e, 0x9a, 0x41, 0x77, 0x2c, 0xd0, 0x6e, 0x13, 0xa9,
+]);
+
+/// Seconds in the API's default event retention (90 days).
+pub const DEFAULT_TTL_SECS: i64 = 90 * 24 * 3600;
+
+/// The `event_type` of an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub enum EventType {
+    #[serde(rename = "TOOL_CALL_PRE")]
+    ToolCallPre,
+    #[serde(rename = "TOOL_CALL_POST")]
+    ToolCallPost,
+    #[serde(rename = "TOOL_CALL_BLOCK")]
+    ToolCallBlock,
+    #[serde(rename = "LLM_INVOCATION")]
+    LlmInvocation,
+}
+
+impl EventType {
+    /// Parses the API spelling, ignoring ASCII case (`tool_call_pre` is accepted).
+    pub fn parse(s: &str) -> Option<EventType> {
+        const ALL: [(&str, EventType); 4] = [
+            ("TOOL_CALL_PRE", EventType::ToolCallPre),
+            ("TOOL_CALL_POST", EventType::ToolCallPost),
+            ("TOOL_CALL_BLOCK", EventType::ToolCallBlock),
+            ("LLM_INVOCATION", EventType::LlmInvocation),
+        ];
+        ALL.iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(s))
+            .map(|(_, t)| *t)
+    }
+
+    /// The `source_type` the API expects with this event type.
+    pub fn source_type(self) -> SourceType {
+        match self {
+            EventType::LlmInvocation => SourceType::AgentLlmInvocation,
+            _ => SourceType::AgentToolCall,
+        }
+    }
+}
+
+/// The `source_type` of an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceType {
+    AgentToolCall,
+    AgentLlmInvocation,
+}
+
+/// The `enforcement_mode` of an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum EnforcementMode {
+    #[default]
+    Observe,
+    StepUp,
+    Block,
+    Progressive,
+}
+
+/// One behavioral event, borrowing what it can from the log line it came from.
+#[derive(Debug, Clone, Serialize)]
+pub struct Event<'a> {
+    pub event_id: String,
+    pub tenant_id: Cow<'a, str>,
+    pub agent_id: Option<Cow<'a, str>>,
+    pub session_id: Cow<'a, str>,
+    pub user_id: Cow<'a, str>,
+    pub source_type: SourceType,
+    pub event_type: EventType,
+    pub tool_name: Cow<'a, str>,
+    pub content: Cow<'a, str>,
+    /// Already-serialized JSON object, so raw values of the log line pass through
+    /// without being parsed into a tree and written again.
+    pub metadata: Cow<'a, RawValue>,
+    pub approved_scope: Vec<Cow<'a, str>>,
+    pub enforcement_mode: EnforcementMode,
+    pub session_tool_calls: Vec<Cow<'a, str>>,
+    #[serde(serialize_with = "serialize_timestamp")]
+    pub occurred_at: Timestamp,
+    pub ttl: i64,
+    pub violation_id: Option<Cow<'a, str>>,
+}
+
+impl Event<'_> {
+    /// Appends the wire JSON of this event to `out`.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        // Writing into a Vec cannot fail, and every field serializes infallibly.
+        if let Err(e) = serde_json::to_writer(&mut *out, self) {
+            unreachable!("serializing an event into memory failed: {e}");
+        }
+    }
+}
+
+/// An instant in UTC with microsecond precision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Timestamp {
+    pub unix_micros: i64,
+}
+
+impl Timestamp {
+    pub fn from_unix_micros(unix_micros: i64) -> Self {
+        Timestamp { unix_micros }
+    }
+
+    pub fn now() -> Self {
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Timestamp {
+            unix_micros: since.as_micros() as i64,
+        }
+    }
+
+    pub fn unix_seconds(self) -> i64 {
+        self.unix_micros.div_euclid(1_000_000)
+    }
+
+    /// Parses an RFC 3339 timestamp (`2026-03-13T12:00:00.123Z`, `...+02:00`).
+    pub fn parse_rfc3339(s: &str) -> Option<Self> {
+        let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+            .ok()?;
+        let micros = t.unix_timestamp_nanos() / 1000;
+        Some(Timestamp {
+            unix_micros: i64::try_from(micros).ok()?,
+        })
+    }
+
+    /// Interprets a Unix epoch number, guessing its unit from its magnitude:
+    /// seconds, milliseconds, microseconds or nanoseconds.
+    pub fn from_epoch_number(n: f64) -> Option<Self> {
+        if !n.is_finite() || n < 0.0 {
+            return None;
+        }
+        let micros = if n < 1e11 {
+            n * 1e6
+        } else if n < 1e14 {
+            n * 1e3
+        } else if n < 1e17 {
+            n
+        } else {
+            n / 1e3
+        };
+        if micros > 253_402_300_799e6 {
+            return None; // past year 9999
+        }
+        Some(Timestamp {
+            unix_micros: micros as i64,
+        })
+    }
+
+    /// RFC 3339 in UTC with microseconds: `2026-03-13T12:00:00.123456+00:00`,
+    /// the shape the SDK sends.
+    pub fn to_rfc3339(self) -> String {
+        let secs = self.unix_micros.div_euclid(1_000_000);
+        let micros = self.unix_micros.rem_euclid(1_000_000);
+        let days = secs.div_euclid(86_400);
+        let sod = secs.rem_euclid(86_400);
+        let (y, m, d) = civil_from_days(days);
+        let mut s = String::with_capacity(32);
+        let _ = write!(
+            s,
+            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}+00:00",
+            sod / 3600,
+            (sod / 60) % 60,
+            sod % 60
+        );
+        s
+    }
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+fn serialize_timestamp<S: serde::Serializer>(t: &Timestamp, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&t.to_rfc3339())
+}
+
+/// Derives `<tenant_id>:<UUIDv5>` from the event's origin: the identity of its
+/// source stream, the position of its record in that stream, and its index among
+/// the events of that record.
+pub fn event_id(tenant_id: &str, stream_identity: &str, position: u64, index: u32) -> String {
+    let mut name = Vec::with_capacity(stream_identity.len() + 24);
+    name.extend_from_slice(stream_identity.as_bytes());
+    name.push(0x1f);
+    name.extend_from_slice(position.to_string().as_bytes());
+    name.push(0x1f);
+    name.extend_from_slice(index.to_string().as_bytes());
+    let id = Uuid::new_v5(&EVENT_ID_NAMESPACE, &name);
+    let mut out = String::with_capacity(tenant_id.len() + 37);
+    out.push_str(tenant_id);
+    out.push(':');
+    let mut buf = Uuid::encode_buffer();
+    out.push_str(id.hyphenated().encode_lower(&mut buf));
+    out
+}
+
+/// An empty metadata object.
+pub fn empty_metadata() -> Cow<'static, RawValue> {
+    let raw: &'static RawValue = match serde_json::from_str("{}") {
+        Ok(raw) => raw,
+        Err(e) => unreachable!("`{{}}` is valid JSON: {e}"),
+    };
+    Cow::Borrowed(raw)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const API_EXAMPLE: &str = r#"{
+      "event_id": "acme-corp:4f1c2b9e-6a53-4d67-9d0e-3b6f0c9a1e27",
+      "tenant_id": "acme-corp",
+      "agent_id": "invoice-processor-v2",
+      "session_id": "5d0c1f5e-7c2a-4a51-a0a4-54d8b8a3f0d1",
+      "user_id": "alice@example.com",
+      "source_type": "agent_tool_call",
+      "event_type": "TOOL_CALL_PRE",
+      "tool_name": "submit_payment",
+      "content": "tool invocation requested",
+      "metadata": {"tool_call": {"name": "submit_payment"}},
+      "approved_scope": ["search_docs"],
+      "enforcement_mode": "progressive",
+      "session_tool_calls": ["search_docs"],
+      "occurred_at": "2026-03-13T12:00:00.123456+00:00",
+      "ttl": 1781352000,
+      "violation_id": null
+    }"#;
+
+    fn example_event() -> Event<'static> {
+        let metadata: Box<RawValue> =
+            RawValue::from_string(r#"{"tool_call":{"name":"submit_payment"}}"#.to_string())
+                .expect("valid json");
+        Event {
+            event_id: "acme-corp:4f1c2b9e-6a53-4d67-9d0e-3b6f0c9a1e27".into(),
+            tenant_id: "acme-corp".into(),
+            agent_id: Some("invoice-processor-v2".into()),
+            session_id: "5d0c1f5e-7c2a-4a51-a0a4-54d8b8a3f0d1".into(),
+            user_id: "alice@example.com".into(),
+            source_type: SourceType::AgentToolCall,
+            event_type: EventType::ToolCallPre,
+            tool_name: "submit_payment".into(),
+            content: "tool invocation requested".into(),
+            metadata: Cow::Owned(metadata),
+            approved_scope: vec!["search_docs".into()],
+            enforcement_mode: EnforcementMode::Progressive,
+            session_tool_calls: vec!["search_docs".into()],
+            occurred_at: Timestamp::parse_rfc3339("2026-03-13T12:00:00.123456+00:00")
+                .expect("valid timestamp"),
+            ttl: 1781352000,
+            violation_id: None,
+        }
+    }
+
+    #[test]
+    fn serializes_exactly_like_the_api_example() {
+        let mut out = Vec::new();
+        example_event().write_json(&mut out);
+        let ours: serde_json::Value = serde_json::from_slice(&out).expect("valid json");
+        let theirs: serde_json::Value = serde_json::from_str(API_EXAMPLE).expect("valid json");
+        let (ours, theirs) = (ours.as_object().unwrap(), theirs.as_object().unwrap());
+        assert_eq!(ours.len(), theirs.len(), "same number of fields");
+        for (k, v) in theirs {
+            assert_eq!(ours.get(k), Some(v), "field {k}");
+        }
+        // Field order follows the SDK's, which keeps bodies diffable against it.
+        let text = String::from_utf8(out).unwrap();
+        let mut last = 0;
+        let sdk_order = [
+            "event_id", "tenant_id", "agent_id", "session_id", "user_id", "source_type",
+            "event_type", "tool_name", "content", "metadata", "approved_scope",
+            "enforcement_mode", "session_tool_calls", "occurred_at", "ttl", "violation_id",
+        ];
+        for key in sdk_order {
+            let pos = text.find(&format!("\"{key}\":")).expect("key present");
+            assert!(pos >= last, "{key} out of order");
+            last = pos;
+        }
+    }
+
+    #[test]
+    fn event_id_is_stable_and_depends_on_each_part() {
+        let a = event_id("acme", "agents/abc", 120, 0);
+        assert_eq!(a, event_id("acme", "agents/abc", 120, 0));
+        assert!(a.starts_with("acme:"));
+        assert_eq!(a.len(), "acme:".len() + 36);
+        assert_ne!(a, event_id("acme", "agents/abd", 120, 0));
+        assert_ne!(a, event_id("acme", "agents/abc", 121, 0));
+        assert_ne!(a, event_id("acme", "agents/abc", 120, 1));
+        // Pinned: a change here would make re-sent events look new to the server.
+        assert_eq!(a, "acme:9bdcf526-e18a-568e-a339-f3d38c154b0c");
+    }
+
+    #[test]
+    fn timestamps_round_trip_in_utc() {
+        let t = Timestamp::parse_rfc3339("2026-03-13T14:00:00.5+02:00").unwrap();
+        assert_eq!(t.to_rfc3339(), "2026-03-13T12:00:00.500000+00:00");
+        assert_eq!(
+            Timestamp::from_unix_micros(0).to_rfc3339(),
+            "1970-01-01T00:00:00.000000+00:00"
+        );
+        let ms = Timestamp::from_epoch_number(1_773_403_200_123.0).unwrap();
+        assert_eq!(ms.to_rfc3339(), "2026-03-13T12:00:00.123000+00:00");
+        let s = Timestamp::from_epoch_number(1_773_403_200.0).unwrap();
+        assert_eq!(s.to_rfc3339(), "2026-03-13T12:00:00.000000+00:00");
+        assert!(Timestamp::from_epoch_number(f64::NAN).is_none());
+        assert!(Timestamp::parse_rfc3339("yesterday").is_none());
+    }
+}

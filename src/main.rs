@@ -1,0 +1,269 @@
+//! The `thoth-ingest` command line: run the daemon, check a config, run the
+//! demo, or start a local receiver.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use thoth_ingest::config::{self, Config, Env};
+use thoth_ingest::ops;
+use thoth_ingest::pipeline::Pipeline;
+use thoth_ingest::receiver::{Receiver, ReceiverConfig};
+use thoth_ingest::source::file::FileMatcher;
+use tracing::{error, info};
+
+#[derive(Parser)]
+#[command(name = "thoth-ingest", version, about = "Ships the logs of AI agents to the Thoth ingest API as behavioral events")]
+struct Cli {
+    /// Configuration file.
+    #[arg(long, global = true, default_value = config::DEFAULT_CONFIG_PATH, env = "THOTH_INGEST_CONFIG")]
+    config: PathBuf,
+    /// Log level when RUST_LOG is not set (error, warn, info, debug, trace).
+    #[arg(long, global = true, default_value = "info")]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon: follow the sources and deliver their events until SIGINT or SIGTERM.
+    Run,
+    /// Check the configuration and the API key; list the files each source matches now.
+    Validate,
+    /// Run the whole pipeline against a built-in local receiver on the sample logs.
+    Demo(DemoArgs),
+    /// Run a local Thoth-compatible ingest endpoint (for tests, benchmarks and demos).
+    ///
+    /// Besides the API's own endpoints it serves `GET /stats`, a receiver-only
+    /// summary: requests, accepted_events, unique_event_ids, duplicate_events
+    /// and a count per status code.
+    Receiver(ReceiverArgs),
+}
+
+#[derive(clap::Args)]
+struct DemoArgs {
+    /// Directory of sample logs (*.jsonl). Default: config/samples of this checkout.
+    #[arg(long)]
+    samples: Option<PathBuf>,
+    /// Give up if delivery has not finished after this long.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+}
+
+#[derive(clap::Args)]
+struct ReceiverArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8088")]
+    listen: SocketAddr,
+    /// Append accepted events to this file as JSON lines.
+    #[arg(long)]
+    store: Option<PathBuf>,
+    /// Requests allowed per tenant in each window.
+    #[arg(long, default_value_t = 1000)]
+    limit: u32,
+    /// Length of the fixed rate-limit window.
+    #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
+    window: Duration,
+    /// A key to accept (repeatable). Without any, every well-formed key is accepted.
+    #[arg(long = "api-key")]
+    api_keys: Vec<String>,
+    /// Share of requests to answer with 500, from 0 to 1.
+    #[arg(long, default_value_t = 0.0)]
+    fail_ratio: f64,
+    /// Delay added before each answer to a batch.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    latency: Duration,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    ops::init_logging(&cli.log_level);
+    let result = match cli.command {
+        Command::Validate => validate(&cli.config),
+        Command::Run => runtime().and_then(|rt| rt.block_on(run(&cli.config))),
+        Command::Demo(args) => runtime().and_then(|rt| rt.block_on(demo(args))),
+        Command::Receiver(args) => runtime().and_then(|rt| rt.block_on(receiver(args))),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("thoth-ingest: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn validate(path: &Path) -> anyhow::Result<ExitCode> {
+    let env = Env::from_process();
+    let config = match Config::load(path, &env) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("invalid: {e}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let origin = match config.resolve_api_key(&env) {
+        Ok((_, origin)) => origin,
+        Err(e) => {
+            eprintln!("invalid: {e}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    println!("{}: valid", path.display());
+    println!("  API: {} (tenant {})", config.api.base_url.get_ref(), config.api.tenant_id.get_ref());
+    println!("  key: from {origin}");
+    println!("  state: {}", config.state.dir.display());
+    for source in &config.sources {
+        let files = FileMatcher::new(source)?.matching_files();
+        println!(
+            "  source `{}` (parser {}): {} file(s) match now",
+            source.name.get_ref(),
+            source.parser.get_ref(),
+            files.len()
+        );
+        for f in files {
+            println!("    {}", f.display());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run(path: &Path) -> anyhow::Result<ExitCode> {
+    let env = Env::from_process();
+    let config = Config::load(path, &env)?;
+    let (key, origin) = config.resolve_api_key(&env)?;
+    info!(key_from = %origin, "configuration loaded from {}", path.display());
+    let mut pipeline = Pipeline::start(&config, &key)?;
+    let outcome = tokio::select! {
+        signal = ops::stop_signal() => {
+            info!(signal = signal.unwrap_or(0), "stopping");
+            Ok(())
+        }
+        e = pipeline.failed() => Err(e),
+    };
+    pipeline.stop(Duration::from_secs(30)).await?;
+    outcome.map(|()| ExitCode::SUCCESS)
+}
+
+async fn receiver(args: ReceiverArgs) -> anyhow::Result<ExitCode> {
+    if !(0.0..=1.0).contains(&args.fail_ratio) {
+        bail!("--fail-ratio must be between 0 and 1, not {}", args.fail_ratio);
+    }
+    let config = ReceiverConfig {
+        listen: args.listen,
+        store: args.store,
+        limit: args.limit,
+        window: args.window,
+        api_keys: args.api_keys,
+        fail_ratio: args.fail_ratio,
+        latency: args.latency,
+    };
+    let (server, handle) = Receiver::bind(config.clone())
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    info!(addr = %handle.addr, "receiver listening");
+    // The actual address on stdout, so scripts can use --listen 127.0.0.1:0.
+    println!("listening on {}", handle.addr);
+    server
+        .serve(async {
+            let _ = ops::stop_signal().await;
+        })
+        .await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn samples_dir(arg: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(dir) = arg {
+        return Ok(dir);
+    }
+    let candidates = [
+        PathBuf::from("config/samples"),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("config/samples"),
+        PathBuf::from("/usr/share/thoth-ingest/samples"),
+    ];
+    candidates
+        .into_iter()
+        .find(|p| p.is_dir())
+        .context("no sample logs found; pass --samples DIR")
+}
+
+async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    let samples = samples_dir(args.samples)?;
+    let state = tempfile::tempdir().context("cannot create a temporary state directory")?;
+    let (server, handle) = Receiver::bind(ReceiverConfig::default()).await?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(server.serve(async {
+        let _ = stop_rx.await;
+    }));
+    let toml = format!(
+        r#"
+[api]
+base_url = "http://{addr}"
+tenant_id = "demo-tenant"
+[state]
+dir = {state:?}
+[delivery]
+linger = "200ms"
+[[sources]]
+name = "samples"
+type = "file"
+include = [{glob:?}]
+parser = "json"
+"#,
+        addr = handle.addr,
+        state = state.path().display().to_string(),
+        glob = samples.join("*.jsonl").display().to_string(),
+    );
+    let config = Config::from_toml(&toml, Path::new("(demo config)"), &Env::default())?;
+    let key = config::ApiKey::new("thoth_test_demo")?;
+    println!("demo: receiver on http://{}, samples in {}", handle.addr, samples.display());
+    let started = Instant::now();
+    let pipeline = Pipeline::start(&config, &key)?;
+    let deadline = started + args.timeout;
+    // Drained once twice in a row, so a file noticed late is not missed.
+    let mut drained_checks = 0;
+    while drained_checks < 2 {
+        if Instant::now() > deadline {
+            error!("demo timed out before every event was delivered");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if pipeline.is_drained() {
+            drained_checks += 1;
+        } else {
+            drained_checks = 0;
+        }
+    }
+    let elapsed = started.elapsed();
+    let lines: u64 = pipeline.sources.iter().map(|(_, s)| s.lines()).sum();
+    let skipped: u64 = pipeline.sources.iter().map(|(_, s)| s.snapshot().skipped_total()).sum();
+    let committed = pipeline.queue.committed_events();
+    let stats = handle.stats();
+    let drained = pipeline.is_drained();
+    pipeline.stop(Duration::from_secs(5)).await?;
+    let _ = stop_tx.send(());
+    let _ = server.await;
+    println!("lines read:        {lines} ({skipped} skipped: not JSON objects)");
+    println!("events delivered:  {} ({} unique ids)", stats.accepted_events, stats.unique_event_ids);
+    println!("requests:          {}", stats.requests);
+    println!("elapsed:           {:.2?}", elapsed);
+    if drained && stats.unique_event_ids == committed && committed > 0 {
+        println!("demo: every event was delivered");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("demo: FAILED: {committed} events made, {} delivered", stats.unique_event_ids);
+        Ok(ExitCode::from(1))
+    }
+}

@@ -1,0 +1,122 @@
+//! Wires sources, parsers, the queue and the flusher into one running
+//! pipeline, and stops it cleanly.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::mpsc;
+use tracing::info;
+
+use crate::config::{ApiKey, Config};
+use crate::flush::{FlushStats, Flusher};
+use crate::queue::Queue;
+use crate::source::file::FileSource;
+use crate::source::SourceStats;
+
+pub struct Pipeline {
+    pub queue: Arc<Queue>,
+    pub sources: Vec<(String, Arc<SourceStats>)>,
+    pub flush_stats: Arc<FlushStats>,
+    source_threads: Vec<std::thread::JoinHandle<()>>,
+    flusher: tokio::task::JoinHandle<()>,
+    shutdown: Arc<AtomicBool>,
+    failures: mpsc::UnboundedReceiver<anyhow::Error>,
+}
+
+impl Pipeline {
+    /// Opens the queue and starts every source and the flusher. Call from
+    /// within a tokio runtime.
+    pub fn start(config: &Config, key: &ApiKey) -> anyhow::Result<Pipeline> {
+        let queue = Arc::new(Queue::open(&config.state.dir, config.queue.cache.0)?);
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let (fail_tx, failures) = mpsc::unbounded_channel();
+        let mut sources = Vec::new();
+        let mut source_threads = Vec::new();
+        for source_config in &config.sources {
+            let name = source_config.name.get_ref().clone();
+            let stats = Arc::new(SourceStats::default());
+            let parser = crate::parse::build(config, source_config);
+            let source = FileSource::new(
+                source_config.clone(),
+                parser,
+                queue.clone(),
+                stats.clone(),
+                shutdown.clone(),
+            )
+            .with_context(|| format!("source `{name}`"))?;
+            let fail = fail_tx.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("src-{name}"))
+                .spawn(move || {
+                    if let Err(e) = source.run() {
+                        let _ = fail.send(anyhow::Error::new(e));
+                    }
+                })
+                .context("cannot start a source thread")?;
+            sources.push((name, stats));
+            source_threads.push(thread);
+        }
+        let flush_stats = Arc::new(FlushStats::default());
+        let flusher = Flusher::new(config, key, queue.clone(), flush_stats.clone())?;
+        let flag = shutdown.clone();
+        let flusher = tokio::spawn(async move {
+            if let Err(e) = flusher.run(flag).await {
+                let _ = fail_tx.send(anyhow::Error::new(e).context("delivery stopped"));
+            }
+        });
+        info!(
+            sources = sources.len(),
+            state = %config.state.dir.display(),
+            url = %config.api.base_url.get_ref(),
+            "pipeline started"
+        );
+        Ok(Pipeline {
+            queue,
+            sources,
+            flush_stats,
+            source_threads,
+            flusher,
+            shutdown,
+            failures,
+        })
+    }
+
+    /// True when every source has read all it can see and every event it
+    /// produced has been accepted by the server.
+    pub fn is_drained(&self) -> bool {
+        self.sources.iter().all(|(_, s)| s.is_caught_up())
+            && !self.flush_stats.in_flight.load(Ordering::SeqCst)
+            && self.queue.is_empty()
+    }
+
+    /// Resolves with the first fatal error of a source or the flusher.
+    pub async fn failed(&mut self) -> anyhow::Error {
+        match self.failures.recv().await {
+            Some(e) => e,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Stops reading, lets a request in flight finish (up to `grace`), and
+    /// makes the queue durable.
+    pub async fn stop(self, grace: Duration) -> anyhow::Result<()> {
+        self.shutdown.store(true, Ordering::SeqCst);
+        self.queue.appended.notify_one();
+        let threads = self.source_threads;
+        tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await
+        .ok();
+        if tokio::time::timeout(grace, self.flusher).await.is_err() {
+            info!("a request was still in flight at shutdown; its events stay queued");
+        }
+        self.queue.close()?;
+        info!("pipeline stopped");
+        Ok(())
+    }
+}

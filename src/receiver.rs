@@ -1,0 +1,434 @@
+//! A local Thoth-compatible ingest endpoint for tests, benchmarks and the demo.
+//!
+//! It implements the contract of `thoth-api.md` (auth, the per-tenant request
+//! budget with its headers, the documented error body, 202 on success) and
+//! checks each event against that contract on its own, deliberately *not*
+//! through `crate::event`, so a mistake in the event model cannot hide behind
+//! the same mistake here. `GET /stats` is this receiver's own addition.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde_json::{json, Value};
+
+#[derive(Debug, Clone)]
+pub struct ReceiverConfig {
+    pub listen: SocketAddr,
+    /// Accepted events are appended here as JSON lines.
+    pub store: Option<PathBuf>,
+    /// Requests allowed per tenant in each fixed window.
+    pub limit: u32,
+    pub window: Duration,
+    /// Keys accepted; empty means any well-formed key.
+    pub api_keys: Vec<String>,
+    /// Share of requests answered with 500.
+    pub fail_ratio: f64,
+    /// Added before every answer to a batch.
+    pub latency: Duration,
+}
+
+impl Default for ReceiverConfig {
+    fn default() -> Self {
+        ReceiverConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            store: None,
+            limit: 1000,
+            window: Duration::from_secs(60),
+            api_keys: Vec::new(),
+            fail_ratio: 0.0,
+            latency: Duration::ZERO,
+        }
+    }
+}
+
+/// What `GET /stats` reports.
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct ReceiverStats {
+    pub requests: u64,
+    pub accepted_events: u64,
+    pub unique_event_ids: u64,
+    pub duplicate_events: u64,
+    pub rejected_events: u64,
+    /// Answers by status code.
+    pub status: BTreeMap<u16, u64>,
+}
+
+struct Window {
+    started: Instant,
+    used: u32,
+}
+
+struct Inner {
+    windows: HashMap<String, Window>,
+    stats: ReceiverStats,
+    ids: HashSet<Box<str>>,
+    store: Option<BufWriter<File>>,
+    request_counter: u64,
+}
+
+struct Shared {
+    config: ReceiverConfig,
+    inner: Mutex<Inner>,
+}
+
+/// A bound receiver, ready to serve.
+pub struct Receiver {
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+}
+
+#[derive(Clone)]
+pub struct ReceiverHandle {
+    shared: Arc<Shared>,
+    pub addr: SocketAddr,
+}
+
+impl ReceiverHandle {
+    pub fn stats(&self) -> ReceiverStats {
+        lock(&self.shared).stats.clone()
+    }
+}
+
+fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, Inner> {
+    shared.inner.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Receiver {
+    pub async fn bind(config: ReceiverConfig) -> std::io::Result<(Receiver, ReceiverHandle)> {
+        let store = match &config.store {
+            Some(p) => Some(BufWriter::new(
+                std::fs::OpenOptions::new().create(true).append(true).open(p)?,
+            )),
+            None => None,
+        };
+        let listener = tokio::net::TcpListener::bind(config.listen).await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            config,
+            inner: Mutex::new(Inner {
+                windows: HashMap::new(),
+                stats: ReceiverStats::default(),
+                ids: HashSet::new(),
+                store,
+                request_counter: 0,
+            }),
+        });
+        let handle = ReceiverHandle {
+            shared: shared.clone(),
+            addr,
+        };
+        Ok((Receiver { listener, shared }, handle))
+    }
+
+    /// Serves until `shutdown` completes.
+    pub async fn serve(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let app = Router::new()
+            .route("/v1/events/batch", post(batch))
+            .route("/healthz", get(|| async { "ok" }))
+            .route("/stats", get(stats))
+            .with_state(self.shared);
+        axum::serve(self.listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+    }
+}
+
+async fn stats(State(shared): State<Arc<Shared>>) -> Response {
+    axum::Json(lock(&shared).stats.clone()).into_response()
+}
+
+fn error_response(status: StatusCode, code: &str, message: String, request_id: &str) -> Response {
+    let body = json!({"error": {"code": code, "message": message, "requestId": request_id}});
+    (status, axum::Json(body)).into_response()
+}
+
+/// The key from `Authorization: Bearer` or `X-Api-Key`.
+fn presented_key(headers: &HeaderMap) -> Option<&str> {
+    if let Some(v) = headers.get("authorization").and_then(|v| v.to_str().ok()) {
+        if let Some(k) = v.strip_prefix("Bearer ") {
+            return Some(k.trim());
+        }
+    }
+    headers.get("x-api-key").and_then(|v| v.to_str().ok()).map(str::trim)
+}
+
+fn well_formed(key: &str) -> bool {
+    let body = key.strip_prefix("thoth_live_").or_else(|| key.strip_prefix("thoth_test_"));
+    matches!(body, Some(b) if !b.is_empty() && b.bytes().all(|c| c.is_ascii_graphic()))
+}
+
+async fn batch(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    let config = &shared.config;
+    if !config.latency.is_zero() {
+        tokio::time::sleep(config.latency).await;
+    }
+    let (response, status) = {
+        let mut inner = lock(&shared);
+        inner.request_counter += 1;
+        let request_id = format!("req_{:08x}", inner.request_counter);
+        inner.stats.requests += 1;
+        let response = handle_batch(config, &mut inner, &headers, &body, &request_id);
+        let status = response.status().as_u16();
+        *inner.stats.status.entry(status).or_default() += 1;
+        (response, status)
+    };
+    let _ = status;
+    response
+}
+
+fn handle_batch(
+    config: &ReceiverConfig,
+    inner: &mut Inner,
+    headers: &HeaderMap,
+    body: &[u8],
+    request_id: &str,
+) -> Response {
+    let key = match presented_key(headers) {
+        Some(k) if well_formed(k) && (config.api_keys.is_empty() || config.api_keys.iter().any(|a| a == k)) => {
+            k.to_string()
+        }
+        Some(_) => {
+            return error_response(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "invalid API key".into(), request_id)
+        }
+        None => {
+            return error_response(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "missing API key".into(), request_id)
+        }
+    };
+    // The tenant's budget: a key belongs to one tenant, so the window is per key.
+    let now = Instant::now();
+    let window = inner.windows.entry(key).or_insert(Window { started: now, used: 0 });
+    if now.duration_since(window.started) >= config.window {
+        let periods = now.duration_since(window.started).as_nanos() / config.window.as_nanos().max(1);
+        window.started += config.window * periods as u32;
+        window.used = 0;
+    }
+    let reset_in = (window.started + config.window).saturating_duration_since(now);
+    let reset_at = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default() + reset_in;
+    let reset_unix = reset_at.as_secs() + u64::from(reset_at.subsec_nanos() > 0);
+    let limited = window.used >= config.limit;
+    if !limited {
+        window.used += 1;
+    }
+    let remaining = config.limit - window.used;
+    let rate_headers = [
+        ("x-ratelimit-limit", config.limit.to_string()),
+        ("x-ratelimit-remaining", remaining.to_string()),
+        ("x-ratelimit-reset", reset_unix.to_string()),
+    ];
+    let mut response = if limited {
+        let retry = reset_in.as_secs() + u64::from(reset_in.subsec_nanos() > 0);
+        let mut r = error_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            "RATE_LIMITED",
+            format!("rate limit of {} requests per {:?} exceeded", config.limit, config.window),
+            request_id,
+        );
+        r.headers_mut().insert("retry-after", HeaderValue::from(retry.max(1)));
+        r
+    } else if config.fail_ratio > 0.0 && rand::random::<f64>() < config.fail_ratio {
+        error_response(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", "injected failure".into(), request_id)
+    } else {
+        match validate_batch(body) {
+            Err(message) => {
+                inner.stats.rejected_events += 1;
+                error_response(StatusCode::BAD_REQUEST, "INVALID_REQUEST", message, request_id)
+            }
+            Ok(events) => {
+                accept(inner, &events);
+                (StatusCode::ACCEPTED, axum::Json(json!({"accepted": events.len(), "requestId": request_id})))
+                    .into_response()
+            }
+        }
+    };
+    for (name, value) in rate_headers {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            response.headers_mut().insert(name, v);
+        }
+    }
+    response
+}
+
+fn accept(inner: &mut Inner, events: &[Value]) {
+    for e in events {
+        inner.stats.accepted_events += 1;
+        let id = e["event_id"].as_str().unwrap_or_default();
+        if inner.ids.insert(id.into()) {
+            inner.stats.unique_event_ids += 1;
+        } else {
+            inner.stats.duplicate_events += 1;
+        }
+        if let Some(store) = inner.store.as_mut() {
+            let _ = serde_json::to_writer(&mut *store, e);
+            let _ = store.write_all(b"\n");
+        }
+    }
+    if let Some(store) = inner.store.as_mut() {
+        let _ = store.flush();
+    }
+}
+
+const EVENT_TYPES: &[&str] = &["TOOL_CALL_PRE", "TOOL_CALL_POST", "TOOL_CALL_BLOCK", "LLM_INVOCATION"];
+const SOURCE_TYPES: &[&str] = &["agent_tool_call", "agent_llm_invocation"];
+const MODES: &[&str] = &["observe", "step_up", "block", "progressive"];
+
+/// Checks a body against thoth-api.md; the message names the event and field.
+pub fn validate_batch(body: &[u8]) -> Result<Vec<Value>, String> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| format!("body is not JSON: {e}"))?;
+    let Value::Array(events) = value else {
+        return Err("body must be a JSON array of events".into());
+    };
+    for (i, e) in events.iter().enumerate() {
+        validate_event(e).map_err(|m| format!("event {i}: {m}"))?;
+    }
+    Ok(events)
+}
+
+fn validate_event(e: &Value) -> Result<(), String> {
+    let Value::Object(o) = e else {
+        return Err("not a JSON object".into());
+    };
+    let string = |k: &str, required: bool| -> Result<(), String> {
+        match o.get(k) {
+            Some(Value::String(_)) => Ok(()),
+            None if !required => Ok(()),
+            None => Err(format!("field `{k}` is required")),
+            Some(_) => Err(format!("field `{k}` must be a string")),
+        }
+    };
+    let string_or_null = |k: &str| match o.get(k) {
+        None | Some(Value::Null) | Some(Value::String(_)) => Ok(()),
+        Some(_) => Err(format!("field `{k}` must be a string or null")),
+    };
+    let one_of = |k: &str, allowed: &[&str]| match o.get(k) {
+        None => Ok(()),
+        Some(Value::String(s)) if allowed.contains(&s.as_str()) => Ok(()),
+        Some(v) => Err(format!("field `{k}`: {v} is not one of {}", allowed.join(", "))),
+    };
+    let string_array = |k: &str| match o.get(k) {
+        None => Ok(()),
+        Some(Value::Array(a)) if a.iter().all(Value::is_string) => Ok(()),
+        Some(_) => Err(format!("field `{k}` must be an array of strings")),
+    };
+    string("event_id", true)?;
+    string("tenant_id", true)?;
+    string("session_id", true)?;
+    string("user_id", true)?;
+    if o["tenant_id"].as_str().is_some_and(str::is_empty) {
+        return Err("field `tenant_id` must not be empty".into());
+    }
+    string_or_null("agent_id")?;
+    one_of("source_type", SOURCE_TYPES)?;
+    if !o.contains_key("event_type") {
+        return Err("field `event_type` is required".into());
+    }
+    one_of("event_type", EVENT_TYPES)?;
+    string("tool_name", false)?;
+    string("content", false)?;
+    if !matches!(o.get("metadata"), None | Some(Value::Object(_))) {
+        return Err("field `metadata` must be an object".into());
+    }
+    string_array("approved_scope")?;
+    one_of("enforcement_mode", MODES)?;
+    string_array("session_tool_calls")?;
+    match o.get("occurred_at") {
+        None => {}
+        Some(Value::String(s)) if is_rfc3339_with_offset(s) => {}
+        Some(v) => return Err(format!("field `occurred_at`: {v} is not an RFC 3339 timestamp with offset")),
+    }
+    if !matches!(o.get("ttl"), None | Some(Value::Number(_))) || o.get("ttl").is_some_and(|t| !t.is_i64()) {
+        return Err("field `ttl` must be an integer (Unix seconds)".into());
+    }
+    string_or_null("violation_id")?;
+    Ok(())
+}
+
+/// `YYYY-MM-DDTHH:MM:SS[.frac](Z|+HH:MM|-HH:MM)`, checked by shape.
+fn is_rfc3339_with_offset(s: &str) -> bool {
+    let b = s.as_bytes();
+    let digits = |r: std::ops::Range<usize>| b.get(r).is_some_and(|x| x.iter().all(u8::is_ascii_digit));
+    if b.len() < 20
+        || !digits(0..4)
+        || b[4] != b'-'
+        || !digits(5..7)
+        || b[7] != b'-'
+        || !digits(8..10)
+        || !matches!(b[10], b'T' | b't')
+        || !digits(11..13)
+        || b[13] != b':'
+        || !digits(14..16)
+        || b[16] != b':'
+        || !digits(17..19)
+    {
+        return false;
+    }
+    let mut i = 19;
+    if b[i] == b'.' {
+        i += 1;
+        let start = i;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        if i == start {
+            return false;
+        }
+    }
+    match &b[i..] {
+        [b'Z' | b'z'] => true,
+        [b'+' | b'-', h1, h2, b':', m1, m2] => [h1, h2, m1, m2].iter().all(|c| c.is_ascii_digit()),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event() -> Value {
+        json!({
+          "event_id": "acme:1", "tenant_id": "acme", "agent_id": null, "session_id": "s",
+          "user_id": "u", "source_type": "agent_tool_call", "event_type": "TOOL_CALL_PRE",
+          "tool_name": "t", "content": "c", "metadata": {}, "approved_scope": [],
+          "enforcement_mode": "observe", "session_tool_calls": [],
+          "occurred_at": "2026-03-13T12:00:00.123456+00:00", "ttl": 1781352000, "violation_id": null
+        })
+    }
+
+    #[test]
+    fn validation_names_event_and_field() {
+        assert!(validate_batch(&serde_json::to_vec(&json!([event()])).unwrap()).is_ok());
+        let mut bad = event();
+        bad.as_object_mut().unwrap().remove("session_id");
+        let e = validate_batch(&serde_json::to_vec(&json!([event(), bad])).unwrap()).unwrap_err();
+        assert_eq!(e, "event 1: field `session_id` is required");
+        let mut bad = event();
+        bad["occurred_at"] = json!("2026-03-13 12:00");
+        assert!(validate_batch(&serde_json::to_vec(&json!([bad])).unwrap()).is_err());
+        let mut bad = event();
+        bad["event_type"] = json!("TOOL_CALL");
+        assert!(validate_batch(&serde_json::to_vec(&json!([bad])).unwrap()).is_err());
+        assert!(validate_batch(b"{}").is_err());
+        assert!(validate_batch(b"[").is_err());
+    }
+
+    #[test]
+    fn rfc3339_shapes() {
+        assert!(is_rfc3339_with_offset("2026-03-13T12:00:00Z"));
+        assert!(is_rfc3339_with_offset("2026-03-13T12:00:00.1-05:30"));
+        assert!(!is_rfc3339_with_offset("2026-03-13T12:00:00"));
+        assert!(!is_rfc3339_with_offset("2026-03-13T12:00:00."));
+    }
+}

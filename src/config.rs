@@ -315,9 +315,7 @@ pub struct ByteSize(pub u64);
 impl ByteSize {
     pub fn parse(s: &str) -> Result<ByteSize, String> {
         let s = s.trim();
-        let split = s
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(s.len());
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
         let (num, unit) = s.split_at(split);
         let n: u64 = num
             .parse()
@@ -380,7 +378,9 @@ impl ApiKey {
                  check that the whole key was copied"
                     .into(),
             )),
-            Some("") => Err(ConfigError::ApiKey("it has a prefix but nothing after it".into())),
+            Some("") => Err(ConfigError::ApiKey(
+                "it has a prefix but nothing after it".into(),
+            )),
             Some(rest) if !rest.bytes().all(|b| b.is_ascii_graphic()) => Err(ConfigError::ApiKey(
                 "it contains whitespace or non-ASCII characters".into(),
             )),
@@ -470,7 +470,11 @@ impl Config {
                 path: path.to_path_buf(),
                 line,
                 column,
-                key: if key == "." { "(top level)".into() } else { key },
+                key: if key == "." {
+                    "(top level)".into()
+                } else {
+                    key
+                },
                 message: inner.message().trim().to_string(),
             }
         })?;
@@ -482,7 +486,13 @@ impl Config {
         Ok(config)
     }
 
-    fn invalid(&self, text: &str, span: std::ops::Range<usize>, key: &str, message: String) -> ConfigError {
+    fn invalid(
+        &self,
+        text: &str,
+        span: std::ops::Range<usize>,
+        key: &str,
+        message: String,
+    ) -> ConfigError {
         ConfigError::Invalid {
             path: self.path.clone(),
             line: (span.end > 0).then(|| line_col(text, span.start).0),
@@ -497,19 +507,38 @@ impl Config {
             .map_err(|m| self.invalid(text, url.span(), "api.base_url", m))?;
         let tenant = &self.api.tenant_id;
         if tenant.get_ref().trim().is_empty() {
-            return Err(self.invalid(text, tenant.span(), "api.tenant_id", "must not be empty".into()));
+            return Err(self.invalid(
+                text,
+                tenant.span(),
+                "api.tenant_id",
+                "must not be empty".into(),
+            ));
         }
         if self.delivery.requests_per_minute == 0 {
-            return Err(self.invalid(text, 0..0, "delivery.requests_per_minute", "must be at least 1".into()));
+            return Err(self.invalid(
+                text,
+                0..0,
+                "delivery.requests_per_minute",
+                "must be at least 1".into(),
+            ));
         }
         if self.delivery.batch_max_events == 0 {
-            return Err(self.invalid(text, 0..0, "delivery.batch_max_events", "must be at least 1".into()));
+            return Err(self.invalid(
+                text,
+                0..0,
+                "delivery.batch_max_events",
+                "must be at least 1".into(),
+            ));
         }
         let mut names = std::collections::HashSet::new();
         for (i, source) in self.sources.iter().enumerate() {
             let name = source.name.get_ref();
             let key = |k: &str| format!("sources[{i}].{k}");
-            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
                 return Err(self.invalid(
                     text,
                     source.name.span(),
@@ -518,14 +547,29 @@ impl Config {
                 ));
             }
             if !names.insert(name.clone()) {
-                return Err(self.invalid(text, source.name.span(), &key("name"), format!("`{name}` is used by two sources")));
+                return Err(self.invalid(
+                    text,
+                    source.name.span(),
+                    &key("name"),
+                    format!("`{name}` is used by two sources"),
+                ));
             }
             if source.include.is_empty() {
-                return Err(self.invalid(text, source.name.span(), &key("include"), "needs at least one glob".into()));
+                return Err(self.invalid(
+                    text,
+                    source.name.span(),
+                    &key("include"),
+                    "needs at least one glob".into(),
+                ));
             }
             for pattern in source.include.iter().chain(&source.exclude) {
                 if let Err(e) = globset::Glob::new(pattern) {
-                    return Err(self.invalid(text, source.name.span(), &key("include"), format!("`{pattern}`: {e}")));
+                    return Err(self.invalid(
+                        text,
+                        source.name.span(),
+                        &key("include"),
+                        format!("`{pattern}`: {e}"),
+                    ));
                 }
             }
             if !crate::parse::PARSER_NAMES.contains(&source.parser.get_ref().as_str()) {
@@ -545,7 +589,8 @@ impl Config {
                     text,
                     source.name.span(),
                     &key("fields.default_event_type"),
-                    "must be TOOL_CALL_PRE, TOOL_CALL_POST, TOOL_CALL_BLOCK or LLM_INVOCATION".into(),
+                    "must be TOOL_CALL_PRE, TOOL_CALL_POST, TOOL_CALL_BLOCK or LLM_INVOCATION"
+                        .into(),
                 ));
             }
         }
@@ -594,7 +639,9 @@ impl Config {
 
 fn with_origin(e: ConfigError, origin: &KeyOrigin) -> ConfigError {
     match e {
-        ConfigError::ApiKey(m) => ConfigError::ApiKey(format!("the key from {origin} is refused: {m}")),
+        ConfigError::ApiKey(m) => {
+            ConfigError::ApiKey(format!("the key from {origin} is refused: {m}"))
+        }
         other => other,
     }
 }
@@ -621,7 +668,9 @@ pub fn check_base_url(url: &str) -> Result<(), String> {
                 ))
             }
         }
-        other => Err(format!("`{url}`: scheme `{other}` is not supported; use https://")),
+        other => Err(format!(
+            "`{url}`: scheme `{other}` is not supported; use https://"
+        )),
     }
 }
 
@@ -662,7 +711,11 @@ parser = "json"
 "#;
 
     fn load(text: &str) -> Result<Config, ConfigError> {
-        Config::from_toml(text, Path::new("/etc/thoth-ingest/config.toml"), &Env::default())
+        Config::from_toml(
+            text,
+            Path::new("/etc/thoth-ingest/config.toml"),
+            &Env::default(),
+        )
     }
 
     #[test]
@@ -708,11 +761,19 @@ parser = "json"
 
     #[test]
     fn plain_http_only_to_loopback() {
-        for ok in ["http://127.0.0.1:8080", "http://localhost:1/x", "http://[::1]:9"] {
+        for ok in [
+            "http://127.0.0.1:8080",
+            "http://localhost:1/x",
+            "http://[::1]:9",
+        ] {
             let text = GOOD.replace("https://api.atensecurity.com", ok);
             assert!(load(&text).is_ok(), "{ok} should be accepted");
         }
-        for bad in ["http://api.atensecurity.com", "http://10.0.0.1:8080", "ftp://x"] {
+        for bad in [
+            "http://api.atensecurity.com",
+            "http://10.0.0.1:8080",
+            "ftp://x",
+        ] {
             let text = GOOD.replace("https://api.atensecurity.com", bad);
             let e = load(&text).unwrap_err().to_string();
             assert!(e.contains("api.base_url") && e.contains(":3"), "{e}");
@@ -733,12 +794,20 @@ parser = "json"
     fn unknown_parser_is_named() {
         let text = GOOD.replace("parser = \"json\"", "parser = \"yaml\"");
         let e = load(&text).unwrap_err().to_string();
-        assert!(e.contains("sources[0].parser") && e.contains("yaml") && e.contains(":22"), "{e}");
+        assert!(
+            e.contains("sources[0].parser") && e.contains("yaml") && e.contains(":22"),
+            "{e}"
+        );
     }
 
     #[test]
     fn malformed_key_is_refused_without_echoing_it() {
-        for bad in ["sk-live-12345", "thoth_live_", "thoth_prod_abc", "thoth_live_ab cd"] {
+        for bad in [
+            "sk-live-12345",
+            "thoth_live_",
+            "thoth_prod_abc",
+            "thoth_live_ab cd",
+        ] {
             let e = ApiKey::new(bad).unwrap_err().to_string();
             assert!(!bad.is_empty() && !e.contains(bad), "{e} echoes the key");
         }
@@ -749,7 +818,10 @@ parser = "json"
             ..Env::default()
         };
         let e = c.resolve_api_key(&env).unwrap_err().to_string();
-        assert!(e.contains("THOTH_API_KEY") && !e.contains("wrong_abc"), "{e}");
+        assert!(
+            e.contains("THOTH_API_KEY") && !e.contains("wrong_abc"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -775,12 +847,18 @@ parser = "json"
             credentials_directory: Some(dir.path().to_path_buf()),
             ..Env::default()
         };
-        assert_eq!(c.resolve_api_key(&env).unwrap().0.expose(), "thoth_test_cred");
+        assert_eq!(
+            c.resolve_api_key(&env).unwrap().0.expose(),
+            "thoth_test_cred"
+        );
         let env = Env {
             api_key: Some("thoth_test_env".into()),
             ..env
         };
-        assert_eq!(c.resolve_api_key(&env).unwrap().0.expose(), "thoth_test_env");
+        assert_eq!(
+            c.resolve_api_key(&env).unwrap().0.expose(),
+            "thoth_test_env"
+        );
     }
 
     #[test]

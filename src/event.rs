@@ -135,8 +135,8 @@ impl Timestamp {
 
     /// Parses an RFC 3339 timestamp (`2026-03-13T12:00:00.123Z`, `...+02:00`).
     pub fn parse_rfc3339(s: &str) -> Option<Self> {
-        let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-            .ok()?;
+        let t =
+            time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
         let micros = t.unix_timestamp_nanos() / 1000;
         Some(Timestamp {
             unix_micros: i64::try_from(micros).ok()?,
@@ -295,9 +295,22 @@ mod tests {
         let text = String::from_utf8(out).unwrap();
         let mut last = 0;
         let sdk_order = [
-            "event_id", "tenant_id", "agent_id", "session_id", "user_id", "source_type",
-            "event_type", "tool_name", "content", "metadata", "approved_scope",
-            "enforcement_mode", "session_tool_calls", "occurred_at", "ttl", "violation_id",
+            "event_id",
+            "tenant_id",
+            "agent_id",
+            "session_id",
+            "user_id",
+            "source_type",
+            "event_type",
+            "tool_name",
+            "content",
+            "metadata",
+            "approved_scope",
+            "enforcement_mode",
+            "session_tool_calls",
+            "occurred_at",
+            "ttl",
+            "violation_id",
         ];
         for key in sdk_order {
             let pos = text.find(&format!("\"{key}\":")).expect("key present");

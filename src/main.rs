@@ -16,7 +16,11 @@ use thoth_ingest::source::file::FileMatcher;
 use tracing::{error, info};
 
 #[derive(Parser)]
-#[command(name = "thoth-ingest", version, about = "Ships the logs of AI agents to the Thoth ingest API as behavioral events")]
+#[command(
+    name = "thoth-ingest",
+    version,
+    about = "Ships the logs of AI agents to the Thoth ingest API as behavioral events"
+)]
 struct Cli {
     /// Configuration file.
     #[arg(long, global = true, default_value = config::DEFAULT_CONFIG_PATH, env = "THOTH_INGEST_CONFIG")]
@@ -122,7 +126,11 @@ fn validate(path: &Path) -> anyhow::Result<ExitCode> {
         }
     };
     println!("{}: valid", path.display());
-    println!("  API: {} (tenant {})", config.api.base_url.get_ref(), config.api.tenant_id.get_ref());
+    println!(
+        "  API: {} (tenant {})",
+        config.api.base_url.get_ref(),
+        config.api.tenant_id.get_ref()
+    );
     println!("  key: from {origin}");
     println!("  state: {}", config.state.dir.display());
     for source in &config.sources {
@@ -141,14 +149,15 @@ fn validate(path: &Path) -> anyhow::Result<ExitCode> {
 }
 
 async fn run(path: &Path) -> anyhow::Result<ExitCode> {
+    let mut signals = ops::StopSignals::install().context("cannot install signal handlers")?;
     let env = Env::from_process();
     let config = Config::load(path, &env)?;
     let (key, origin) = config.resolve_api_key(&env)?;
     info!(key_from = %origin, "configuration loaded from {}", path.display());
     let mut pipeline = Pipeline::start(&config, &key)?;
     let outcome = tokio::select! {
-        signal = ops::stop_signal() => {
-            info!(signal = signal.unwrap_or(0), "stopping");
+        signal = signals.recv() => {
+            info!(signal, "stopping");
             Ok(())
         }
         e = pipeline.failed() => Err(e),
@@ -159,7 +168,10 @@ async fn run(path: &Path) -> anyhow::Result<ExitCode> {
 
 async fn receiver(args: ReceiverArgs) -> anyhow::Result<ExitCode> {
     if !(0.0..=1.0).contains(&args.fail_ratio) {
-        bail!("--fail-ratio must be between 0 and 1, not {}", args.fail_ratio);
+        bail!(
+            "--fail-ratio must be between 0 and 1, not {}",
+            args.fail_ratio
+        );
     }
     let config = ReceiverConfig {
         listen: args.listen,
@@ -170,6 +182,7 @@ async fn receiver(args: ReceiverArgs) -> anyhow::Result<ExitCode> {
         fail_ratio: args.fail_ratio,
         latency: args.latency,
     };
+    let mut signals = ops::StopSignals::install().context("cannot install signal handlers")?;
     let (server, handle) = Receiver::bind(config.clone())
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -177,8 +190,8 @@ async fn receiver(args: ReceiverArgs) -> anyhow::Result<ExitCode> {
     // The actual address on stdout, so scripts can use --listen 127.0.0.1:0.
     println!("listening on {}", handle.addr);
     server
-        .serve(async {
-            let _ = ops::stop_signal().await;
+        .serve(async move {
+            signals.recv().await;
         })
         .await?;
     Ok(ExitCode::SUCCESS)
@@ -228,7 +241,11 @@ parser = "json"
     );
     let config = Config::from_toml(&toml, Path::new("(demo config)"), &Env::default())?;
     let key = config::ApiKey::new("thoth_test_demo")?;
-    println!("demo: receiver on http://{}, samples in {}", handle.addr, samples.display());
+    println!(
+        "demo: receiver on http://{}, samples in {}",
+        handle.addr,
+        samples.display()
+    );
     let started = Instant::now();
     let pipeline = Pipeline::start(&config, &key)?;
     let deadline = started + args.timeout;
@@ -248,7 +265,11 @@ parser = "json"
     }
     let elapsed = started.elapsed();
     let lines: u64 = pipeline.sources.iter().map(|(_, s)| s.lines()).sum();
-    let skipped: u64 = pipeline.sources.iter().map(|(_, s)| s.snapshot().skipped_total()).sum();
+    let skipped: u64 = pipeline
+        .sources
+        .iter()
+        .map(|(_, s)| s.snapshot().skipped_total())
+        .sum();
     let committed = pipeline.queue.committed_events();
     let stats = handle.stats();
     let drained = pipeline.is_drained();
@@ -256,14 +277,20 @@ parser = "json"
     let _ = stop_tx.send(());
     let _ = server.await;
     println!("lines read:        {lines} ({skipped} skipped: not JSON objects)");
-    println!("events delivered:  {} ({} unique ids)", stats.accepted_events, stats.unique_event_ids);
+    println!(
+        "events delivered:  {} ({} unique ids)",
+        stats.accepted_events, stats.unique_event_ids
+    );
     println!("requests:          {}", stats.requests);
     println!("elapsed:           {:.2?}", elapsed);
     if drained && stats.unique_event_ids == committed && committed > 0 {
         println!("demo: every event was delivered");
         Ok(ExitCode::SUCCESS)
     } else {
-        println!("demo: FAILED: {committed} events made, {} delivered", stats.unique_event_ids);
+        println!(
+            "demo: FAILED: {committed} events made, {} delivered",
+            stats.unique_event_ids
+        );
         Ok(ExitCode::from(1))
     }
 }

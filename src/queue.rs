@@ -39,14 +39,21 @@ pub enum QueueError {
     #[error("queue storage in {dir}: {source}")]
     Storage { dir: PathBuf, source: sled::Error },
     #[error("queue storage in {dir}: {source}")]
-    Io { dir: PathBuf, source: std::io::Error },
+    Io {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
     #[error(
         "the state directory {dir} is in use by another thoth-ingest process \
          (stop it first, or give this one its own [state] dir)"
     )]
     Locked { dir: PathBuf },
     #[error("queue storage in {dir}: chunk {seq} is damaged ({what})")]
-    Corrupt { dir: PathBuf, seq: u64, what: &'static str },
+    Corrupt {
+        dir: PathBuf,
+        seq: u64,
+        what: &'static str,
+    },
 }
 
 /// Where a batch's events live: event `range` of chunk `seq`.
@@ -147,7 +154,8 @@ impl Chunk {
         if value.len() < HEADER_LEN || value[0] != CHUNK_FORMAT {
             return Err(corrupt("bad header"));
         }
-        let committed_at = i64::from_le_bytes(value[1..9].try_into().map_err(|_| corrupt("bad header"))?);
+        let committed_at =
+            i64::from_le_bytes(value[1..9].try_into().map_err(|_| corrupt("bad header"))?);
         let count = u32::from_le_bytes(value[9..13].try_into().map_err(|_| corrupt("bad header"))?);
         let table_end = HEADER_LEN + count as usize * 4;
         if value.len() < table_end {
@@ -166,7 +174,12 @@ impl Chunk {
 
     fn end(&self, i: u32) -> usize {
         let at = HEADER_LEN + i as usize * 4;
-        u32::from_le_bytes([self.value[at], self.value[at + 1], self.value[at + 2], self.value[at + 3]]) as usize
+        u32::from_le_bytes([
+            self.value[at],
+            self.value[at + 1],
+            self.value[at + 2],
+            self.value[at + 3],
+        ]) as usize
     }
 
     fn event(&self, i: u32) -> &[u8] {
@@ -177,7 +190,11 @@ impl Chunk {
 }
 
 fn encode_chunk(events: &EventBuf, range: Range<usize>, committed_at: Timestamp) -> Vec<u8> {
-    let base = if range.start == 0 { 0 } else { events.ends[range.start - 1] };
+    let base = if range.start == 0 {
+        0
+    } else {
+        events.ends[range.start - 1]
+    };
     let data_end = events.ends[range.end - 1];
     let mut v = Vec::with_capacity(HEADER_LEN + range.len() * 4 + (data_end - base) as usize);
     v.push(CHUNK_FORMAT);
@@ -242,7 +259,9 @@ impl Queue {
             .map_err(|e| match e {
                 // sled reports its flock failure as a generic I/O error.
                 sled::Error::Io(ref err) if err.to_string().contains("could not acquire lock") => {
-                    QueueError::Locked { dir: dir.to_path_buf() }
+                    QueueError::Locked {
+                        dir: dir.to_path_buf(),
+                    }
                 }
                 other => storage(other),
             })?;
@@ -316,8 +335,8 @@ impl Queue {
         {
             let _order = self.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
             let first_seq = self.next_seq.load(Ordering::SeqCst);
-            let result: Result<(), TransactionError<()>> =
-                (&self.chunks, &self.checkpoints).transaction(|(chunks, checkpoints)| {
+            let result: Result<(), TransactionError<()>> = (&self.chunks, &self.checkpoints)
+                .transaction(|(chunks, checkpoints)| {
                     for (i, v) in values.iter().enumerate() {
                         chunks.insert(&(first_seq + i as u64).to_be_bytes(), v.as_slice())?;
                     }
@@ -329,10 +348,12 @@ impl Queue {
                 Err(TransactionError::Storage(e)) => return Err(self.storage(e)),
                 Err(TransactionError::Abort(())) => unreachable!("the commit never aborts"),
             }
-            self.next_seq.store(first_seq + values.len() as u64, Ordering::SeqCst);
+            self.next_seq
+                .store(first_seq + values.len() as u64, Ordering::SeqCst);
         }
         self.sync(any_blob)?;
-        self.committed_events.fetch_add(events.len() as u64, Ordering::Relaxed);
+        self.committed_events
+            .fetch_add(events.len() as u64, Ordering::Relaxed);
         self.appended.notify_one();
         Ok(())
     }
@@ -358,7 +379,9 @@ impl Queue {
                     Err(e) => return Err(io(e)),
                 }
             }
-            File::open(&blob_dir).and_then(|d| d.sync_all()).map_err(io)?;
+            File::open(&blob_dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io)?;
         }
         Ok(())
     }
@@ -432,7 +455,10 @@ impl Queue {
     pub fn take(&self, batch: &Batch) {
         let mut read = self.read.lock().unwrap_or_else(|p| p.into_inner());
         for p in &batch.pieces {
-            read.in_flight.entry(p.seq).or_default().insert(p.range.clone());
+            read.in_flight
+                .entry(p.seq)
+                .or_default()
+                .insert(p.range.clone());
         }
     }
 
@@ -455,7 +481,11 @@ impl Queue {
         for p in &batch.pieces {
             let count = match &read.cached {
                 Some((s, c)) if *s == p.seq => c.count,
-                _ => match self.chunks.get(p.seq.to_be_bytes()).map_err(|e| self.storage(e))? {
+                _ => match self
+                    .chunks
+                    .get(p.seq.to_be_bytes())
+                    .map_err(|e| self.storage(e))?
+                {
                     Some(v) => Chunk::decode(p.seq, v, &self.dir)?.count,
                     None => continue, // already gone
                 },
@@ -495,7 +525,8 @@ impl Queue {
             Err(TransactionError::Storage(e)) => return Err(self.storage(e)),
             Err(TransactionError::Abort(())) => unreachable!("the ack never aborts"),
         }
-        self.acked_events.fetch_add(batch.events as u64, Ordering::Relaxed);
+        self.acked_events
+            .fetch_add(batch.events as u64, Ordering::Relaxed);
         Ok(())
     }
 
@@ -567,7 +598,15 @@ mod tests {
     fn contents(batch: &Batch) -> Vec<String> {
         let v: Vec<serde_json::Value> = serde_json::from_slice(&batch.body).unwrap();
         v.iter()
-            .map(|e| e["content"].as_str().unwrap().split('-').take(2).collect::<Vec<_>>().join("-"))
+            .map(|e| {
+                e["content"]
+                    .as_str()
+                    .unwrap()
+                    .split('-')
+                    .take(2)
+                    .collect::<Vec<_>>()
+                    .join("-")
+            })
             .collect()
     }
 
@@ -576,10 +615,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let q = Queue::open(dir.path(), 8 << 20).unwrap();
         q.commit(&events(300, "a"), b"src-a", b"300").unwrap();
-        assert_eq!(q.checkpoint(b"src-a").unwrap().as_deref(), Some(&b"300"[..]));
+        assert_eq!(
+            q.checkpoint(b"src-a").unwrap().as_deref(),
+            Some(&b"300"[..])
+        );
         let b1 = q.peek_batch(200).unwrap().unwrap();
         assert_eq!(b1.events, 200);
-        assert!(b1.pieces.len() > 1, "300 events of ~700 bytes span several chunks");
+        assert!(
+            b1.pieces.len() > 1,
+            "300 events of ~700 bytes span several chunks"
+        );
         q.take(&b1);
         let b2 = q.peek_batch(200).unwrap().unwrap();
         assert_eq!(b2.events, 100);
@@ -608,7 +653,10 @@ mod tests {
         }
         let q = Queue::open(dir.path(), 8 << 20).unwrap();
         let b = q.peek_batch(100).unwrap().unwrap();
-        assert_eq!(contents(&b), (4..10).map(|i| format!("a-{i}")).collect::<Vec<_>>());
+        assert_eq!(
+            contents(&b),
+            (4..10).map(|i| format!("a-{i}")).collect::<Vec<_>>()
+        );
         assert_eq!(q.checkpoint(b"src").unwrap().as_deref(), Some(&b"10"[..]));
     }
 

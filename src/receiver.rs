@@ -108,7 +108,10 @@ impl Receiver {
     pub async fn bind(config: ReceiverConfig) -> std::io::Result<(Receiver, ReceiverHandle)> {
         let store = match &config.store {
             Some(p) => Some(BufWriter::new(
-                std::fs::OpenOptions::new().create(true).append(true).open(p)?,
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)?,
             )),
             None => None,
         };
@@ -163,11 +166,16 @@ fn presented_key(headers: &HeaderMap) -> Option<&str> {
             return Some(k.trim());
         }
     }
-    headers.get("x-api-key").and_then(|v| v.to_str().ok()).map(str::trim)
+    headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
 }
 
 fn well_formed(key: &str) -> bool {
-    let body = key.strip_prefix("thoth_live_").or_else(|| key.strip_prefix("thoth_test_"));
+    let body = key
+        .strip_prefix("thoth_live_")
+        .or_else(|| key.strip_prefix("thoth_test_"));
     matches!(body, Some(b) if !b.is_empty() && b.bytes().all(|c| c.is_ascii_graphic()))
 }
 
@@ -198,26 +206,46 @@ fn handle_batch(
     request_id: &str,
 ) -> Response {
     let key = match presented_key(headers) {
-        Some(k) if well_formed(k) && (config.api_keys.is_empty() || config.api_keys.iter().any(|a| a == k)) => {
+        Some(k)
+            if well_formed(k)
+                && (config.api_keys.is_empty() || config.api_keys.iter().any(|a| a == k)) =>
+        {
             k.to_string()
         }
         Some(_) => {
-            return error_response(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "invalid API key".into(), request_id)
+            return error_response(
+                StatusCode::UNAUTHORIZED,
+                "UNAUTHORIZED",
+                "invalid API key".into(),
+                request_id,
+            )
         }
         None => {
-            return error_response(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "missing API key".into(), request_id)
+            return error_response(
+                StatusCode::UNAUTHORIZED,
+                "UNAUTHORIZED",
+                "missing API key".into(),
+                request_id,
+            )
         }
     };
     // The tenant's budget: a key belongs to one tenant, so the window is per key.
     let now = Instant::now();
-    let window = inner.windows.entry(key).or_insert(Window { started: now, used: 0 });
+    let window = inner.windows.entry(key).or_insert(Window {
+        started: now,
+        used: 0,
+    });
     if now.duration_since(window.started) >= config.window {
-        let periods = now.duration_since(window.started).as_nanos() / config.window.as_nanos().max(1);
+        let periods =
+            now.duration_since(window.started).as_nanos() / config.window.as_nanos().max(1);
         window.started += config.window * periods as u32;
         window.used = 0;
     }
     let reset_in = (window.started + config.window).saturating_duration_since(now);
-    let reset_at = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default() + reset_in;
+    let reset_at = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        + reset_in;
     let reset_unix = reset_at.as_secs() + u64::from(reset_at.subsec_nanos() > 0);
     let limited = window.used >= config.limit;
     if !limited {
@@ -234,22 +262,39 @@ fn handle_batch(
         let mut r = error_response(
             StatusCode::TOO_MANY_REQUESTS,
             "RATE_LIMITED",
-            format!("rate limit of {} requests per {:?} exceeded", config.limit, config.window),
+            format!(
+                "rate limit of {} requests per {:?} exceeded",
+                config.limit, config.window
+            ),
             request_id,
         );
-        r.headers_mut().insert("retry-after", HeaderValue::from(retry.max(1)));
+        r.headers_mut()
+            .insert("retry-after", HeaderValue::from(retry.max(1)));
         r
     } else if config.fail_ratio > 0.0 && rand::random::<f64>() < config.fail_ratio {
-        error_response(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", "injected failure".into(), request_id)
+        error_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "INTERNAL",
+            "injected failure".into(),
+            request_id,
+        )
     } else {
         match validate_batch(body) {
             Err(message) => {
                 inner.stats.rejected_events += 1;
-                error_response(StatusCode::BAD_REQUEST, "INVALID_REQUEST", message, request_id)
+                error_response(
+                    StatusCode::BAD_REQUEST,
+                    "INVALID_REQUEST",
+                    message,
+                    request_id,
+                )
             }
             Ok(events) => {
                 accept(inner, &events);
-                (StatusCode::ACCEPTED, axum::Json(json!({"accepted": events.len(), "requestId": request_id})))
+                (
+                    StatusCode::ACCEPTED,
+                    axum::Json(json!({"accepted": events.len(), "requestId": request_id})),
+                )
                     .into_response()
             }
         }
@@ -281,13 +326,19 @@ fn accept(inner: &mut Inner, events: &[Value]) {
     }
 }
 
-const EVENT_TYPES: &[&str] = &["TOOL_CALL_PRE", "TOOL_CALL_POST", "TOOL_CALL_BLOCK", "LLM_INVOCATION"];
+const EVENT_TYPES: &[&str] = &[
+    "TOOL_CALL_PRE",
+    "TOOL_CALL_POST",
+    "TOOL_CALL_BLOCK",
+    "LLM_INVOCATION",
+];
 const SOURCE_TYPES: &[&str] = &["agent_tool_call", "agent_llm_invocation"];
 const MODES: &[&str] = &["observe", "step_up", "block", "progressive"];
 
 /// Checks a body against thoth-api.md; the message names the event and field.
 pub fn validate_batch(body: &[u8]) -> Result<Vec<Value>, String> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| format!("body is not JSON: {e}"))?;
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| format!("body is not JSON: {e}"))?;
     let Value::Array(events) = value else {
         return Err("body must be a JSON array of events".into());
     };
@@ -316,7 +367,10 @@ fn validate_event(e: &Value) -> Result<(), String> {
     let one_of = |k: &str, allowed: &[&str]| match o.get(k) {
         None => Ok(()),
         Some(Value::String(s)) if allowed.contains(&s.as_str()) => Ok(()),
-        Some(v) => Err(format!("field `{k}`: {v} is not one of {}", allowed.join(", "))),
+        Some(v) => Err(format!(
+            "field `{k}`: {v} is not one of {}",
+            allowed.join(", ")
+        )),
     };
     let string_array = |k: &str| match o.get(k) {
         None => Ok(()),
@@ -347,9 +401,15 @@ fn validate_event(e: &Value) -> Result<(), String> {
     match o.get("occurred_at") {
         None => {}
         Some(Value::String(s)) if is_rfc3339_with_offset(s) => {}
-        Some(v) => return Err(format!("field `occurred_at`: {v} is not an RFC 3339 timestamp with offset")),
+        Some(v) => {
+            return Err(format!(
+                "field `occurred_at`: {v} is not an RFC 3339 timestamp with offset"
+            ))
+        }
     }
-    if !matches!(o.get("ttl"), None | Some(Value::Number(_))) || o.get("ttl").is_some_and(|t| !t.is_i64()) {
+    if !matches!(o.get("ttl"), None | Some(Value::Number(_)))
+        || o.get("ttl").is_some_and(|t| !t.is_i64())
+    {
         return Err("field `ttl` must be an integer (Unix seconds)".into());
     }
     string_or_null("violation_id")?;
@@ -359,7 +419,8 @@ fn validate_event(e: &Value) -> Result<(), String> {
 /// `YYYY-MM-DDTHH:MM:SS[.frac](Z|+HH:MM|-HH:MM)`, checked by shape.
 fn is_rfc3339_with_offset(s: &str) -> bool {
     let b = s.as_bytes();
-    let digits = |r: std::ops::Range<usize>| b.get(r).is_some_and(|x| x.iter().all(u8::is_ascii_digit));
+    let digits =
+        |r: std::ops::Range<usize>| b.get(r).is_some_and(|x| x.iter().all(u8::is_ascii_digit));
     if b.len() < 20
         || !digits(0..4)
         || b[4] != b'-'

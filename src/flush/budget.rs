@@ -30,7 +30,11 @@ impl Budget {
     }
 
     fn expire(&mut self, now: Instant) {
-        while self.sent.front().is_some_and(|&t| now.duration_since(t) >= self.window) {
+        while self
+            .sent
+            .front()
+            .is_some_and(|&t| now.duration_since(t) >= self.window)
+        {
             self.sent.pop_front();
         }
     }
@@ -83,7 +87,10 @@ mod tests {
             now += Duration::from_millis(100);
         }
         for (i, &s) in starts.iter().enumerate() {
-            let in_window = starts[i..].iter().filter(|&&t| t < s + Duration::from_secs(10)).count();
+            let in_window = starts[i..]
+                .iter()
+                .filter(|&&t| t < s + Duration::from_secs(10))
+                .count();
             assert!(in_window <= 3, "{in_window} requests in a window");
         }
         // And the budget is used: 3 per 10 s over 60 s.
@@ -96,7 +103,10 @@ mod tests {
         let mut b = Budget::new(2, Duration::from_secs(10));
         b.record(t0);
         b.record(t0 + Duration::from_secs(4));
-        assert_eq!(b.wait_time(t0 + Duration::from_secs(5)), Duration::from_secs(5));
+        assert_eq!(
+            b.wait_time(t0 + Duration::from_secs(5)),
+            Duration::from_secs(5)
+        );
         assert!(b.wait_time(t0 + Duration::from_secs(10)).is_zero());
     }
 }

@@ -127,7 +127,11 @@ impl Flusher {
     }
 
     /// Sends one batch until it is accepted; false if shutdown came first.
-    async fn deliver(&mut self, batch: &Batch, stop: &impl Fn() -> bool) -> Result<bool, FlushError> {
+    async fn deliver(
+        &mut self,
+        batch: &Batch,
+        stop: &impl Fn() -> bool,
+    ) -> Result<bool, FlushError> {
         let body = bytes::Bytes::from(batch.body.clone());
         let mut attempt: u32 = 0;
         loop {
@@ -175,7 +179,10 @@ impl Flusher {
         self.stats.rejected_requests.fetch_add(1, Ordering::Relaxed);
         if status.as_u16() == 429 {
             let wait = retry_after(response.headers()).unwrap_or(Duration::from_secs(1));
-            debug!(wait_ms = wait.as_millis() as u64, "rate limited by the server");
+            debug!(
+                wait_ms = wait.as_millis() as u64,
+                "rate limited by the server"
+            );
             return Outcome::RetryAfter(wait);
         }
         let body = response.text().await.unwrap_or_default();
@@ -230,10 +237,19 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
             return Some(Duration::from_secs(secs));
         }
         if let Ok(at) = httpdate_parse(v) {
-            return Some(at.duration_since(std::time::SystemTime::now()).unwrap_or_default());
+            return Some(
+                at.duration_since(std::time::SystemTime::now())
+                    .unwrap_or_default(),
+            );
         }
     }
-    let reset: u64 = headers.get("x-ratelimit-reset")?.to_str().ok()?.trim().parse().ok()?;
+    let reset: u64 = headers
+        .get("x-ratelimit-reset")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .ok()?
@@ -287,17 +303,30 @@ mod tests {
         h.insert(RETRY_AFTER, HeaderValue::from_static("7"));
         assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
         let mut h = HeaderMap::new();
-        h.insert(RETRY_AFTER, HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"));
-        assert_eq!(retry_after(&h), Some(Duration::ZERO), "a date in the past means now");
+        h.insert(
+            RETRY_AFTER,
+            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
+        );
+        assert_eq!(
+            retry_after(&h),
+            Some(Duration::ZERO),
+            "a date in the past means now"
+        );
         let mut h = HeaderMap::new();
         let reset = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_secs()
             + 30;
-        h.insert("x-ratelimit-reset", HeaderValue::from_str(&reset.to_string()).unwrap());
+        h.insert(
+            "x-ratelimit-reset",
+            HeaderValue::from_str(&reset.to_string()).unwrap(),
+        );
         let d = retry_after(&h).unwrap();
-        assert!(d >= Duration::from_secs(29) && d <= Duration::from_secs(30), "{d:?}");
+        assert!(
+            d >= Duration::from_secs(29) && d <= Duration::from_secs(30),
+            "{d:?}"
+        );
         assert_eq!(retry_after(&HeaderMap::new()), None);
     }
 
@@ -310,9 +339,14 @@ mod tests {
 
     #[test]
     fn error_body() {
-        let e = ErrorBody::parse(r#"{"error":{"code":"INVALID_TENANT","message":"no","requestId":"req_1"}}"#);
+        let e = ErrorBody::parse(
+            r#"{"error":{"code":"INVALID_TENANT","message":"no","requestId":"req_1"}}"#,
+        );
         assert_eq!(e.code, "INVALID_TENANT");
         assert_eq!(e.request_id, "req_1");
-        assert_eq!(ErrorBody::parse("<html>blocked</html>").message, "<html>blocked</html>");
+        assert_eq!(
+            ErrorBody::parse("<html>blocked</html>").message,
+            "<html>blocked</html>"
+        );
     }
 }

@@ -5,7 +5,8 @@ use tracing_subscriber::EnvFilter;
 /// Logs to stderr (journald picks it up under systemd). `RUST_LOG` wins over
 /// `default_level`.
 pub fn init_logging(default_level: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -13,9 +14,19 @@ pub fn init_logging(default_level: &str) {
         .try_init();
 }
 
-/// Resolves when SIGINT or SIGTERM arrives.
-pub async fn stop_signal() -> std::io::Result<i32> {
-    use futures::StreamExt;
-    let mut signals = signal_hook_tokio::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])?;
-    Ok(signals.next().await.unwrap_or(signal_hook::consts::SIGTERM))
+/// SIGINT and SIGTERM, caught from the moment this is created: create it
+/// before any slow start-up work, so an early stop request is not fatal.
+pub struct StopSignals(signal_hook_tokio::Signals);
+
+impl StopSignals {
+    pub fn install() -> std::io::Result<StopSignals> {
+        signal_hook_tokio::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
+            .map(StopSignals)
+    }
+
+    /// Resolves with the number of the first stop signal.
+    pub async fn recv(&mut self) -> i32 {
+        use futures::StreamExt;
+        self.0.next().await.unwrap_or(signal_hook::consts::SIGTERM)
+    }
 }

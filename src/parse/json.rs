@@ -50,12 +50,15 @@ impl JsonParser {
 
     /// Which field `key` feeds, and how preferred it is for that field.
     fn field_of(&self, key: &str) -> Option<(usize, usize)> {
-        self.keys.iter().enumerate().find_map(|(field, candidates)| {
-            candidates
-                .iter()
-                .position(|c| c == key)
-                .map(|rank| (field, rank))
-        })
+        self.keys
+            .iter()
+            .enumerate()
+            .find_map(|(field, candidates)| {
+                candidates
+                    .iter()
+                    .position(|c| c == key)
+                    .map(|rank| (field, rank))
+            })
     }
 }
 
@@ -119,10 +122,16 @@ fn as_timestamp(raw: &RawValue) -> Option<Timestamp> {
     match text.as_bytes().first() {
         Some(b'"') => {
             let s = serde_json::from_str::<Str>(text).ok()?;
-            Timestamp::parse_rfc3339(&s.0)
-                .or_else(|| s.0.parse::<f64>().ok().and_then(Timestamp::from_epoch_number))
+            Timestamp::parse_rfc3339(&s.0).or_else(|| {
+                s.0.parse::<f64>()
+                    .ok()
+                    .and_then(Timestamp::from_epoch_number)
+            })
         }
-        Some(b'-' | b'0'..=b'9') => text.parse::<f64>().ok().and_then(Timestamp::from_epoch_number),
+        Some(b'-' | b'0'..=b'9') => text
+            .parse::<f64>()
+            .ok()
+            .and_then(Timestamp::from_epoch_number),
         _ => None,
     }
 }
@@ -173,7 +182,9 @@ impl Parser for JsonParser {
         if let Some(v) = value(CONTENT).and_then(as_text) {
             event.content = match v {
                 Cow::Borrowed(s) => Cow::Borrowed(truncate_utf8(s, self.ctx.content_max_bytes)),
-                Cow::Owned(s) => Cow::Owned(truncate_utf8(&s, self.ctx.content_max_bytes).to_string()),
+                Cow::Owned(s) => {
+                    Cow::Owned(truncate_utf8(&s, self.ctx.content_max_bytes).to_string())
+                }
             };
         }
 
@@ -275,7 +286,10 @@ mod tests {
         assert_eq!(e["source_type"], "agent_tool_call");
         assert_eq!(e["content"], "ls -la");
         assert_eq!(e["occurred_at"], "2026-03-13T12:00:00.000000+00:00");
-        assert_eq!(e["metadata"], serde_json::json!({"cwd": "/tmp", "n": [1, 2]}));
+        assert_eq!(
+            e["metadata"],
+            serde_json::json!({"cwd": "/tmp", "n": [1, 2]})
+        );
         assert_eq!(e["tenant_id"], "acme");
         assert!(e["event_id"].as_str().unwrap().starts_with("acme:"));
         assert_eq!(e["ttl"], 1_773_403_200 + 100);
@@ -293,7 +307,8 @@ mod tests {
 
     #[test]
     fn llm_invocation_gets_its_source_type_and_content_is_bounded() {
-        let e = parse_one(r#"{"event_type":"LLM_INVOCATION","msg":"0123456789abcdefghij"}"#).unwrap();
+        let e =
+            parse_one(r#"{"event_type":"LLM_INVOCATION","msg":"0123456789abcdefghij"}"#).unwrap();
         assert_eq!(e["source_type"], "agent_llm_invocation");
         assert_eq!(e["content"], "0123456789abcdef");
     }
@@ -310,7 +325,10 @@ mod tests {
         assert_eq!(parse_one("[1,2]").unwrap_err(), Skip::NotAnObject);
         assert_eq!(parse_one("hello").unwrap_err(), Skip::InvalidJson);
         assert_eq!(parse_one(r#"{"a":"#).unwrap_err(), Skip::InvalidJson);
-        assert_eq!(parse_one(r#"{"a":1} trailing"#).unwrap_err(), Skip::InvalidJson);
+        assert_eq!(
+            parse_one(r#"{"a":1} trailing"#).unwrap_err(),
+            Skip::InvalidJson
+        );
     }
 
     #[test]

@@ -68,7 +68,10 @@ fn encode_checkpoint(offset: u64, path: &Path) -> Vec<u8> {
 }
 
 pub fn decode_checkpoint_offset(value: &[u8]) -> Option<u64> {
-    value.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes)
+    value
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_le_bytes)
 }
 
 pub fn checkpoint_key(source: &str, fingerprint: &str) -> Vec<u8> {
@@ -141,7 +144,11 @@ impl FileMatcher {
             .map(|p| {
                 let fixed: PathBuf = Path::new(p)
                     .components()
-                    .take_while(|c| !c.as_os_str().to_string_lossy().contains(['*', '?', '[', '{']))
+                    .take_while(|c| {
+                        !c.as_os_str()
+                            .to_string_lossy()
+                            .contains(['*', '?', '[', '{'])
+                    })
                     .collect();
                 if fixed.as_os_str() == p.as_str() {
                     fixed.parent().map(Path::to_path_buf).unwrap_or(fixed)
@@ -339,7 +346,10 @@ impl FileSource {
                 .queue
                 .checkpoint(&checkpoint_key(&self.name, &fp))
                 .map_err(ReadError::Queue)?;
-            t.offset = stored.as_deref().and_then(decode_checkpoint_offset).unwrap_or(0);
+            t.offset = stored
+                .as_deref()
+                .and_then(decode_checkpoint_offset)
+                .unwrap_or(0);
             if t.offset > size {
                 t.offset = 0;
             }
@@ -360,7 +370,10 @@ impl FileSource {
         let mut buf = vec![0u8; want];
         let mut n = 0;
         while n < want {
-            let r = t.file.read_at(&mut buf[n..], t.offset + n as u64).map_err(ReadError::Io)?;
+            let r = t
+                .file
+                .read_at(&mut buf[n..], t.offset + n as u64)
+                .map_err(ReadError::Io)?;
             if r == 0 {
                 break;
             }
@@ -393,7 +406,12 @@ impl FileSource {
                 line,
                 read_at,
             };
-            parse_counted(self.parser.as_mut(), &rec, &mut self.events, &mut self.parse_stats);
+            parse_counted(
+                self.parser.as_mut(),
+                &rec,
+                &mut self.events,
+                &mut self.parse_stats,
+            );
             pos = end + 1;
         }
         let new_offset = t.offset + consumed as u64;
@@ -406,7 +424,9 @@ impl FileSource {
             )
             .map_err(ReadError::Queue)?;
         t.offset = new_offset;
-        self.stats.bytes_read.fetch_add(consumed as u64, Ordering::Relaxed);
+        self.stats
+            .bytes_read
+            .fetch_add(consumed as u64, Ordering::Relaxed);
         self.stats.commits.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut p) = self.stats.parse.lock() {
             *p = self.parse_stats.clone();

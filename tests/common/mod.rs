@@ -1,0 +1,170 @@
+//! Helpers for integration tests: run the real binary and the local receiver.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use thoth_ingest::receiver::ReceiverStats;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_thoth-ingest");
+pub const KEY: &str = "thoth_test_integration";
+
+/// A receiver running as its own process.
+pub struct ReceiverProc {
+    pub child: Child,
+    pub addr: String,
+    pub store: PathBuf,
+}
+
+impl ReceiverProc {
+    pub fn start(dir: &Path, extra: &[&str]) -> ReceiverProc {
+        let store = dir.join("received.jsonl");
+        let mut child = Command::new(BIN)
+            .args(["receiver", "--listen", "127.0.0.1:0", "--store"])
+            .arg(&store)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start receiver");
+        let stdout = child.stdout.take().expect("receiver stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("receiver prints its address");
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected receiver output: {line:?}"))
+            .to_string();
+        ReceiverProc { child, addr, store }
+    }
+
+    pub fn stats(&self) -> ReceiverStats {
+        reqwest::blocking::get(format!("http://{}/stats", self.addr))
+            .and_then(|r| r.json())
+            .expect("receiver /stats")
+    }
+
+    /// Waits until the receiver has `n` unique ids, or panics after `timeout`.
+    pub fn wait_unique(&self, n: u64, timeout: Duration) -> ReceiverStats {
+        let start = Instant::now();
+        loop {
+            let s = self.stats();
+            if s.unique_event_ids >= n {
+                return s;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "timed out waiting for {n} unique ids; receiver has {s:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The accepted events, as stored.
+    pub fn stored(&self) -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(&self.store).unwrap_or_default();
+        text.lines()
+            .map(|l| serde_json::from_str(l).expect("stored line is JSON"))
+            .collect()
+    }
+}
+
+impl Drop for ReceiverProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Writes a config for one file source over `logs/*.jsonl`.
+pub fn write_config(dir: &Path, receiver: &str, extra: &str) -> PathBuf {
+    let logs = dir.join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[api]
+base_url = "http://{receiver}"
+tenant_id = "it-tenant"
+[state]
+dir = "{state}"
+[delivery]
+requests_per_minute = 100000
+linger = "100ms"
+[[sources]]
+name = "agents"
+type = "file"
+include = ["{logs}/*.jsonl"]
+parser = "json"
+poll_interval = "50ms"
+{extra}
+"#,
+            state = dir.join("state").display(),
+            logs = logs.display(),
+        ),
+    )
+    .unwrap();
+    config
+}
+
+pub fn start_daemon(config: &Path) -> Child {
+    let child = Command::new(BIN)
+        .arg("--config")
+        .arg(config)
+        .arg("run")
+        .env("THOTH_API_KEY", KEY)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start daemon");
+    // Signal handlers are installed first thing, but not before exec.
+    std::thread::sleep(Duration::from_millis(50));
+    child
+}
+
+/// SIGTERM, then the exit status.
+pub fn terminate(child: &mut Child) -> std::process::ExitStatus {
+    // SAFETY: kill(2) on a pid we own; no memory is involved.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(40),
+            "daemon did not stop within 40 s of SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A log line whose `seq` identifies it.
+pub fn line(seq: u64) -> String {
+    format!(
+        r#"{{"timestamp":"2026-11-28T10:00:00.000Z","agent":"it-agent","session_id":"s-{}","tool":"bash","content":"line {seq}","seq":{seq},"pad":"{}"}}"#,
+        seq / 100,
+        "x".repeat(150)
+    ) + "\n"
+}
+
+/// For each `seq` seen at the receiver, the distinct event ids it arrived under.
+pub fn ids_by_seq(events: &[serde_json::Value]) -> BTreeMap<u64, BTreeSet<String>> {
+    let mut map: BTreeMap<u64, BTreeSet<String>> = BTreeMap::new();
+    for e in events {
+        let seq = e["metadata"]["seq"].as_u64().expect("metadata.seq");
+        let id = e["event_id"].as_str().expect("event_id").to_string();
+        map.entry(seq).or_default().insert(id);
+    }
+    map
+}

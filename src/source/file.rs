@@ -173,6 +173,7 @@ pub struct FileSource {
     shutdown: Arc<AtomicBool>,
     tracked: HashMap<(u64, u64), Tracked>,
     events: EventBuf,
+    read_buf: Vec<u8>,
     parse_stats: ParseStats,
 }
 
@@ -194,13 +195,15 @@ impl FileSource {
             shutdown,
             tracked: HashMap::new(),
             events: EventBuf::default(),
+            read_buf: Vec::new(),
             parse_stats: ParseStats::default(),
         })
     }
 
     /// Follows the files until shutdown is requested.
     pub fn run(mut self) -> Result<(), SourceError> {
-        let (wake_tx, wake_rx) = mpsc::channel::<()>();
+        // Capacity 1 and try_send: notices coalesce instead of piling up.
+        let (wake_tx, wake_rx) = mpsc::sync_channel::<Wake>(1);
         let _watcher = self.start_watcher(wake_tx);
         let mut last_scan: Option<Instant> = None;
         while !self.shutdown.load(Ordering::SeqCst) {
@@ -212,10 +215,14 @@ impl FileSource {
             if !progressed {
                 self.stats.caught_up.store(true, Ordering::SeqCst);
                 match wake_rx.recv_timeout(self.config.poll_interval) {
-                    // A change may be a new file: look for it at once.
-                    Ok(()) => {
-                        while wake_rx.try_recv().is_ok() {}
-                        last_scan = None;
+                    Ok(wake) => {
+                        let mut rescan = wake == Wake::Rescan;
+                        while let Ok(w) = wake_rx.try_recv() {
+                            rescan |= w == Wake::Rescan;
+                        }
+                        if rescan {
+                            last_scan = None;
+                        }
                     }
                     Err(mpsc::RecvTimeoutError::Timeout) => {}
                     Err(mpsc::RecvTimeoutError::Disconnected) => {
@@ -230,11 +237,24 @@ impl FileSource {
         Ok(())
     }
 
-    fn start_watcher(&self, wake: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
+    fn start_watcher(&self, wake: mpsc::SyncSender<Wake>) -> Option<notify::RecommendedWatcher> {
+        use notify::event::{EventKind, ModifyKind};
         let handler = move |res: notify::Result<notify::Event>| {
-            if res.is_ok() {
-                let _ = wake.send(());
-            }
+            let Ok(event) = res else { return };
+            let what = match event.kind {
+                // A file appeared, went or was renamed: the globs may match differently.
+                EventKind::Create(_)
+                | EventKind::Remove(_)
+                | EventKind::Modify(ModifyKind::Name(_)) => Wake::Rescan,
+                EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Any) | EventKind::Any => {
+                    Wake::Read
+                }
+                // Opens, reads and closes, including our own: not news.
+                _ => return,
+            };
+            // A full channel already holds a wake-up; a Rescan behind a Read is
+            // caught by the periodic scan.
+            let _ = wake.try_send(what);
         };
         let mut watcher = match notify::recommended_watcher(handler) {
             Ok(w) => w,
@@ -367,7 +387,8 @@ impl FileSource {
             return Ok(false);
         }
         let want = ((size - t.offset) as usize).min(READ_CHUNK);
-        let mut buf = vec![0u8; want];
+        let buf = &mut self.read_buf;
+        buf.resize(want, 0);
         let mut n = 0;
         while n < want {
             let r = t
@@ -433,6 +454,12 @@ impl FileSource {
         }
         Ok(true)
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wake {
+    Read,
+    Rescan,
 }
 
 enum ReadError {

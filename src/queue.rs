@@ -952,8 +952,7 @@ mod tests {
         let q = Queue::open(dir.path(), 8 << 20).unwrap();
         let e = q
             .peek_batch(10)
-            .err()
-            .expect("corruption detected")
+            .expect_err("corruption detected")
             .to_string();
         assert!(e.contains("checksum"), "{e}");
     }

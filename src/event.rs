@@ -6,7 +6,6 @@
 //! re-sent event always carries the id of its first send (design invariant 3).
 
 use std::borrow::Cow;
-use std::fmt::Write as _;
 
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -21,15 +20,11 @@ const EVENT_ID_NAMESPACE: Uuid = Uuid::from_bytes([
 pub const DEFAULT_TTL_SECS: i64 = 90 * 24 * 3600;
 
 /// The `event_type` of an event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EventType {
-    #[serde(rename = "TOOL_CALL_PRE")]
     ToolCallPre,
-    #[serde(rename = "TOOL_CALL_POST")]
     ToolCallPost,
-    #[serde(rename = "TOOL_CALL_BLOCK")]
     ToolCallBlock,
-    #[serde(rename = "LLM_INVOCATION")]
     LlmInvocation,
 }
 
@@ -47,6 +42,15 @@ impl EventType {
             .map(|(_, t)| *t)
     }
 
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::ToolCallPre => "TOOL_CALL_PRE",
+            EventType::ToolCallPost => "TOOL_CALL_POST",
+            EventType::ToolCallBlock => "TOOL_CALL_BLOCK",
+            EventType::LlmInvocation => "LLM_INVOCATION",
+        }
+    }
+
     /// The `source_type` the API expects with this event type.
     pub fn source_type(self) -> SourceType {
         match self {
@@ -57,11 +61,19 @@ impl EventType {
 }
 
 /// The `source_type` of an event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SourceType {
     AgentToolCall,
     AgentLlmInvocation,
+}
+
+impl SourceType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceType::AgentToolCall => "agent_tool_call",
+            SourceType::AgentLlmInvocation => "agent_llm_invocation",
+        }
+    }
 }
 
 /// The `enforcement_mode` of an event.
@@ -75,8 +87,19 @@ pub enum EnforcementMode {
     Progressive,
 }
 
+impl EnforcementMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EnforcementMode::Observe => "observe",
+            EnforcementMode::StepUp => "step_up",
+            EnforcementMode::Block => "block",
+            EnforcementMode::Progressive => "progressive",
+        }
+    }
+}
+
 /// One behavioral event, borrowing what it can from the log line it came from.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct Event<'a> {
     pub event_id: String,
     pub tenant_id: Cow<'a, str>,
@@ -87,25 +110,167 @@ pub struct Event<'a> {
     pub event_type: EventType,
     pub tool_name: Cow<'a, str>,
     pub content: Cow<'a, str>,
-    /// Already-serialized JSON object, so raw values of the log line pass through
-    /// without being parsed into a tree and written again.
-    pub metadata: Cow<'a, RawValue>,
+    pub metadata: Metadata<'a>,
     pub approved_scope: Vec<Cow<'a, str>>,
     pub enforcement_mode: EnforcementMode,
     pub session_tool_calls: Vec<Cow<'a, str>>,
-    #[serde(serialize_with = "serialize_timestamp")]
     pub occurred_at: Timestamp,
     pub ttl: i64,
     pub violation_id: Option<Cow<'a, str>>,
 }
 
 impl Event<'_> {
-    /// Appends the wire JSON of this event to `out`.
+    /// Appends the wire JSON of this event to `out`: the fields of the 0.5.x
+    /// SDK, in its order. Written by hand because this is the daemon's hottest
+    /// path after parsing; `tests::serializes_exactly_like_the_api_example`
+    /// holds it to the API's example.
     pub fn write_json(&self, out: &mut Vec<u8>) {
-        // Writing into a Vec cannot fail, and every field serializes infallibly.
-        if let Err(e) = serde_json::to_writer(&mut *out, self) {
-            unreachable!("serializing an event into memory failed: {e}");
+        out.extend_from_slice(b"{\"event_id\":");
+        push_str(out, &self.event_id);
+        out.extend_from_slice(b",\"tenant_id\":");
+        push_str(out, &self.tenant_id);
+        out.extend_from_slice(b",\"agent_id\":");
+        push_opt_str(out, self.agent_id.as_deref());
+        out.extend_from_slice(b",\"session_id\":");
+        push_str(out, &self.session_id);
+        out.extend_from_slice(b",\"user_id\":");
+        push_str(out, &self.user_id);
+        out.extend_from_slice(b",\"source_type\":\"");
+        out.extend_from_slice(self.source_type.as_str().as_bytes());
+        out.extend_from_slice(b"\",\"event_type\":\"");
+        out.extend_from_slice(self.event_type.as_str().as_bytes());
+        out.extend_from_slice(b"\",\"tool_name\":");
+        push_str(out, &self.tool_name);
+        out.extend_from_slice(b",\"content\":");
+        push_str(out, &self.content);
+        out.extend_from_slice(b",\"metadata\":");
+        out.extend_from_slice(self.metadata.as_json().as_bytes());
+        out.extend_from_slice(b",\"approved_scope\":");
+        push_str_array(out, &self.approved_scope);
+        out.extend_from_slice(b",\"enforcement_mode\":\"");
+        out.extend_from_slice(self.enforcement_mode.as_str().as_bytes());
+        out.extend_from_slice(b"\",\"session_tool_calls\":");
+        push_str_array(out, &self.session_tool_calls);
+        out.extend_from_slice(b",\"occurred_at\":\"");
+        self.occurred_at.write_rfc3339(out);
+        out.extend_from_slice(b"\",\"ttl\":");
+        push_i64(out, self.ttl);
+        out.extend_from_slice(b",\"violation_id\":");
+        push_opt_str(out, self.violation_id.as_deref());
+        out.push(b'}');
+    }
+}
+
+/// A JSON string, escaped as JSON requires.
+fn push_str(out: &mut Vec<u8>, s: &str) {
+    // Most values need no escaping; checking first lets them go in one copy.
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else if let Err(e) = serde_json::to_writer(&mut *out, s) {
+        unreachable!("escaping a str into memory failed: {e}");
+    }
+}
+
+fn push_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => push_str(out, s),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+fn push_str_array(out: &mut Vec<u8>, items: &[Cow<'_, str>]) {
+    out.push(b'[');
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
         }
+        push_str(out, item);
+    }
+    out.push(b']');
+}
+
+fn push_i64(out: &mut Vec<u8>, n: i64) {
+    if n < 0 {
+        out.push(b'-');
+    }
+    push_u64(out, n.unsigned_abs());
+}
+
+/// Decimal digits of `n`, without going through `core::fmt`.
+pub fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[i..]);
+}
+
+/// Zero-padded decimal digits of `n`.
+fn push_padded(out: &mut Vec<u8>, n: u64, width: usize) {
+    let mut buf = [b'0'; 20];
+    let mut n = n;
+    for slot in buf[20 - width..].iter_mut().rev() {
+        *slot = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    out.extend_from_slice(&buf[20 - width..]);
+}
+
+/// The `metadata` object as JSON text. Only the constructors below make one,
+/// so it is always a valid JSON object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Metadata<'a>(Cow<'a, str>);
+
+impl<'a> Metadata<'a> {
+    pub fn empty() -> Metadata<'static> {
+        Metadata(Cow::Borrowed("{}"))
+    }
+
+    /// From a JSON object value.
+    pub fn from_map(map: &serde_json::Map<String, serde_json::Value>) -> Metadata<'static> {
+        match serde_json::to_string(map) {
+            Ok(text) => Metadata(Cow::Owned(text)),
+            Err(e) => unreachable!("a JSON map always serializes: {e}"),
+        }
+    }
+
+    /// From keys and raw JSON values, which serde_json already validated, so
+    /// the values are copied as they are, not parsed and written again.
+    pub fn from_raw_entries<'k>(
+        entries: impl IntoIterator<Item = (&'k str, &'k RawValue)>,
+    ) -> Metadata<'a> {
+        let mut text = Vec::with_capacity(256);
+        text.push(b'{');
+        for (key, value) in entries {
+            if text.len() > 1 {
+                text.push(b',');
+            }
+            push_str(&mut text, key);
+            text.push(b':');
+            text.extend_from_slice(value.get().as_bytes());
+        }
+        text.push(b'}');
+        match String::from_utf8(text) {
+            Ok(text) => Metadata(Cow::Owned(text)),
+            Err(e) => unreachable!("built from str pieces: {e}"),
+        }
+    }
+
+    pub fn as_json(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0 == "{}"
     }
 }
 
@@ -169,20 +334,30 @@ impl Timestamp {
     /// RFC 3339 in UTC with microseconds: `2026-03-13T12:00:00.123456+00:00`,
     /// the shape the SDK sends.
     pub fn to_rfc3339(self) -> String {
+        let mut out = Vec::with_capacity(32);
+        self.write_rfc3339(&mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    pub fn write_rfc3339(self, out: &mut Vec<u8>) {
         let secs = self.unix_micros.div_euclid(1_000_000);
-        let micros = self.unix_micros.rem_euclid(1_000_000);
-        let days = secs.div_euclid(86_400);
-        let sod = secs.rem_euclid(86_400);
-        let (y, m, d) = civil_from_days(days);
-        let mut s = String::with_capacity(32);
-        let _ = write!(
-            s,
-            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}+00:00",
-            sod / 3600,
-            (sod / 60) % 60,
-            sod % 60
-        );
-        s
+        let micros = self.unix_micros.rem_euclid(1_000_000) as u64;
+        let sod = secs.rem_euclid(86_400) as u64;
+        let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+        push_padded(out, y.clamp(0, 9999) as u64, 4);
+        out.push(b'-');
+        push_padded(out, u64::from(m), 2);
+        out.push(b'-');
+        push_padded(out, u64::from(d), 2);
+        out.push(b'T');
+        push_padded(out, sod / 3600, 2);
+        out.push(b':');
+        push_padded(out, (sod / 60) % 60, 2);
+        out.push(b':');
+        push_padded(out, sod % 60, 2);
+        out.push(b'.');
+        push_padded(out, micros, 6);
+        out.extend_from_slice(b"+00:00");
     }
 }
 
@@ -200,20 +375,16 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
-fn serialize_timestamp<S: serde::Serializer>(t: &Timestamp, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&t.to_rfc3339())
-}
-
 /// Derives `<tenant_id>:<UUIDv5>` from the event's origin: the identity of its
 /// source stream, the position of its record in that stream, and its index among
 /// the events of that record.
 pub fn event_id(tenant_id: &str, stream_identity: &str, position: u64, index: u32) -> String {
-    let mut name = Vec::with_capacity(stream_identity.len() + 24);
+    let mut name = Vec::with_capacity(stream_identity.len() + 32);
     name.extend_from_slice(stream_identity.as_bytes());
     name.push(0x1f);
-    name.extend_from_slice(position.to_string().as_bytes());
+    push_u64(&mut name, position);
     name.push(0x1f);
-    name.extend_from_slice(index.to_string().as_bytes());
+    push_u64(&mut name, u64::from(index));
     let id = Uuid::new_v5(&EVENT_ID_NAMESPACE, &name);
     let mut out = String::with_capacity(tenant_id.len() + 37);
     out.push_str(tenant_id);
@@ -221,15 +392,6 @@ pub fn event_id(tenant_id: &str, stream_identity: &str, position: u64, index: u3
     let mut buf = Uuid::encode_buffer();
     out.push_str(id.hyphenated().encode_lower(&mut buf));
     out
-}
-
-/// An empty metadata object.
-pub fn empty_metadata() -> Cow<'static, RawValue> {
-    let raw: &'static RawValue = match serde_json::from_str("{}") {
-        Ok(raw) => raw,
-        Err(e) => unreachable!("`{{}}` is valid JSON: {e}"),
-    };
-    Cow::Borrowed(raw)
 }
 
 #[cfg(test)]
@@ -256,9 +418,9 @@ mod tests {
     }"#;
 
     fn example_event() -> Event<'static> {
-        let metadata: Box<RawValue> =
-            RawValue::from_string(r#"{"tool_call":{"name":"submit_payment"}}"#.to_string())
-                .expect("valid json");
+        let tool_call: Box<RawValue> =
+            RawValue::from_string(r#"{"name":"submit_payment"}"#.to_string()).expect("valid json");
+        let metadata = Metadata::from_raw_entries([("tool_call", &*tool_call)]);
         Event {
             event_id: "acme-corp:4f1c2b9e-6a53-4d67-9d0e-3b6f0c9a1e27".into(),
             tenant_id: "acme-corp".into(),
@@ -269,7 +431,7 @@ mod tests {
             event_type: EventType::ToolCallPre,
             tool_name: "submit_payment".into(),
             content: "tool invocation requested".into(),
-            metadata: Cow::Owned(metadata),
+            metadata,
             approved_scope: vec!["search_docs".into()],
             enforcement_mode: EnforcementMode::Progressive,
             session_tool_calls: vec!["search_docs".into()],
@@ -330,6 +492,19 @@ mod tests {
         assert_ne!(a, event_id("acme", "agents/abc", 120, 1));
         // Pinned: a change here would make re-sent events look new to the server.
         assert_eq!(a, "acme:9bdcf526-e18a-568e-a339-f3d38c154b0c");
+    }
+
+    #[test]
+    fn strings_that_need_escaping_are_escaped() {
+        let mut e = example_event();
+        e.content = "quote \" backslash \\ newline \n tab \t nul \u{0} é".into();
+        let mut out = Vec::new();
+        e.write_json(&mut out);
+        let v: serde_json::Value = serde_json::from_slice(&out).expect("valid json");
+        assert_eq!(
+            v["content"],
+            "quote \" backslash \\ newline \n tab \t nul \u{0} é"
+        );
     }
 
     #[test]

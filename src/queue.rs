@@ -255,24 +255,64 @@ impl Chunk {
     }
 }
 
-/// Appends the encoded chunk of `events[range]` to `out`.
-fn encode_chunk(events: &EventBuf, range: Range<usize>, out: &mut Vec<u8>) {
+/// The header of the chunk of `events[range]` (format, crc32, count, event
+/// end offsets); the chunk is this header followed by the events' bytes,
+/// which are written from where they are rather than copied.
+fn chunk_header(events: &EventBuf, range: Range<usize>) -> Vec<u8> {
     let base = if range.start == 0 {
         0
     } else {
         events.ends[range.start - 1]
     };
-    let data_end = events.ends[range.end - 1];
-    let at = out.len();
-    out.push(CHUNK_FORMAT);
-    out.extend_from_slice(&[0; 4]);
-    out.extend_from_slice(&(range.len() as u32).to_le_bytes());
-    for &end in &events.ends[range.clone()] {
-        out.extend_from_slice(&(end - base).to_le_bytes());
+    let data = &events.bytes[base as usize..events.ends[range.end - 1] as usize];
+    let mut header = Vec::with_capacity(HEADER_LEN + range.len() * 4);
+    header.push(CHUNK_FORMAT);
+    header.extend_from_slice(&[0; 4]);
+    header.extend_from_slice(&(range.len() as u32).to_le_bytes());
+    for &end in &events.ends[range] {
+        header.extend_from_slice(&(end - base).to_le_bytes());
     }
-    out.extend_from_slice(&events.bytes[base as usize..data_end as usize]);
-    let crc = crc32fast::hash(&out[at + 5..]);
-    out[at + 1..at + 5].copy_from_slice(&crc.to_le_bytes());
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&header[5..]);
+    crc.update(data);
+    let crc = crc.finalize().to_le_bytes();
+    header[1..5].copy_from_slice(&crc);
+    header
+}
+
+/// `pwritev` until every slice is written.
+fn write_all_vectored_at(
+    file: &File,
+    mut slices: &mut [std::io::IoSlice<'_>],
+    mut offset: u64,
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    while !slices.is_empty() {
+        let count = slices.len().min(1024) as libc::c_int;
+        // SAFETY: IoSlice is ABI-compatible with iovec, the slices outlive the
+        // call, and the fd is open for the duration of the borrow of `file`.
+        let n = unsafe {
+            libc::pwritev(
+                file.as_raw_fd(),
+                slices.as_ptr() as *const libc::iovec,
+                count,
+                offset as libc::off_t,
+            )
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        offset += n as u64;
+        std::io::IoSlice::advance_slices(&mut slices, n as usize);
+    }
+    Ok(())
 }
 
 /// The segment files: one open for appends, the rest read until every chunk
@@ -488,20 +528,27 @@ impl Queue {
     /// returns once both are on disk.
     pub fn commit(&self, events: &EventBuf, key: &[u8], value: &[u8]) -> Result<(), QueueError> {
         let committed_at = Timestamp::now();
-        // Encode the chunks outside the lock.
-        let mut bytes = Vec::with_capacity(events.bytes.len() + events.len() * 4 + 64);
-        let mut spans: Vec<(usize, usize, u32)> = Vec::new(); // (start, len, count)
+        // Cut the events into chunks and build their headers outside the lock.
+        let mut headers: Vec<Vec<u8>> = Vec::new();
+        let mut data: Vec<&[u8]> = Vec::new();
         let mut first = 0;
         let mut base = 0u32;
         for i in 0..events.len() {
             let end = events.ends[i];
             if (end - base) as usize >= CHUNK_TARGET_BYTES || i + 1 == events.len() {
-                let at = bytes.len();
-                encode_chunk(events, first..i + 1, &mut bytes);
-                spans.push((at, bytes.len() - at, (i + 1 - first) as u32));
+                headers.push(chunk_header(events, first..i + 1));
+                data.push(&events.bytes[base as usize..end as usize]);
                 first = i + 1;
                 base = end;
             }
+        }
+        // (offset within this commit, length, event count) of each chunk.
+        let mut spans: Vec<(u64, u32, u32)> = Vec::with_capacity(headers.len());
+        let mut total = 0u64;
+        for (h, d) in headers.iter().zip(&data) {
+            let len = (h.len() + d.len()) as u32;
+            spans.push((total, len, ((h.len() - HEADER_LEN) / 4) as u32));
+            total += u64::from(len);
         }
         let mut segments = self.segments.lock().unwrap_or_else(|p| p.into_inner());
         if segments.current_len >= SEGMENT_MAX_BYTES {
@@ -515,9 +562,14 @@ impl Queue {
         }
         let segment = segments.current;
         let offset = segments.current_len;
-        if !bytes.is_empty() {
+        if total > 0 {
+            let mut slices: Vec<std::io::IoSlice<'_>> = headers
+                .iter()
+                .zip(&data)
+                .flat_map(|(h, d)| [std::io::IoSlice::new(h), std::io::IoSlice::new(d)])
+                .collect();
             let file = &segments.files[&segment];
-            file.write_all_at(&bytes, offset).map_err(|e| self.io(e))?;
+            write_all_vectored_at(file, &mut slices, offset).map_err(|e| self.io(e))?;
             file.sync_data().map_err(|e| self.io(e))?;
         }
         let first_seq = self.next_seq.load(Ordering::SeqCst);
@@ -526,8 +578,8 @@ impl Queue {
             .map(|&(at, len, count)| {
                 Pointer {
                     segment,
-                    offset: offset + at as u64,
-                    len: len as u32,
+                    offset: offset + at,
+                    len,
                     count,
                     committed_at,
                 }
@@ -548,15 +600,14 @@ impl Queue {
             Err(TransactionError::Abort(())) => unreachable!("the commit never aborts"),
         }
         self.sync()?;
-        segments.current_len += bytes.len() as u64;
+        segments.current_len += total;
         if !spans.is_empty() {
             *segments.live.entry(segment).or_default() += spans.len() as u64;
         }
         self.next_seq
             .store(first_seq + spans.len() as u64, Ordering::SeqCst);
         drop(segments);
-        self.queued_bytes
-            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        self.queued_bytes.fetch_add(total, Ordering::Relaxed);
         self.committed_events
             .fetch_add(events.len() as u64, Ordering::Relaxed);
         self.appended.notify_one();

@@ -98,7 +98,7 @@ impl Flusher {
     pub async fn run(mut self, shutdown: Arc<AtomicBool>) -> Result<(), FlushError> {
         let stop = || shutdown.load(Ordering::SeqCst);
         while !stop() {
-            let Some(batch) = self.queue.peek_batch(self.batch_max_events)? else {
+            let Some(mut batch) = self.queue.peek_batch(self.batch_max_events)? else {
                 self.idle(Duration::from_millis(200)).await;
                 continue;
             };
@@ -113,7 +113,7 @@ impl Flusher {
             }
             self.queue.take(&batch);
             self.stats.in_flight.store(true, Ordering::SeqCst);
-            let delivered = self.deliver(&batch, &stop).await?;
+            let delivered = self.deliver(&mut batch, &stop).await?;
             if !delivered {
                 self.queue.release(&batch);
             }
@@ -129,10 +129,10 @@ impl Flusher {
     /// Sends one batch until it is accepted; false if shutdown came first.
     async fn deliver(
         &mut self,
-        batch: &Batch,
+        batch: &mut Batch,
         stop: &impl Fn() -> bool,
     ) -> Result<bool, FlushError> {
-        let body = bytes::Bytes::from(batch.body.clone());
+        let body = bytes::Bytes::from(std::mem::take(&mut batch.body));
         let mut attempt: u32 = 0;
         loop {
             self.budget.acquire().await;

@@ -12,7 +12,7 @@ use serde_json::value::RawValue;
 
 use super::{truncate_utf8, EventBuf, EventContext, Parser, Record, Skip};
 use crate::config::JsonFields;
-use crate::event::{EventType, Timestamp};
+use crate::event::{EventType, Metadata, Timestamp};
 
 const AGENT: usize = 0;
 const SESSION: usize = 1;
@@ -188,36 +188,13 @@ impl Parser for JsonParser {
             };
         }
 
-        let mut metadata = String::with_capacity(line.len());
-        metadata.push('{');
-        for (i, (key, raw)) in entries.iter().enumerate() {
-            if chosen.iter().any(|c| matches!(c, Some((j, _)) if *j == i)) {
-                continue;
-            }
-            if metadata.len() > 1 {
-                metadata.push(',');
-            }
-            push_json_string(&mut metadata, key);
-            metadata.push(':');
-            metadata.push_str(raw.get());
-        }
-        metadata.push('}');
-        if metadata.len() > 2 {
-            // Built from a key escaped by serde_json and values it validated.
-            match RawValue::from_string(metadata) {
-                Ok(raw) => event.metadata = Cow::Owned(raw),
-                Err(e) => unreachable!("metadata built from valid JSON is valid: {e}"),
-            }
-        }
+        let others = entries
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !chosen.iter().any(|c| matches!(c, Some((j, _)) if j == i)));
+        event.metadata = Metadata::from_raw_entries(others.map(|(_, (k, v))| (&**k, *v)));
         out.push(&event);
         Ok(1)
-    }
-}
-
-fn push_json_string(out: &mut String, s: &str) {
-    match serde_json::to_string(s) {
-        Ok(quoted) => out.push_str(&quoted),
-        Err(e) => unreachable!("a str always serializes: {e}"),
     }
 }
 

@@ -76,7 +76,7 @@ impl EventContext {
             event_type,
             tool_name: Cow::Borrowed(""),
             content: Cow::Borrowed(""),
-            metadata: crate::event::empty_metadata(),
+            metadata: crate::event::Metadata::empty(),
             approved_scope: Vec::new(),
             enforcement_mode: self.enforcement_mode,
             session_tool_calls: Vec::new(),

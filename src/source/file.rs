@@ -31,7 +31,7 @@ use crate::parse::{parse_counted, EventBuf, ParseStats, Parser, Record};
 use crate::queue::{Queue, QueueError};
 
 /// Most bytes read from one file before the tailer moves on to the next.
-const READ_CHUNK: usize = 1 << 20;
+const READ_CHUNK: usize = 4 << 20;
 /// The fingerprint covers the first line, or this many bytes if it is longer.
 pub const FINGERPRINT_MAX: usize = 1024;
 /// How long a file that disappeared from the globs stays open after its end.

@@ -862,6 +862,20 @@ parser = "json"
     }
 
     #[test]
+    fn the_shipped_example_config_loads() {
+        let path = Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/config/config.example.toml"
+        ));
+        let c = Config::load(path, &Env::default()).expect("config/config.example.toml is valid");
+        assert_eq!(c.defaults.ttl, Duration::from_secs(90 * 24 * 3600));
+        assert_eq!(
+            c.sources[0].fields.content,
+            vec!["content", "message", "msg"]
+        );
+    }
+
+    #[test]
     fn sizes_parse() {
         assert_eq!(ByteSize::parse("64MiB"), Ok(ByteSize(64 << 20)));
         assert_eq!(ByteSize::parse("512 KiB"), Ok(ByteSize(512 << 10)));

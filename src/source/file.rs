@@ -401,7 +401,7 @@ impl FileSource {
             n += r;
         }
         buf.truncate(n);
-        let consumed = match buf.iter().rposition(|&b| b == b'\n') {
+        let consumed = match memchr::memrchr(b'\n', buf) {
             Some(i) => i + 1,
             // A line longer than a whole chunk: take the chunk as a line rather
             // than buffer without bound.
@@ -412,9 +412,7 @@ impl FileSource {
         self.events.clear();
         let mut pos = 0usize;
         while pos < consumed {
-            let end = buf[pos..consumed]
-                .iter()
-                .position(|&b| b == b'\n')
+            let end = memchr::memchr(b'\n', &buf[pos..consumed])
                 .map(|i| pos + i)
                 .unwrap_or(consumed);
             let mut line = &buf[pos..end];

@@ -184,12 +184,14 @@ async fn batch(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byte
     if !config.latency.is_zero() {
         tokio::time::sleep(config.latency).await;
     }
+    // Checked before taking the lock, so requests validate in parallel.
+    let checked = validate_batch(&body);
     let (response, status) = {
         let mut inner = lock(&shared);
         inner.request_counter += 1;
         let request_id = format!("req_{:08x}", inner.request_counter);
         inner.stats.requests += 1;
-        let response = handle_batch(config, &mut inner, &headers, &body, &request_id);
+        let response = handle_batch(config, &mut inner, &headers, checked, &request_id);
         let status = response.status().as_u16();
         *inner.stats.status.entry(status).or_default() += 1;
         (response, status)
@@ -202,7 +204,7 @@ fn handle_batch(
     config: &ReceiverConfig,
     inner: &mut Inner,
     headers: &HeaderMap,
-    body: &[u8],
+    checked: Result<Vec<Checked<'_>>, String>,
     request_id: &str,
 ) -> Response {
     let key = match presented_key(headers) {
@@ -279,7 +281,7 @@ fn handle_batch(
             request_id,
         )
     } else {
-        match validate_batch(body) {
+        match checked {
             Err(message) => {
                 inner.stats.rejected_events += 1;
                 error_response(
@@ -307,17 +309,23 @@ fn handle_batch(
     response
 }
 
-fn accept(inner: &mut Inner, events: &[Value]) {
+fn accept(inner: &mut Inner, events: &[Checked<'_>]) {
     for e in events {
         inner.stats.accepted_events += 1;
-        let id = e["event_id"].as_str().unwrap_or_default();
-        if inner.ids.insert(id.into()) {
+        if inner.ids.insert(e.event_id.as_ref().into()) {
             inner.stats.unique_event_ids += 1;
         } else {
             inner.stats.duplicate_events += 1;
         }
         if let Some(store) = inner.store.as_mut() {
-            let _ = serde_json::to_writer(&mut *store, e);
+            let raw = e.raw.get();
+            if raw.contains('\n') {
+                // Pretty-printed by the sender: one line per event in the store.
+                let v: Value = serde_json::from_str(raw).unwrap_or_default();
+                let _ = serde_json::to_writer(&mut *store, &v);
+            } else {
+                let _ = store.write_all(raw.as_bytes());
+            }
             let _ = store.write_all(b"\n");
         }
     }
@@ -335,85 +343,120 @@ const EVENT_TYPES: &[&str] = &[
 const SOURCE_TYPES: &[&str] = &["agent_tool_call", "agent_llm_invocation"];
 const MODES: &[&str] = &["observe", "step_up", "block", "progressive"];
 
-/// Checks a body against thoth-api.md; the message names the event and field.
-pub fn validate_batch(body: &[u8]) -> Result<Vec<Value>, String> {
-    let value: Value =
-        serde_json::from_slice(body).map_err(|e| format!("body is not JSON: {e}"))?;
-    let Value::Array(events) = value else {
-        return Err("body must be a JSON array of events".into());
-    };
-    for (i, e) in events.iter().enumerate() {
-        validate_event(e).map_err(|m| format!("event {i}: {m}"))?;
-    }
-    Ok(events)
+/// An event that passed the checks: its id and its JSON as sent.
+#[derive(Debug)]
+pub struct Checked<'a> {
+    pub event_id: std::borrow::Cow<'a, str>,
+    pub raw: &'a serde_json::value::RawValue,
 }
 
-fn validate_event(e: &Value) -> Result<(), String> {
-    let Value::Object(o) = e else {
-        return Err("not a JSON object".into());
-    };
-    let string = |k: &str, required: bool| -> Result<(), String> {
-        match o.get(k) {
-            Some(Value::String(_)) => Ok(()),
-            None if !required => Ok(()),
-            None => Err(format!("field `{k}` is required")),
-            Some(_) => Err(format!("field `{k}` must be a string")),
+/// The event fields thoth-api.md names, typed as it says. Fields it does not
+/// name (the older model's `hostname`, `chain_index`, ...) are allowed.
+#[derive(serde::Deserialize)]
+struct WireEvent<'a> {
+    #[serde(borrow)]
+    event_id: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    tenant_id: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    session_id: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    user_id: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, borrow)]
+    agent_id: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    source_type: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    event_type: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    tool_name: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    content: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    metadata: Option<&'a serde_json::value::RawValue>,
+    #[serde(borrow)]
+    approved_scope: Option<Vec<std::borrow::Cow<'a, str>>>,
+    #[serde(borrow)]
+    enforcement_mode: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    session_tool_calls: Option<Vec<std::borrow::Cow<'a, str>>>,
+    #[serde(borrow)]
+    occurred_at: Option<std::borrow::Cow<'a, str>>,
+    ttl: Option<i64>,
+    #[serde(default, borrow)]
+    violation_id: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// Checks a body against thoth-api.md; the message names the event and field.
+pub fn validate_batch(body: &[u8]) -> Result<Vec<Checked<'_>>, String> {
+    let events: Vec<&serde_json::value::RawValue> = serde_json::from_slice(body).map_err(|e| {
+        if body.first().is_some_and(|b| *b == b'[') {
+            format!("body is not a JSON array of events: {e}")
+        } else {
+            "body must be a JSON array of events".to_string()
         }
+    })?;
+    events
+        .into_iter()
+        .enumerate()
+        .map(|(i, raw)| validate_event(raw).map_err(|m| format!("event {i}: {m}")))
+        .collect()
+}
+
+fn validate_event(raw: &serde_json::value::RawValue) -> Result<Checked<'_>, String> {
+    if !raw.get().starts_with('{') {
+        return Err("not a JSON object".into());
+    }
+    let mut de = serde_json::Deserializer::from_str(raw.get());
+    let e: WireEvent = serde_path_to_error::deserialize(&mut de).map_err(|err| {
+        let field = err.path().to_string();
+        let inner = err.into_inner().to_string();
+        let inner = inner
+            .split(" at line")
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        format!("field `{field}`: {inner}")
+    })?;
+    let required = |v: &Option<std::borrow::Cow<'_, str>>, k: &str| match v {
+        Some(_) => Ok(()),
+        None => Err(format!("field `{k}` is required")),
     };
-    let string_or_null = |k: &str| match o.get(k) {
-        None | Some(Value::Null) | Some(Value::String(_)) => Ok(()),
-        Some(_) => Err(format!("field `{k}` must be a string or null")),
-    };
-    let one_of = |k: &str, allowed: &[&str]| match o.get(k) {
-        None => Ok(()),
-        Some(Value::String(s)) if allowed.contains(&s.as_str()) => Ok(()),
-        Some(v) => Err(format!(
-            "field `{k}`: {v} is not one of {}",
-            allowed.join(", ")
-        )),
-    };
-    let string_array = |k: &str| match o.get(k) {
-        None => Ok(()),
-        Some(Value::Array(a)) if a.iter().all(Value::is_string) => Ok(()),
-        Some(_) => Err(format!("field `{k}` must be an array of strings")),
-    };
-    string("event_id", true)?;
-    string("tenant_id", true)?;
-    string("session_id", true)?;
-    string("user_id", true)?;
-    if o["tenant_id"].as_str().is_some_and(str::is_empty) {
+    required(&e.event_id, "event_id")?;
+    required(&e.tenant_id, "tenant_id")?;
+    required(&e.session_id, "session_id")?;
+    required(&e.user_id, "user_id")?;
+    required(&e.event_type, "event_type")?;
+    if e.tenant_id.as_deref().is_some_and(str::is_empty) {
         return Err("field `tenant_id` must not be empty".into());
     }
-    string_or_null("agent_id")?;
-    one_of("source_type", SOURCE_TYPES)?;
-    if !o.contains_key("event_type") {
-        return Err("field `event_type` is required".into());
-    }
-    one_of("event_type", EVENT_TYPES)?;
-    string("tool_name", false)?;
-    string("content", false)?;
-    if !matches!(o.get("metadata"), None | Some(Value::Object(_))) {
+    let one_of =
+        |v: &Option<std::borrow::Cow<'_, str>>, k: &str, allowed: &[&str]| match v.as_deref() {
+            Some(s) if !allowed.contains(&s) => Err(format!(
+                "field `{k}`: \"{s}\" is not one of {}",
+                allowed.join(", ")
+            )),
+            _ => Ok(()),
+        };
+    one_of(&e.source_type, "source_type", SOURCE_TYPES)?;
+    one_of(&e.event_type, "event_type", EVENT_TYPES)?;
+    one_of(&e.enforcement_mode, "enforcement_mode", MODES)?;
+    if e.metadata.is_some_and(|m| !m.get().starts_with('{')) {
         return Err("field `metadata` must be an object".into());
     }
-    string_array("approved_scope")?;
-    one_of("enforcement_mode", MODES)?;
-    string_array("session_tool_calls")?;
-    match o.get("occurred_at") {
-        None => {}
-        Some(Value::String(s)) if is_rfc3339_with_offset(s) => {}
-        Some(v) => {
+    if let Some(t) = e.occurred_at.as_deref() {
+        if !is_rfc3339_with_offset(t) {
             return Err(format!(
-                "field `occurred_at`: {v} is not an RFC 3339 timestamp with offset"
-            ))
+                "field `occurred_at`: \"{t}\" is not an RFC 3339 timestamp with offset"
+            ));
         }
     }
-    if !matches!(o.get("ttl"), None | Some(Value::Number(_)))
-        || o.get("ttl").is_some_and(|t| !t.is_i64())
-    {
-        return Err("field `ttl` must be an integer (Unix seconds)".into());
-    }
-    string_or_null("violation_id")?;
-    Ok(())
+    let _ = (&e.agent_id, &e.tool_name, &e.content, &e.approved_scope);
+    let _ = (&e.session_tool_calls, &e.ttl, &e.violation_id);
+    Ok(Checked {
+        event_id: e.event_id.unwrap_or_default(),
+        raw,
+    })
 }
 
 /// `YYYY-MM-DDTHH:MM:SS[.frac](Z|+HH:MM|-HH:MM)`, checked by shape.
@@ -471,6 +514,21 @@ mod tests {
     #[test]
     fn validation_names_event_and_field() {
         assert!(validate_batch(&serde_json::to_vec(&json!([event()])).unwrap()).is_ok());
+        let mut bad = event();
+        bad["metadata"] = json!("text");
+        let e = validate_batch(&serde_json::to_vec(&json!([bad])).unwrap())
+            .err()
+            .unwrap();
+        assert!(e.starts_with("event 0: field `metadata`"), "{e}");
+        let mut bad = event();
+        bad["ttl"] = json!("soon");
+        let e = validate_batch(&serde_json::to_vec(&json!([bad])).unwrap())
+            .err()
+            .unwrap();
+        assert!(e.starts_with("event 0: field `ttl`"), "{e}");
+        let mut bad = event();
+        bad["approved_scope"] = json!([1]);
+        assert!(validate_batch(&serde_json::to_vec(&json!([bad])).unwrap()).is_err());
         let mut bad = event();
         bad.as_object_mut().unwrap().remove("session_id");
         let e = validate_batch(&serde_json::to_vec(&json!([event(), bad])).unwrap()).unwrap_err();

@@ -56,7 +56,7 @@ TOML
   user=$(sed -n 's/.*User time (seconds): //p' "$work/time.txt")
   sys=$(sed -n 's/.*System time (seconds): //p' "$work/time.txt")
   rss=$(sed -n 's/.*Maximum resident set size (kbytes): //p' "$work/time.txt")
-  python3 - "$lines" "$start" "$end" "$user" "$sys" "$rss" "$run" <<'PY'
+  python3 - "$lines" "$start" "$end" "$user" "$sys" "$rss" "$run" <<'PY' | tee -a "$work/runs.txt"
 import sys
 lines, start, end, user, sys_, rss, run = sys.argv[1:]
 wall = float(end) - float(start)
@@ -65,3 +65,11 @@ print(f"run {run}: {int(lines)/wall:,.0f} events/s, {wall:.2f} s wall, "
       f"daemon CPU {cpu:.2f} s (user {user}, sys {sys_}), peak RSS {int(rss)/1024:.1f} MiB")
 PY
 done
+python3 - "$work/runs.txt" <<'PY'
+import re, statistics, sys
+rows = [re.findall(r"([\d,.]+) events/s.*CPU ([\d.]+) s.*RSS ([\d.]+) MiB", l)[0] for l in open(sys.argv[1])]
+ev = statistics.median(float(r[0].replace(",", "")) for r in rows)
+cpu = statistics.median(float(r[1]) for r in rows)
+rss = statistics.median(float(r[2]) for r in rows)
+print(f"median of {len(rows)}: {ev:,.0f} events/s, daemon CPU {cpu:.2f} s, peak RSS {rss:.1f} MiB")
+PY

@@ -214,21 +214,33 @@ fn handle_batch(
         {
             k.to_string()
         }
-        Some(_) => {
-            return error_response(
+        presented => {
+            let message = if presented.is_some() {
+                "invalid API key"
+            } else {
+                "missing API key"
+            };
+            let mut r = error_response(
                 StatusCode::UNAUTHORIZED,
                 "UNAUTHORIZED",
-                "invalid API key".into(),
+                message.into(),
                 request_id,
-            )
-        }
-        None => {
-            return error_response(
-                StatusCode::UNAUTHORIZED,
-                "UNAUTHORIZED",
-                "missing API key".into(),
-                request_id,
-            )
+            );
+            // No tenant is known, so the headers show an untouched window.
+            let reset = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                + config.window;
+            for (name, value) in [
+                ("x-ratelimit-limit", config.limit.to_string()),
+                ("x-ratelimit-remaining", config.limit.to_string()),
+                ("x-ratelimit-reset", reset.as_secs().to_string()),
+            ] {
+                if let Ok(v) = HeaderValue::from_str(&value) {
+                    r.headers_mut().insert(name, v);
+                }
+            }
+            return r;
         }
     };
     // The tenant's budget: a key belongs to one tenant, so the window is per key.

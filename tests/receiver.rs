@@ -74,6 +74,10 @@ fn answers_per_the_api_contract() {
 
     let r = post(&client, addr, None, &json!([event("acme:3")]));
     assert_eq!(r.status().as_u16(), 401);
+    assert!(
+        r.headers().contains_key("x-ratelimit-remaining"),
+        "rate headers on every answer"
+    );
     let r = post(
         &client,
         addr,

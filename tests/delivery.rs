@@ -98,3 +98,42 @@ fn kill_9_five_times_while_writing_loses_nothing() {
         stats.accepted_events, stats.duplicate_events
     );
 }
+
+#[test]
+fn bad_lines_are_skipped_or_repaired_and_the_rest_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = ReceiverProc::start(dir.path(), &[]);
+    let config = write_config(dir.path(), &receiver.addr, "");
+    let mut daemon = start_daemon(&config);
+    let mut bytes = Vec::new();
+    bytes.extend_from_slice(line(0).as_bytes());
+    bytes.extend_from_slice(b"not json at all\n");
+    bytes.extend_from_slice(b"{\"truncated\": \n");
+    bytes.extend_from_slice(b"\n");
+    bytes.extend_from_slice(b"{\"seq\":1,\"content\":\"bad \xff\xfe byte\"}\r\n");
+    bytes.extend_from_slice(b"[1,2,3]\n");
+    bytes.extend_from_slice(line(2).as_bytes());
+    bytes.extend_from_slice(b"{\"seq\":3,\"content\":\"no newline yet\"}");
+    std::fs::write(dir.path().join("logs/bad.jsonl"), &bytes).unwrap();
+    let stats = receiver.wait_unique(3, Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        receiver.stats().unique_event_ids,
+        3,
+        "the unterminated last line waits for its newline"
+    );
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(dir.path().join("logs/bad.jsonl"))
+        .unwrap();
+    f.write_all(b"\n").unwrap();
+    let stats_after = receiver.wait_unique(4, Duration::from_secs(30));
+    assert_eq!(stats.rejected_events + stats_after.rejected_events, 0);
+    let events = receiver.stored();
+    let repaired = events
+        .iter()
+        .find(|e| e["metadata"]["seq"] == 1)
+        .expect("repaired line delivered");
+    assert_eq!(repaired["content"], "bad \u{fffd}\u{fffd} byte");
+    assert!(terminate(&mut daemon).success());
+}

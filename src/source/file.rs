@@ -419,6 +419,16 @@ impl FileSource {
             if let [rest @ .., b'\r'] = line {
                 line = rest;
             }
+            // Invalid UTF-8 is replaced, not dropped: an audit trail keeps the
+            // line even when one byte in it is wrong.
+            let repaired;
+            if std::str::from_utf8(line).is_err() {
+                repaired = String::from_utf8_lossy(line).into_owned();
+                line = repaired.as_bytes();
+                self.stats
+                    .invalid_utf8_lines
+                    .fetch_add(1, Ordering::Relaxed);
+            }
             let rec = Record {
                 stream: &t.stream,
                 position: t.offset + pos as u64,

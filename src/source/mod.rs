@@ -15,6 +15,8 @@ use crate::parse::ParseStats;
 pub struct SourceStats {
     pub bytes_read: AtomicU64,
     pub commits: AtomicU64,
+    /// Lines that were not valid UTF-8 and had bad bytes replaced.
+    pub invalid_utf8_lines: AtomicU64,
     /// Set when a full pass over every file found nothing new to read.
     pub caught_up: AtomicBool,
     pub parse: Mutex<ParseStats>,

@@ -70,6 +70,8 @@ pub struct ApiConfig {
     pub base_url: Spanned<String>,
     pub tenant_id: Spanned<String>,
     pub api_key_file: Option<PathBuf>,
+    /// PEM file of extra CA certificates (a private CA or a TLS-inspecting proxy).
+    pub ca_file: Option<PathBuf>,
     /// Time allowed for one request, from connect to the last byte of the answer.
     #[serde(default = "default_timeout", with = "humantime_serde")]
     pub timeout: Duration,
@@ -103,6 +105,30 @@ pub struct DeliveryConfig {
     /// Longest wait between retries of a failed request.
     #[serde(default = "default_max_backoff", with = "humantime_serde")]
     pub max_backoff: Duration,
+    /// The request budget as `{ requests = N, per = "DURATION" }`; when set it
+    /// replaces `requests_per_minute` (tests use short windows).
+    pub budget: Option<BudgetConfig>,
+    /// Largest request body, in bytes.
+    #[serde(default = "default_batch_max_bytes")]
+    pub batch_max_bytes: ByteSize,
+    #[serde(default)]
+    pub compression: Compression,
+    /// Requests in flight at once.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+    /// How long SIGTERM waits for requests in flight.
+    #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+impl DeliveryConfig {
+    /// Requests allowed per window, and the window.
+    pub fn budget(&self) -> (u32, Duration) {
+        match &self.budget {
+            Some(b) => (b.requests, b.per),
+            None => (self.requests_per_minute, Duration::from_secs(60)),
+        }
+    }
 }
 
 impl Default for DeliveryConfig {
@@ -112,8 +138,40 @@ impl Default for DeliveryConfig {
             batch_max_events: default_batch_max_events(),
             linger: default_linger(),
             max_backoff: default_max_backoff(),
+            budget: None,
+            batch_max_bytes: default_batch_max_bytes(),
+            compression: Compression::default(),
+            max_in_flight: default_max_in_flight(),
+            shutdown_timeout: default_shutdown_timeout(),
         }
     }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetConfig {
+    pub requests: u32,
+    #[serde(with = "humantime_serde")]
+    pub per: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    #[default]
+    None,
+    Gzip,
+}
+
+/// What a full queue does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenFull {
+    /// Sources stop reading; files and the journal are the overflow buffer.
+    #[default]
+    Block,
+    /// The oldest undelivered events are dropped, and counted.
+    DropOldest,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -123,12 +181,19 @@ pub struct QueueConfig {
     /// what a per-host agent may use.
     #[serde(default = "default_cache")]
     pub cache: ByteSize,
+    /// Bound on the events waiting for delivery, as stored.
+    #[serde(default = "default_queue_max_bytes")]
+    pub max_bytes: ByteSize,
+    #[serde(default)]
+    pub when_full: WhenFull,
 }
 
 impl Default for QueueConfig {
     fn default() -> Self {
         QueueConfig {
             cache: default_cache(),
+            max_bytes: default_queue_max_bytes(),
+            when_full: WhenFull::default(),
         }
     }
 }
@@ -288,6 +353,18 @@ fn default_linger() -> Duration {
 }
 fn default_max_backoff() -> Duration {
     Duration::from_secs(300)
+}
+fn default_batch_max_bytes() -> ByteSize {
+    ByteSize(1 << 20)
+}
+fn default_max_in_flight() -> usize {
+    2
+}
+fn default_shutdown_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_queue_max_bytes() -> ByteSize {
+    ByteSize(1 << 30)
 }
 fn default_cache() -> ByteSize {
     ByteSize(64 << 20)
@@ -521,6 +598,42 @@ impl Config {
                 "delivery.requests_per_minute",
                 "must be at least 1".into(),
             ));
+        }
+        if let Some(b) = &self.delivery.budget {
+            if b.requests == 0 || b.per.is_zero() {
+                return Err(self.invalid(
+                    text,
+                    0..0,
+                    "delivery.budget",
+                    "needs requests >= 1 and a non-zero `per`".into(),
+                ));
+            }
+        }
+        if self.delivery.max_in_flight == 0 {
+            return Err(self.invalid(
+                text,
+                0..0,
+                "delivery.max_in_flight",
+                "must be at least 1".into(),
+            ));
+        }
+        if self.delivery.batch_max_bytes.0 < 4096 {
+            return Err(self.invalid(
+                text,
+                0..0,
+                "delivery.batch_max_bytes",
+                "must be at least 4KiB".into(),
+            ));
+        }
+        if let Some(ca) = &self.api.ca_file {
+            if !ca.is_file() {
+                return Err(self.invalid(
+                    text,
+                    0..0,
+                    "api.ca_file",
+                    format!("{} is not a readable file", ca.display()),
+                ));
+            }
         }
         if self.delivery.batch_max_events == 0 {
             return Err(self.invalid(
@@ -873,6 +986,39 @@ parser = "json"
             c.sources[0].fields.content,
             vec!["content", "message", "msg"]
         );
+    }
+
+    #[test]
+    fn budget_table_replaces_requests_per_minute() {
+        let text = GOOD.replace(
+            "linger = \"1s\"",
+            "linger = \"1s\"\nbudget = { requests = 20, per = \"5s\" }",
+        );
+        let c = load(&text).unwrap();
+        assert_eq!(c.delivery.budget(), (20, Duration::from_secs(5)));
+        assert_eq!(
+            load(GOOD).unwrap().delivery.budget(),
+            (1000, Duration::from_secs(60))
+        );
+        let text = GOOD.replace(
+            "linger = \"1s\"",
+            "linger = \"1s\"\nbudget = { requests = 20 }",
+        );
+        let e = load(&text).unwrap_err().to_string();
+        assert!(e.contains("delivery.budget") && e.contains("per"), "{e}");
+    }
+
+    #[test]
+    fn queue_bound_and_policy() {
+        let text = format!("{GOOD}\n[queue]\nmax_bytes = \"10MiB\"\nwhen_full = \"drop_oldest\"\n");
+        let c = load(&text).unwrap();
+        assert_eq!(c.queue.max_bytes, ByteSize(10 << 20));
+        assert_eq!(c.queue.when_full, WhenFull::DropOldest);
+        let text = format!("{GOOD}\n[queue]\nwhen_full = \"panic\"\n");
+        assert!(load(&text)
+            .unwrap_err()
+            .to_string()
+            .contains("queue.when_full"));
     }
 
     #[test]

@@ -58,6 +58,8 @@ pub struct Config {
     pub defaults: Defaults,
     #[serde(default)]
     pub sources: Vec<SourceConfig>,
+    #[serde(default)]
+    pub redaction: RedactionConfig,
     /// Where the file was read from, for messages.
     #[serde(skip)]
     pub path: PathBuf,
@@ -224,6 +226,36 @@ impl Default for Defaults {
             ttl: default_ttl(),
         }
     }
+}
+
+/// What of a line may be copied into an event (`[redaction]`). The built-in
+/// secret detectors always run; `patterns` add to them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedactionConfig {
+    /// Longest `content` (tool arguments or output) copied into an event.
+    #[serde(default = "default_content_max_bytes")]
+    pub content_max_bytes: ByteSize,
+    /// When set, only these metadata keys are kept (`call_id` always is).
+    #[serde(default)]
+    pub metadata_allow: Option<Vec<String>>,
+    /// More secrets to replace: `{ name = "...", regex = "..." }`.
+    #[serde(default)]
+    pub patterns: Vec<crate::parse::redact::UserPattern>,
+}
+
+impl Default for RedactionConfig {
+    fn default() -> Self {
+        RedactionConfig {
+            content_max_bytes: default_content_max_bytes(),
+            metadata_allow: None,
+            patterns: Vec::new(),
+        }
+    }
+}
+
+fn default_content_max_bytes() -> ByteSize {
+    ByteSize(crate::parse::CONTENT_MAX_BYTES as u64)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -642,6 +674,9 @@ impl Config {
                 "delivery.batch_max_events",
                 "must be at least 1".into(),
             ));
+        }
+        if let Err(e) = crate::parse::redact::Redactor::new(&self.redaction.patterns) {
+            return Err(self.invalid(text, 0..0, "redaction.patterns", e.to_string()));
         }
         let mut names = std::collections::HashSet::new();
         for (i, source) in self.sources.iter().enumerate() {

@@ -290,12 +290,74 @@ impl<'a> Metadata<'a> {
         }
     }
 
+    /// Starts an object built entry by entry; see [`MetadataBuilder`].
+    pub fn builder() -> MetadataBuilder {
+        MetadataBuilder {
+            text: Vec::with_capacity(256),
+        }
+    }
+
     pub fn as_json(&self) -> &str {
         &self.0
     }
 
     pub fn is_empty(&self) -> bool {
         self.0 == "{}"
+    }
+}
+
+/// Builds a [`Metadata`] one entry at a time. Each method writes a complete
+/// `"key":value` pair from a typed or already-validated value, so the result
+/// is always a valid JSON object. Callers keep keys distinct.
+#[derive(Debug)]
+pub struct MetadataBuilder {
+    text: Vec<u8>,
+}
+
+impl MetadataBuilder {
+    fn key(&mut self, key: &str) {
+        self.text
+            .push(if self.text.is_empty() { b'{' } else { b',' });
+        push_str(&mut self.text, key);
+        self.text.push(b':');
+    }
+
+    pub fn raw(&mut self, key: &str, value: &RawValue) {
+        self.key(key);
+        self.text.extend_from_slice(value.get().as_bytes());
+    }
+
+    pub fn str(&mut self, key: &str, value: &str) {
+        self.key(key);
+        push_str(&mut self.text, value);
+    }
+
+    pub fn bool(&mut self, key: &str, value: bool) {
+        self.key(key);
+        self.text
+            .extend_from_slice(if value { b"true" } else { b"false" });
+    }
+
+    pub fn value(&mut self, key: &str, value: &serde_json::Value) {
+        self.key(key);
+        if let Err(e) = serde_json::to_writer(&mut self.text, value) {
+            unreachable!("a JSON value always serializes into memory: {e}");
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.text.is_empty()
+    }
+
+    pub fn finish(mut self) -> Metadata<'static> {
+        if self.text.is_empty() {
+            return Metadata::empty();
+        }
+        self.text.push(b'}');
+        match String::from_utf8(self.text) {
+            Ok(text) => Metadata(Cow::Owned(text)),
+            Err(e) => unreachable!("built from str pieces: {e}"),
+        }
     }
 }
 

@@ -46,6 +46,24 @@ enum Command {
     /// summary: requests, accepted_events, unique_event_ids, duplicate_events
     /// and a count per status code.
     Receiver(ReceiverArgs),
+    /// Show the events each line of a log becomes, as JSON lines on stdout.
+    Parse(ParseCmdArgs),
+}
+
+#[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("parser").required(true).args(["preset", "source"])))]
+struct ParseCmdArgs {
+    /// A built-in parser: json, claude-code, codex, mcp-claude-desktop, otel-genai.
+    #[arg(long)]
+    preset: Option<String>,
+    /// A source of the config file: its parser, redaction and defaults.
+    #[arg(long)]
+    source: Option<String>,
+    /// On stderr, list the lines that made no event, with the reason.
+    #[arg(long)]
+    explain: bool,
+    /// The log file; stdin when absent.
+    file: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -92,6 +110,7 @@ fn main() -> ExitCode {
         Command::Run => runtime().and_then(|rt| rt.block_on(run(&cli.config))),
         Command::Demo(args) => runtime().and_then(|rt| rt.block_on(demo(args))),
         Command::Receiver(args) => runtime().and_then(|rt| rt.block_on(receiver(args))),
+        Command::Parse(args) => parse_preview(&cli.config, args),
     };
     match result {
         Ok(code) => code,
@@ -178,6 +197,20 @@ async fn run(path: &Path) -> anyhow::Result<ExitCode> {
     };
     pipeline.stop(Duration::from_secs(30)).await?;
     outcome.map(|()| ExitCode::SUCCESS)
+}
+
+fn parse_preview(config: &Path, args: ParseCmdArgs) -> anyhow::Result<ExitCode> {
+    let args = thoth_ingest::parse::cli::ParseArgs {
+        preset: args.preset,
+        source: args.source,
+        config: config.to_path_buf(),
+        input: args.file,
+        explain: args.explain,
+    };
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    thoth_ingest::parse::cli::run(&args, &mut out, &mut std::io::stderr())?;
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn receiver(args: ReceiverArgs) -> anyhow::Result<ExitCode> {

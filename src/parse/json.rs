@@ -10,9 +10,11 @@ use std::fmt;
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
-use super::{truncate_utf8, EventBuf, EventContext, Parser, Record, Skip};
+use std::sync::Arc;
+
+use super::{EventBuf, EventContext, Parser, Record, Redaction, Skip};
 use crate::config::JsonFields;
-use crate::event::{EventType, Metadata, Timestamp};
+use crate::event::{EventType, Timestamp};
 
 const AGENT: usize = 0;
 const SESSION: usize = 1;
@@ -23,17 +25,30 @@ const CONTENT: usize = 5;
 const TIME: usize = 6;
 const FIELDS: usize = 7;
 
+#[derive(Clone)]
 pub struct JsonParser {
     ctx: EventContext,
+    red: Arc<Redaction>,
     /// For each event field, its candidate keys in order of preference.
     keys: [Vec<String>; FIELDS],
     default_event_type: EventType,
 }
 
 impl JsonParser {
+    /// With the built-in redaction and the context's content bound.
     pub fn new(ctx: EventContext, fields: &JsonFields) -> JsonParser {
+        let red = Arc::new(Redaction::builtin(ctx.content_max_bytes));
+        JsonParser::with_redaction(ctx, red, fields)
+    }
+
+    pub fn with_redaction(
+        ctx: EventContext,
+        red: Arc<Redaction>,
+        fields: &JsonFields,
+    ) -> JsonParser {
         JsonParser {
             ctx,
+            red,
             keys: [
                 fields.agent_id.clone(),
                 fields.session_id.clone(),
@@ -63,7 +78,7 @@ impl JsonParser {
 }
 
 /// A string that borrows from the input unless it had escapes.
-struct Str<'a>(Cow<'a, str>);
+pub(crate) struct Str<'a>(pub(crate) Cow<'a, str>);
 
 impl<'de> Deserialize<'de> for Str<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -85,7 +100,7 @@ impl<'de> Deserialize<'de> for Str<'de> {
 }
 
 /// The top-level entries of a JSON object, values left as raw text.
-struct Entries<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+pub(crate) struct Entries<'a>(pub(crate) Vec<(Cow<'a, str>, &'a RawValue)>);
 
 impl<'de> Deserialize<'de> for Entries<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -108,7 +123,7 @@ impl<'de> Deserialize<'de> for Entries<'de> {
 }
 
 /// A JSON value read as text: strings unescaped, anything else as written.
-fn as_text(raw: &RawValue) -> Option<Cow<'_, str>> {
+pub(crate) fn as_text(raw: &RawValue) -> Option<Cow<'_, str>> {
     let text = raw.get();
     match text.as_bytes().first() {
         Some(b'"') => serde_json::from_str::<Str>(text).ok().map(|s| s.0),
@@ -117,7 +132,7 @@ fn as_text(raw: &RawValue) -> Option<Cow<'_, str>> {
     }
 }
 
-fn as_timestamp(raw: &RawValue) -> Option<Timestamp> {
+pub(crate) fn as_timestamp(raw: &RawValue) -> Option<Timestamp> {
     let text = raw.get();
     match text.as_bytes().first() {
         Some(b'"') => {
@@ -180,21 +195,24 @@ impl Parser for JsonParser {
             event.tool_name = v;
         }
         if let Some(v) = value(CONTENT).and_then(as_text) {
-            event.content = match v {
-                Cow::Borrowed(s) => Cow::Borrowed(truncate_utf8(s, self.ctx.content_max_bytes)),
-                Cow::Owned(s) => {
-                    Cow::Owned(truncate_utf8(&s, self.ctx.content_max_bytes).to_string())
-                }
-            };
+            event.content = self.red.content(v);
         }
 
         let others = entries
             .iter()
             .enumerate()
             .filter(|(i, _)| !chosen.iter().any(|c| matches!(c, Some((j, _)) if j == i)));
-        event.metadata = Metadata::from_raw_entries(others.map(|(_, (k, v))| (&**k, *v)));
+        let mut meta = self.red.metadata();
+        for (_, (k, v)) in others {
+            meta.raw(k, v);
+        }
+        event.metadata = meta.finish();
         out.push(&event);
         Ok(1)
+    }
+
+    fn fresh(&self) -> Box<dyn Parser> {
+        Box::new(self.clone())
     }
 }
 
@@ -223,15 +241,10 @@ mod tests {
     use serde_json::Value;
 
     fn parser() -> JsonParser {
-        let ctx = EventContext {
-            tenant_id: "acme".into(),
-            user_id: "system".into(),
-            agent_id: None,
-            session_id: "agents".into(),
-            enforcement_mode: EnforcementMode::Observe,
-            ttl_secs: 100,
-            content_max_bytes: 16,
-        };
+        let mut ctx = EventContext::preview("acme", "agents");
+        ctx.enforcement_mode = EnforcementMode::Observe;
+        ctx.ttl_secs = 100;
+        ctx.content_max_bytes = 16;
         JsonParser::new(ctx, &JsonFields::default())
     }
 
@@ -306,6 +319,15 @@ mod tests {
             parse_one(r#"{"a":1} trailing"#).unwrap_err(),
             Skip::InvalidJson
         );
+    }
+
+    #[test]
+    fn content_and_metadata_are_redacted() {
+        let e =
+            parse_one(r#"{"content":"pw=x AKIAIOSFODNN7EXAMPLE","env":{"k":"password=hunter2"}}"#)
+                .unwrap();
+        assert_eq!(e["content"], "pw=x [REDACTED:a");
+        assert_eq!(e["metadata"]["env"]["k"], "password=[REDACTED:password]");
     }
 
     #[test]

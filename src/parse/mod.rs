@@ -4,16 +4,32 @@
 //! Parsers do no I/O, so they are tested and benchmarked in isolation, and the
 //! `parse` command can show an operator what a line becomes.
 
+pub mod cli;
 pub mod json;
+pub mod presets;
+pub mod redact;
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde_json::value::RawValue;
 
 use crate::config::{Config, SourceConfig};
-use crate::event::{EnforcementMode, Event, Timestamp};
+use crate::event::{EnforcementMode, Event, MetadataBuilder, Timestamp};
+use redact::{RedactedJson, Redactor};
 
 /// Names accepted by `parser = "..."` on a source.
-pub const PARSER_NAMES: &[&str] = &["json"];
+pub const PARSER_NAMES: &[&str] = &[
+    "json",
+    "claude-code",
+    "codex",
+    "mcp-claude-desktop",
+    "otel-genai",
+];
+
+/// Default bound of `content`, in bytes.
+pub const CONTENT_MAX_BYTES: usize = 4096;
 
 /// One unit of input: a line of a file, with where it came from.
 #[derive(Debug, Clone, Copy)]
@@ -54,7 +70,21 @@ impl EventContext {
                 .unwrap_or_else(|| source.name.get_ref().clone()),
             enforcement_mode: config.defaults.enforcement_mode,
             ttl_secs: config.defaults.ttl.as_secs() as i64,
-            content_max_bytes: 4096,
+            content_max_bytes: usize::try_from(config.redaction.content_max_bytes.0)
+                .unwrap_or(usize::MAX),
+        }
+    }
+
+    /// A context for previews and tests: fixed tenant, builtin redaction.
+    pub fn preview(tenant_id: &str, session_id: &str) -> EventContext {
+        EventContext {
+            tenant_id: tenant_id.to_string(),
+            user_id: "system".to_string(),
+            agent_id: None,
+            session_id: session_id.to_string(),
+            enforcement_mode: EnforcementMode::Observe,
+            ttl_secs: crate::event::DEFAULT_TTL_SECS,
+            content_max_bytes: CONTENT_MAX_BYTES,
         }
     }
 
@@ -84,6 +114,134 @@ impl EventContext {
             ttl: occurred_at.unix_seconds().saturating_add(self.ttl_secs),
             violation_id: None,
         }
+    }
+}
+
+/// What may be copied from a line into an event: secrets are redacted from
+/// `content` and every metadata string, `content` is bounded, and metadata
+/// keys are filtered by `metadata_allow`. Shared by all parsers of a source.
+#[derive(Debug)]
+pub struct Redaction {
+    pub redactor: Redactor,
+    pub content_max_bytes: usize,
+    /// When set, the only metadata keys kept (besides `call_id`).
+    pub metadata_allow: Option<Vec<String>>,
+}
+
+impl Redaction {
+    /// The built-in detectors and the given content bound.
+    pub fn builtin(content_max_bytes: usize) -> Redaction {
+        Redaction {
+            redactor: Redactor::builtin(),
+            content_max_bytes,
+            metadata_allow: None,
+        }
+    }
+
+    /// The `[redaction]` table of the config.
+    pub fn from_config(config: &Config) -> Redaction {
+        let r = &config.redaction;
+        Redaction {
+            // Patterns were compiled once at config validation, so this cannot
+            // fail here; builtins alone would be the safe side if it did.
+            redactor: Redactor::new(&r.patterns).unwrap_or_else(|_| Redactor::builtin()),
+            content_max_bytes: usize::try_from(r.content_max_bytes.0).unwrap_or(usize::MAX),
+            metadata_allow: r.metadata_allow.clone(),
+        }
+    }
+
+    /// `text` redacted and cut to `content_max_bytes`.
+    pub fn content<'a>(&self, text: Cow<'a, str>) -> Cow<'a, str> {
+        match text {
+            Cow::Borrowed(s) => self.bound(s),
+            Cow::Owned(s) => match self.bound(&s) {
+                Cow::Borrowed(b) if b.len() == s.len() => Cow::Owned(s),
+                other => Cow::Owned(other.into_owned()),
+            },
+        }
+    }
+
+    fn bound<'a>(&self, s: &'a str) -> Cow<'a, str> {
+        let max = self.content_max_bytes;
+        // Redact a window a little larger than what is kept: a redaction can
+        // shorten the text, and a secret cut at `max` must still be seen whole.
+        let window = truncate_utf8(s, max.saturating_mul(4).saturating_add(1024));
+        let mut red = self.redactor.redact(window);
+        if red.len() < max && window.len() < s.len() {
+            red = self.redactor.redact(s);
+        }
+        match red {
+            Cow::Borrowed(b) => Cow::Borrowed(truncate_utf8(b, max)),
+            Cow::Owned(o) if o.len() <= max => Cow::Owned(o),
+            Cow::Owned(o) => Cow::Owned(truncate_utf8(&o, max).to_string()),
+        }
+    }
+
+    /// A metadata object that redacts every string and honours `metadata_allow`.
+    pub fn metadata(&self) -> MetaWriter<'_> {
+        MetaWriter {
+            builder: crate::event::Metadata::builder(),
+            policy: self,
+        }
+    }
+}
+
+/// Builds an event's metadata: strings are redacted, keys outside
+/// `metadata_allow` are left out. `call_id` is always kept: it is what joins
+/// a PRE to its POST downstream.
+pub struct MetaWriter<'c> {
+    builder: MetadataBuilder,
+    policy: &'c Redaction,
+}
+
+impl MetaWriter<'_> {
+    fn allowed(&self, key: &str) -> bool {
+        key == "call_id"
+            || self
+                .policy
+                .metadata_allow
+                .as_ref()
+                .is_none_or(|keys| keys.iter().any(|k| k == key))
+    }
+
+    pub fn str(&mut self, key: &str, value: &str) {
+        if self.allowed(key) {
+            self.builder.str(key, &self.policy.redactor.redact(value));
+        }
+    }
+
+    pub fn opt_str(&mut self, key: &str, value: Option<&str>) {
+        if let Some(v) = value {
+            self.str(key, v);
+        }
+    }
+
+    pub fn bool(&mut self, key: &str, value: bool) {
+        if self.allowed(key) {
+            self.builder.bool(key, value);
+        }
+    }
+
+    /// A JSON value as written in the line; strings inside it are redacted.
+    pub fn raw(&mut self, key: &str, value: &RawValue) {
+        if !self.allowed(key) {
+            return;
+        }
+        match self.policy.redactor.redact_json(value) {
+            None => self.builder.raw(key, value),
+            Some(RedactedJson::Value(v)) => self.builder.value(key, &v),
+            Some(RedactedJson::Text(t)) => self.builder.str(key, &t),
+        }
+    }
+
+    pub fn opt_raw(&mut self, key: &str, value: Option<&RawValue>) {
+        if let Some(v) = value {
+            self.raw(key, v);
+        }
+    }
+
+    pub fn finish(self) -> crate::event::Metadata<'static> {
+        self.builder.finish()
     }
 }
 
@@ -130,6 +288,35 @@ pub enum Skip {
     EmptyLine,
     InvalidJson,
     NotAnObject,
+    /// A record kind that never describes a tool call or a model call
+    /// (Claude Code `summary`, Codex `compacted`, most `event_msg`s, ...).
+    IgnoredRecordType,
+    /// A message with no tool call, tool result or new model call in it
+    /// (a user prompt, an assistant text block).
+    NoToolOrModelActivity,
+    /// Another line of a model response already counted (Claude Code writes
+    /// one line per content block, all with one `message.id`).
+    RepeatedModelMessage,
+    /// Claude Code's `<synthetic>` model: messages the CLI made up itself.
+    SyntheticModel,
+    /// A line that only updates the parser's state (Codex `session_meta`,
+    /// `turn_context`).
+    StateOnly,
+    /// A Codex `token_count` with no usage figures.
+    NoTokenUsage,
+    /// A log line that carries no JSON-RPC message (connection notices, a
+    /// server's stderr).
+    NotJsonRpc,
+    /// JSON-RPC, but neither a `tools/call` nor the answer to one.
+    NotAToolCall,
+    /// A response whose request was not seen (or was evicted from the state).
+    UnmatchedResponse,
+    /// A record without `gen_ai.operation.name`.
+    NoGenAiOperation,
+    /// A GenAI operation no event type stands for (embeddings, agents, ...).
+    UnmappedOperation,
+    /// Known fields are present but of the wrong JSON type.
+    UnexpectedShape,
 }
 
 impl Skip {
@@ -138,6 +325,22 @@ impl Skip {
             Skip::EmptyLine => "empty line",
             Skip::InvalidJson => "invalid JSON",
             Skip::NotAnObject => "JSON but not an object",
+            Skip::IgnoredRecordType => "record type that carries no event",
+            Skip::NoToolOrModelActivity => {
+                "message without a tool call, tool result or new model call"
+            }
+            Skip::RepeatedModelMessage => "further line of a model response already counted",
+            Skip::SyntheticModel => "message of the <synthetic> model",
+            Skip::StateOnly => "session or turn context, kept as parser state",
+            Skip::NoTokenUsage => "token count without usage figures",
+            Skip::NotJsonRpc => "not a JSON-RPC message line",
+            Skip::NotAToolCall => "JSON-RPC message that is not a tool call or its answer",
+            Skip::UnmatchedResponse => "response to a tool call not seen (or evicted from state)",
+            Skip::NoGenAiOperation => "no gen_ai.operation.name",
+            Skip::UnmappedOperation => {
+                "GenAI operation without an event type (embeddings, agents, ...)"
+            }
+            Skip::UnexpectedShape => "known fields of the wrong JSON type",
         }
     }
 }
@@ -148,6 +351,9 @@ pub struct ParseStats {
     pub lines: u64,
     pub events: u64,
     pub skipped: BTreeMap<Skip, u64>,
+    /// Entries of bounded parser state dropped to make room (unmatched calls,
+    /// message ids): a POST whose PRE was evicted loses its tool name.
+    pub state_evictions: u64,
 }
 
 impl ParseStats {
@@ -158,16 +364,69 @@ impl ParseStats {
 
 /// A parser turns records into events. Implementations are pure: no I/O, and
 /// any state they keep depends only on the records they were given.
+///
+/// State kept across lines belongs to one stream (one file): a source makes
+/// one parser per file with [`Parser::fresh`], and stores [`Parser::save_state`]
+/// in the checkpoint beside the offset, so a restart resumes with the state
+/// an uninterrupted run would have had at that offset.
 pub trait Parser: Send {
     /// Appends the events of `rec` to `out` and returns how many, or why none.
     fn parse(&mut self, rec: &Record<'_>, out: &mut EventBuf) -> Result<usize, Skip>;
+
+    /// A parser of the same kind and configuration with empty state.
+    fn fresh(&self) -> Box<dyn Parser>;
+
+    /// The state carried across lines, as bytes; empty when there is none.
+    fn save_state(&self) -> Vec<u8> {
+        Vec::new()
+    }
+
+    /// Restores what `save_state` returned. Bytes it cannot read leave the
+    /// state empty: a damaged state costs some tool names, not the file.
+    fn load_state(&mut self, _state: &[u8]) {}
+
+    /// State entries evicted since the last call.
+    fn take_evictions(&mut self) -> u64 {
+        0
+    }
+}
+
+/// Builds the parser named `name` (one of [`PARSER_NAMES`]).
+pub fn build_named(
+    name: &str,
+    ctx: EventContext,
+    redaction: Arc<Redaction>,
+    fields: &crate::config::JsonFields,
+) -> Option<Box<dyn Parser>> {
+    let r = redaction;
+    Some(match name {
+        "json" => Box::new(json::JsonParser::with_redaction(ctx, r, fields)),
+        "claude-code" => Box::new(presets::claude_code::ClaudeCode::new(ctx, r)),
+        "codex" => Box::new(presets::codex::Codex::new(ctx, r)),
+        "mcp-claude-desktop" => Box::new(presets::mcp::McpClaudeDesktop::new(ctx, r)),
+        "otel-genai" => Box::new(presets::otel::OtelGenAi::new(ctx, r)),
+        _ => return None,
+    })
 }
 
 /// Builds the parser a source names.
 pub fn build(config: &Config, source: &SourceConfig) -> Box<dyn Parser> {
     let ctx = EventContext::for_source(config, source);
-    // Config validation admits only names in PARSER_NAMES; `json` is the only one yet.
-    Box::new(json::JsonParser::new(ctx, &source.fields))
+    let redaction = Arc::new(Redaction::from_config(config));
+    // Config validation admits only names in PARSER_NAMES.
+    build_named(
+        source.parser.get_ref(),
+        ctx.clone(),
+        redaction.clone(),
+        &source.fields,
+    )
+    .unwrap_or_else(|| {
+        Box::new(json::JsonParser::with_redaction(
+            ctx,
+            redaction,
+            &source.fields,
+        ))
+    })
 }
 
 /// Runs `parser` over `rec` and keeps the tally.
@@ -182,6 +441,7 @@ pub fn parse_counted(
         Ok(n) => stats.events += n as u64,
         Err(skip) => *stats.skipped.entry(skip).or_default() += 1,
     }
+    stats.state_evictions += parser.take_evictions();
 }
 
 /// Cuts `s` to at most `max` bytes on a character boundary.

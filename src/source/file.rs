@@ -58,12 +58,24 @@ struct Tracked {
     offset: u64,
     /// The file no longer matches at its path (renamed or deleted).
     gone_since: Option<Instant>,
+    /// This file's own parser: state across lines (sessions, pending calls)
+    /// belongs to one file, and is saved with its checkpoint.
+    parser: Box<dyn Parser>,
 }
 
-/// Checkpoint value: the offset, then the path it was last seen at.
-fn encode_checkpoint(offset: u64, path: &Path) -> Vec<u8> {
-    let mut v = offset.to_le_bytes().to_vec();
-    v.extend_from_slice(path.as_os_str().as_encoded_bytes());
+/// Checkpoint value: the offset (8 bytes, little-endian), then the path it was
+/// last seen at, then, when the parser keeps state, a NUL byte and the state.
+/// A Unix path holds no NUL, and checkpoints written before parsers had state
+/// (offset and path only) decode with empty state.
+pub fn encode_checkpoint(offset: u64, path: &Path, parser_state: &[u8]) -> Vec<u8> {
+    let path = path.as_os_str().as_encoded_bytes();
+    let mut v = Vec::with_capacity(8 + path.len() + 1 + parser_state.len());
+    v.extend_from_slice(&offset.to_le_bytes());
+    v.extend_from_slice(path);
+    if !parser_state.is_empty() {
+        v.push(0);
+        v.extend_from_slice(parser_state);
+    }
     v
 }
 
@@ -72,6 +84,15 @@ pub fn decode_checkpoint_offset(value: &[u8]) -> Option<u64> {
         .get(..8)
         .and_then(|b| b.try_into().ok())
         .map(u64::from_le_bytes)
+}
+
+/// The parser state stored in a checkpoint value; empty if it has none.
+pub fn decode_checkpoint_state(value: &[u8]) -> &[u8] {
+    let rest = value.get(8..).unwrap_or_default();
+    match memchr::memchr(0, rest) {
+        Some(i) => &rest[i + 1..],
+        None => &[],
+    }
 }
 
 pub fn checkpoint_key(source: &str, fingerprint: &str) -> Vec<u8> {
@@ -167,6 +188,7 @@ pub struct FileSource {
     name: String,
     config: SourceConfig,
     matcher: FileMatcher,
+    /// The factory of per-file parsers: each tracked file gets `fresh()` of it.
     parser: Box<dyn Parser>,
     queue: Arc<Queue>,
     stats: Arc<SourceStats>,
@@ -298,6 +320,7 @@ impl FileSource {
                             stream: String::new(),
                             offset: 0,
                             gone_since: None,
+                            parser: self.parser.fresh(),
                         },
                     );
                 }
@@ -370,8 +393,11 @@ impl FileSource {
                 .as_deref()
                 .and_then(decode_checkpoint_offset)
                 .unwrap_or(0);
+            t.parser = self.parser.fresh();
             if t.offset > size {
                 t.offset = 0;
+            } else if let Some(value) = &stored {
+                t.parser.load_state(decode_checkpoint_state(value));
             }
             debug!(source = %self.name, path = %t.path.display(), fingerprint = %fp, offset = t.offset, "file identified");
             t.fingerprint = Some(fp);
@@ -436,7 +462,7 @@ impl FileSource {
                 read_at,
             };
             parse_counted(
-                self.parser.as_mut(),
+                t.parser.as_mut(),
                 &rec,
                 &mut self.events,
                 &mut self.parse_stats,
@@ -449,7 +475,7 @@ impl FileSource {
             .commit(
                 &self.events,
                 &checkpoint_key(&self.name, fp),
-                &encode_checkpoint(new_offset, &t.path),
+                &encode_checkpoint(new_offset, &t.path, &t.parser.save_state()),
             )
             .map_err(ReadError::Queue)?;
         t.offset = new_offset;
@@ -473,4 +499,25 @@ enum Wake {
 enum ReadError {
     Io(std::io::Error),
     Queue(QueueError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoints_carry_parser_state_and_old_ones_still_decode() {
+        let path = Path::new("/var/log/agents/a.jsonl");
+        let old = encode_checkpoint(1234, path, &[]);
+        assert_eq!(decode_checkpoint_offset(&old), Some(1234));
+        assert_eq!(decode_checkpoint_state(&old), b"");
+        // Exactly the layout written before parser state existed.
+        let mut legacy = 1234u64.to_le_bytes().to_vec();
+        legacy.extend_from_slice(path.as_os_str().as_encoded_bytes());
+        assert_eq!(old, legacy);
+        let new = encode_checkpoint(99, path, b"{\"calls\":[]}\0x");
+        assert_eq!(decode_checkpoint_offset(&new), Some(99));
+        assert_eq!(decode_checkpoint_state(&new), b"{\"calls\":[]}\0x");
+        assert_eq!(decode_checkpoint_state(b"short"), b"");
+    }
 }

@@ -1,0 +1,166 @@
+//! `thoth-ingest parse`: shows an operator what each line of a log becomes,
+//! with a preset or a configured source's parser, before anything is deployed.
+//!
+//! Events go to `out` as JSON lines, exactly as they would be queued. With
+//! `explain`, each line that made no event, and a tally by reason, go to
+//! `notes`. Event ids use the stream `preview` (or `<source>/preview`), so the
+//! output of a file is the same on every run.
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+
+use std::sync::Arc;
+
+use super::{
+    build, build_named, parse_counted, EventBuf, EventContext, ParseStats, Record, Redaction,
+};
+use crate::config::{Config, ConfigError, Env, JsonFields};
+use crate::event::Timestamp;
+
+/// What the command was asked to do.
+#[derive(Debug, Clone)]
+pub struct ParseArgs {
+    /// A built-in parser, with a preview context (tenant `preview`).
+    pub preset: Option<String>,
+    /// A source of the config file, with its parser and context.
+    pub source: Option<String>,
+    pub config: PathBuf,
+    /// The log to read; stdin when None.
+    pub input: Option<PathBuf>,
+    pub explain: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ParseCliError {
+    #[error("give either --preset or --source")]
+    NeedOneParser,
+    #[error("unknown preset `{0}`; known: {known}", known = super::PARSER_NAMES.join(", "))]
+    UnknownPreset(String),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("no source `{name}` in {path}")]
+    UnknownSource { name: String, path: PathBuf },
+    #[error("cannot read {path}: {source}")]
+    Input {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot write the output: {0}")]
+    Output(std::io::Error),
+}
+
+/// Runs the command; returns the tally of lines, events and skips.
+pub fn run(
+    args: &ParseArgs,
+    out: &mut dyn Write,
+    notes: &mut dyn Write,
+) -> Result<ParseStats, ParseCliError> {
+    let (mut parser, stream) = match (&args.preset, &args.source) {
+        (Some(name), None) => {
+            let ctx = EventContext::preview("preview", "preview");
+            let redaction = Arc::new(Redaction::builtin(ctx.content_max_bytes));
+            let parser = build_named(name, ctx, redaction, &JsonFields::default())
+                .ok_or_else(|| ParseCliError::UnknownPreset(name.clone()))?;
+            (parser, "preview".to_string())
+        }
+        (None, Some(name)) => {
+            let config = Config::load(&args.config, &Env::from_process())?;
+            let source = config
+                .sources
+                .iter()
+                .find(|s| s.name.get_ref() == name)
+                .ok_or_else(|| ParseCliError::UnknownSource {
+                    name: name.clone(),
+                    path: args.config.clone(),
+                })?;
+            (build(&config, source), format!("{name}/preview"))
+        }
+        _ => return Err(ParseCliError::NeedOneParser),
+    };
+
+    let input_name = args
+        .input
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "stdin".to_string());
+    let input_err = |source| ParseCliError::Input {
+        path: input_name.clone(),
+        source,
+    };
+    let mut reader: Box<dyn BufRead> = match &args.input {
+        Some(path) => Box::new(std::io::BufReader::new(
+            std::fs::File::open(path).map_err(input_err)?,
+        )),
+        None => Box::new(std::io::BufReader::new(std::io::stdin().lock())),
+    };
+
+    let mut stats = ParseStats::default();
+    let mut events = EventBuf::default();
+    let mut buf = Vec::new();
+    let mut offset = 0u64;
+    let mut number = 0u64;
+    loop {
+        buf.clear();
+        let n = reader.read_until(b'\n', &mut buf).map_err(input_err)?;
+        if n == 0 {
+            break;
+        }
+        number += 1;
+        let mut line = buf.as_slice();
+        if let [rest @ .., b'\n'] = line {
+            line = rest;
+        }
+        if let [rest @ .., b'\r'] = line {
+            line = rest;
+        }
+        // Same repair as the file source, so the preview matches the daemon.
+        let repaired;
+        if std::str::from_utf8(line).is_err() {
+            repaired = String::from_utf8_lossy(line).into_owned();
+            line = repaired.as_bytes();
+        }
+        let rec = Record {
+            stream: &stream,
+            position: offset,
+            line,
+            read_at: Timestamp::now(),
+        };
+        events.clear();
+        let skipped_before = stats.skipped.clone();
+        parse_counted(parser.as_mut(), &rec, &mut events, &mut stats);
+        for e in events.iter() {
+            out.write_all(e).map_err(ParseCliError::Output)?;
+            out.write_all(b"\n").map_err(ParseCliError::Output)?;
+        }
+        if args.explain && events.is_empty() {
+            let reason = stats
+                .skipped
+                .iter()
+                .find(|(k, v)| skipped_before.get(k) != Some(v))
+                .map(|(k, _)| k.as_str())
+                .unwrap_or("no event");
+            writeln!(notes, "line {number} (byte {offset}): {reason}")
+                .map_err(ParseCliError::Output)?;
+        }
+        offset += n as u64;
+    }
+    if args.explain {
+        writeln!(
+            notes,
+            "{} lines, {} events, {} lines skipped",
+            stats.lines,
+            stats.events,
+            stats.skipped_total()
+        )
+        .map_err(ParseCliError::Output)?;
+        for (reason, count) in &stats.skipped {
+            writeln!(notes, "  {count:>8}  {}", reason.as_str()).map_err(ParseCliError::Output)?;
+        }
+        if stats.state_evictions > 0 {
+            writeln!(notes, "  {} state entries evicted", stats.state_evictions)
+                .map_err(ParseCliError::Output)?;
+        }
+    }
+    out.flush().map_err(ParseCliError::Output)?;
+    Ok(stats)
+}

@@ -1,0 +1,313 @@
+//! The `codex` preset: OpenAI Codex CLI rollouts
+//! (`$CODEX_HOME/sessions/YYYY/MM/DD/rollout-*.jsonl`).
+//!
+//! Every line is `{"timestamp", "type", "payload"}`. The session id comes from
+//! the file's `session_meta` line and the model from `turn_context` lines, so
+//! both are parser state, as are the tool names of calls awaiting output.
+
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use super::{
+    decode_state, encode_state, field, output_text, parse_object, string, text, timestamp,
+    BoundedMap, STATE_MAX_ENTRIES,
+};
+use crate::event::EventType;
+use std::sync::Arc;
+
+use crate::parse::{EventBuf, EventContext, MetaWriter, Parser, Record, Redaction, Skip};
+
+/// Output texts with which Codex reports that the user refused a call.
+const REJECTIONS: [&str; 2] = ["exec command rejected by user", "patch rejected by user"];
+
+#[derive(Deserialize)]
+struct Line<'a> {
+    #[serde(borrow)]
+    timestamp: Option<&'a RawValue>,
+    #[serde(borrow, rename = "type")]
+    kind: Option<&'a RawValue>,
+    #[serde(borrow)]
+    payload: Option<&'a RawValue>,
+}
+
+/// The fields of every payload variant this preset reads.
+#[derive(Deserialize)]
+struct Payload<'a> {
+    #[serde(borrow, rename = "type")]
+    kind: Option<&'a RawValue>,
+    #[serde(borrow)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    model: Option<&'a RawValue>,
+    #[serde(borrow)]
+    cwd: Option<&'a RawValue>,
+    #[serde(borrow)]
+    name: Option<&'a RawValue>,
+    #[serde(borrow)]
+    arguments: Option<&'a RawValue>,
+    #[serde(borrow)]
+    input: Option<&'a RawValue>,
+    #[serde(borrow)]
+    call_id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    output: Option<&'a RawValue>,
+    #[serde(borrow)]
+    action: Option<&'a RawValue>,
+    #[serde(borrow)]
+    status: Option<&'a RawValue>,
+    #[serde(borrow)]
+    info: Option<&'a RawValue>,
+    #[serde(borrow)]
+    exit_code: Option<&'a RawValue>,
+    #[serde(borrow)]
+    command: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct TokenInfo<'a> {
+    #[serde(borrow)]
+    last_token_usage: Option<&'a RawValue>,
+    #[serde(borrow)]
+    total_token_usage: Option<&'a RawValue>,
+}
+
+#[derive(Default, Clone, Serialize, Deserialize)]
+struct State {
+    session_id: Option<String>,
+    model: Option<String>,
+    cwd: Option<String>,
+    /// Tool names of calls awaiting output, by `call_id`, oldest first.
+    calls: Vec<(String, String)>,
+}
+
+pub struct Codex {
+    ctx: EventContext,
+    red: Arc<Redaction>,
+    session_id: Option<String>,
+    model: Option<String>,
+    cwd: Option<String>,
+    calls: BoundedMap<String>,
+}
+
+impl Codex {
+    pub fn new(ctx: EventContext, red: Arc<Redaction>) -> Self {
+        Codex {
+            ctx,
+            red,
+            session_id: None,
+            model: None,
+            cwd: None,
+            calls: BoundedMap::new(STATE_MAX_ENTRIES),
+        }
+    }
+
+    fn context_metadata(&self, meta: &mut MetaWriter<'_>) {
+        meta.opt_str("model", self.model.as_deref());
+        meta.opt_str("cwd", self.cwd.as_deref());
+    }
+
+    fn event<'s>(
+        &'s self,
+        rec: &Record<'_>,
+        event_type: EventType,
+        line: &Line<'_>,
+    ) -> crate::event::Event<'s> {
+        let at = timestamp(line.timestamp).unwrap_or(rec.read_at);
+        let mut e = self.ctx.base_event(rec, 0, event_type, at);
+        if let Some(s) = &self.session_id {
+            e.session_id = Cow::Borrowed(s);
+        }
+        e
+    }
+
+    fn response_item(
+        &mut self,
+        rec: &Record<'_>,
+        line: &Line<'_>,
+        p: &Payload<'_>,
+        out: &mut EventBuf,
+    ) -> Result<usize, Skip> {
+        let kind = string(p.kind);
+        let call_id = string(p.call_id);
+        match kind.as_deref() {
+            Some("function_call" | "custom_tool_call" | "local_shell_call") => {
+                let name = match kind.as_deref() {
+                    Some("local_shell_call") => Cow::Borrowed("local_shell"),
+                    _ => string(p.name).unwrap_or(Cow::Borrowed("")),
+                };
+                if let Some(id) = &call_id {
+                    self.calls.insert(id.to_string(), name.to_string());
+                }
+                // `arguments` is a JSON string holding the arguments' JSON.
+                let args = match kind.as_deref() {
+                    Some("function_call") => text(p.arguments),
+                    Some("custom_tool_call") => text(p.input),
+                    _ => p.action.map(|a| Cow::Borrowed(a.get())),
+                };
+                let mut e = self.event(rec, EventType::ToolCallPre, line);
+                e.tool_name = name;
+                if let Some(args) = args {
+                    e.content = self.red.content(args);
+                }
+                let mut meta = self.red.metadata();
+                meta.opt_str("call_id", call_id.as_deref());
+                meta.opt_str("status", string(p.status).as_deref());
+                self.context_metadata(&mut meta);
+                e.metadata = meta.finish();
+                out.push(&e);
+                Ok(1)
+            }
+            Some("function_call_output" | "custom_tool_call_output") => {
+                let output = output_of(p.output);
+                let rejected = REJECTIONS.iter().any(|r| output.contains(r));
+                let name = call_id.as_deref().and_then(|id| self.calls.remove(id));
+                let event_type = if rejected {
+                    EventType::ToolCallBlock
+                } else {
+                    EventType::ToolCallPost
+                };
+                let mut e = self.event(rec, event_type, line);
+                e.tool_name = name.map(Cow::Owned).unwrap_or(Cow::Borrowed(""));
+                e.content = self.red.content(output);
+                let mut meta = self.red.metadata();
+                meta.opt_str("call_id", call_id.as_deref());
+                self.context_metadata(&mut meta);
+                e.metadata = meta.finish();
+                out.push(&e);
+                Ok(1)
+            }
+            // Messages, reasoning, web searches: no tool call of the agent's own.
+            _ => Err(Skip::NoToolOrModelActivity),
+        }
+    }
+
+    fn event_msg(
+        &mut self,
+        rec: &Record<'_>,
+        line: &Line<'_>,
+        p: &Payload<'_>,
+        out: &mut EventBuf,
+    ) -> Result<usize, Skip> {
+        match string(p.kind).as_deref() {
+            Some("token_count") => {
+                let info: Option<TokenInfo> = field(p.info);
+                let Some(usage) = info.as_ref().and_then(|i| i.last_token_usage) else {
+                    return Err(Skip::NoTokenUsage);
+                };
+                let mut e = self.event(rec, EventType::LlmInvocation, line);
+                let mut meta = self.red.metadata();
+                meta.raw("usage", usage);
+                meta.opt_raw(
+                    "total_usage",
+                    info.as_ref().and_then(|i| i.total_token_usage),
+                );
+                self.context_metadata(&mut meta);
+                e.metadata = meta.finish();
+                out.push(&e);
+                Ok(1)
+            }
+            Some("exec_command_end") if string(p.status).as_deref() == Some("declined") => {
+                let call_id = string(p.call_id);
+                let name = call_id.as_deref().and_then(|id| self.calls.remove(id));
+                let mut e = self.event(rec, EventType::ToolCallBlock, line);
+                e.tool_name = name
+                    .map(Cow::Owned)
+                    .unwrap_or(Cow::Borrowed("exec_command"));
+                if let Some(cmd) = p.command {
+                    e.content = self.red.content(Cow::Borrowed(cmd.get()));
+                }
+                let mut meta = self.red.metadata();
+                meta.opt_str("call_id", call_id.as_deref());
+                meta.str("status", "declined");
+                meta.opt_raw("exit_code", p.exit_code);
+                self.context_metadata(&mut meta);
+                e.metadata = meta.finish();
+                out.push(&e);
+                Ok(1)
+            }
+            _ => Err(Skip::IgnoredRecordType),
+        }
+    }
+}
+
+/// The text of a tool output: a string, an array of text items, or (some
+/// versions) an object with `content`.
+fn output_of(raw: Option<&RawValue>) -> Cow<'_, str> {
+    #[derive(Deserialize)]
+    struct WithContent<'a> {
+        #[serde(borrow)]
+        content: Option<&'a RawValue>,
+    }
+    if let Some(t) = output_text(raw) {
+        return t;
+    }
+    if let Some(obj) = field::<WithContent>(raw) {
+        if let Some(t) = output_text(obj.content) {
+            return t;
+        }
+    }
+    raw.map(|r| Cow::Borrowed(r.get()))
+        .unwrap_or(Cow::Borrowed(""))
+}
+
+impl Parser for Codex {
+    fn parse(&mut self, rec: &Record<'_>, out: &mut EventBuf) -> Result<usize, Skip> {
+        let line: Line = parse_object(rec.line)?;
+        let kind = string(line.kind);
+        let payload: Payload = match kind.as_deref() {
+            Some("session_meta" | "turn_context" | "response_item" | "event_msg") => {
+                field(line.payload).ok_or(Skip::UnexpectedShape)?
+            }
+            _ => return Err(Skip::IgnoredRecordType),
+        };
+        match kind.as_deref() {
+            Some("session_meta") => {
+                if let Some(id) = string(payload.id) {
+                    self.session_id = Some(id.into_owned());
+                }
+                if let Some(cwd) = string(payload.cwd) {
+                    self.cwd = Some(cwd.into_owned());
+                }
+                Err(Skip::StateOnly)
+            }
+            Some("turn_context") => {
+                if let Some(model) = string(payload.model) {
+                    self.model = Some(model.into_owned());
+                }
+                if let Some(cwd) = string(payload.cwd) {
+                    self.cwd = Some(cwd.into_owned());
+                }
+                Err(Skip::StateOnly)
+            }
+            Some("response_item") => self.response_item(rec, &line, &payload, out),
+            _ => self.event_msg(rec, &line, &payload, out),
+        }
+    }
+
+    fn fresh(&self) -> Box<dyn Parser> {
+        Box::new(Codex::new(self.ctx.clone(), self.red.clone()))
+    }
+
+    fn save_state(&self) -> Vec<u8> {
+        encode_state(&State {
+            session_id: self.session_id.clone(),
+            model: self.model.clone(),
+            cwd: self.cwd.clone(),
+            calls: self.calls.to_entries(),
+        })
+    }
+
+    fn load_state(&mut self, bytes: &[u8]) {
+        let state: State = decode_state(bytes).unwrap_or_default();
+        self.session_id = state.session_id;
+        self.model = state.model;
+        self.cwd = state.cwd;
+        self.calls = BoundedMap::from_entries(STATE_MAX_ENTRIES, state.calls);
+    }
+
+    fn take_evictions(&mut self) -> u64 {
+        self.calls.take_evictions()
+    }
+}

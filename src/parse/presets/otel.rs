@@ -1,0 +1,179 @@
+//! The `otel-genai` preset: JSON log or span records that follow the
+//! OpenTelemetry GenAI semantic conventions.
+//!
+//! Attributes are found wherever exporters put them: as top-level dotted keys,
+//! in an `attributes` object, or in OTLP's `attributes` array of
+//! `{key, value: {stringValue|intValue|...}}`. A `chat`, `generate_content` or
+//! `text_completion` record is an LLM_INVOCATION, an `execute_tool` record a
+//! TOOL_CALL_POST; the session is `gen_ai.conversation.id`. The conventions
+//! are still in development, so names are matched as they stand today.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::{field, parse_object, string, text, timestamp};
+use crate::event::EventType;
+use crate::parse::json::Entries;
+use std::sync::Arc;
+
+use crate::parse::{EventBuf, EventContext, MetaWriter, Parser, Record, Redaction, Skip};
+
+/// Top-level keys holding the record's time, most specific first.
+const TIME_KEYS: [&str; 7] = [
+    "timeUnixNano",
+    "startTimeUnixNano",
+    "timestamp",
+    "time",
+    "@timestamp",
+    "start_time",
+    "observedTimeUnixNano",
+];
+
+#[derive(Deserialize)]
+struct OtlpAttribute<'a> {
+    #[serde(borrow)]
+    key: Option<&'a RawValue>,
+    #[serde(borrow)]
+    value: Option<&'a RawValue>,
+}
+
+/// A record's attributes, values as raw JSON (OTLP's typed wrappers removed).
+struct Attributes<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'a> Attributes<'a> {
+    fn collect(top: &[(Cow<'a, str>, &'a RawValue)]) -> Attributes<'a> {
+        let mut attrs = Vec::new();
+        for (k, v) in top {
+            if k == "attributes" {
+                match v.get().as_bytes().first() {
+                    Some(b'{') => {
+                        if let Some(Entries(inner)) = field::<Entries>(Some(v)) {
+                            attrs.extend(inner);
+                        }
+                    }
+                    Some(b'[') => {
+                        let list: Vec<OtlpAttribute> = field(Some(v)).unwrap_or_default();
+                        for a in list {
+                            if let (Some(key), Some(value)) = (string(a.key), unwrap_any(a.value)) {
+                                attrs.push((key, value));
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            } else if k.contains('.') {
+                attrs.push((k.clone(), *v));
+            }
+        }
+        Attributes(attrs)
+    }
+
+    fn raw(&self, name: &str) -> Option<&'a RawValue> {
+        self.0.iter().find(|(k, _)| k == name).map(|(_, v)| *v)
+    }
+
+    fn text(&self, name: &str) -> Option<Cow<'a, str>> {
+        text(self.raw(name))
+    }
+}
+
+/// The inner value of OTLP's `{"stringValue": ...}` (or int, double, bool,
+/// array, kvlist) wrapper.
+fn unwrap_any(raw: Option<&RawValue>) -> Option<&RawValue> {
+    let Entries(entries) = field::<Entries>(raw)?;
+    entries.into_iter().next().map(|(_, v)| v)
+}
+
+pub struct OtelGenAi {
+    ctx: EventContext,
+    red: Arc<Redaction>,
+}
+
+impl OtelGenAi {
+    pub fn new(ctx: EventContext, red: Arc<Redaction>) -> Self {
+        OtelGenAi { ctx, red }
+    }
+}
+
+fn put(meta: &mut MetaWriter<'_>, key: &str, attrs: &Attributes<'_>, name: &str) {
+    meta.opt_raw(key, attrs.raw(name));
+}
+
+impl Parser for OtelGenAi {
+    fn parse(&mut self, rec: &Record<'_>, out: &mut EventBuf) -> Result<usize, Skip> {
+        let Entries(top) = parse_object(rec.line)?;
+        let attrs = Attributes::collect(&top);
+        let top_raw = |name: &str| top.iter().find(|(k, _)| k == name).map(|(_, v)| *v);
+        let operation = attrs
+            .text("gen_ai.operation.name")
+            .ok_or(Skip::NoGenAiOperation)?;
+        let event_type = match &*operation {
+            "chat" | "generate_content" | "text_completion" => EventType::LlmInvocation,
+            "execute_tool" => EventType::ToolCallPost,
+            _ => return Err(Skip::UnmappedOperation),
+        };
+        let at = TIME_KEYS
+            .iter()
+            .find_map(|k| timestamp(top_raw(k)))
+            .unwrap_or(rec.read_at);
+        let mut e = self.ctx.base_event(rec, 0, event_type, at);
+        if let Some(s) = attrs
+            .text("gen_ai.conversation.id")
+            .or_else(|| attrs.text("mcp.session.id"))
+        {
+            e.session_id = s;
+        }
+        let mut meta = self.red.metadata();
+        if event_type == EventType::ToolCallPost {
+            e.tool_name = attrs.text("gen_ai.tool.name").unwrap_or_default();
+            let call_id = attrs
+                .text("gen_ai.tool.call.id")
+                .or_else(|| attrs.text("jsonrpc.request.id"));
+            meta.opt_str("call_id", call_id.as_deref());
+            put(&mut meta, "tool_type", &attrs, "gen_ai.tool.type");
+            put(&mut meta, "mcp_method", &attrs, "mcp.method.name");
+            put(&mut meta, "mcp_session_id", &attrs, "mcp.session.id");
+            let body = attrs
+                .text("gen_ai.tool.call.result")
+                .or_else(|| attrs.text("gen_ai.tool.call.arguments"));
+            if let Some(body) = body {
+                e.content = self.red.content(body);
+            }
+        } else {
+            put(&mut meta, "request_model", &attrs, "gen_ai.request.model");
+            put(&mut meta, "response_model", &attrs, "gen_ai.response.model");
+            put(
+                &mut meta,
+                "input_tokens",
+                &attrs,
+                "gen_ai.usage.input_tokens",
+            );
+            put(
+                &mut meta,
+                "output_tokens",
+                &attrs,
+                "gen_ai.usage.output_tokens",
+            );
+        }
+        meta.str("operation", &operation);
+        let provider = attrs
+            .raw("gen_ai.provider.name")
+            .or(attrs.raw("gen_ai.system"));
+        meta.opt_raw("provider", provider);
+        let error = attrs.text("error.type");
+        meta.bool("is_error", error.is_some());
+        meta.opt_str("error_type", error.as_deref());
+        meta.opt_raw("trace_id", top_raw("traceId").or(top_raw("trace_id")));
+        meta.opt_raw("span_id", top_raw("spanId").or(top_raw("span_id")));
+        meta.opt_raw("span_name", top_raw("name"));
+        e.metadata = meta.finish();
+        out.push(&e);
+        Ok(1)
+    }
+
+    fn fresh(&self) -> Box<dyn Parser> {
+        Box::new(OtelGenAi::new(self.ctx.clone(), self.red.clone()))
+    }
+}

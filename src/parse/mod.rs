@@ -227,6 +227,14 @@ impl MetaWriter<'_> {
         if !self.allowed(key) {
             return;
         }
+        let text = value.get();
+        // serde_json accepts `1e400` as raw text but not as a number: a value
+        // that does not read back as JSON numbers would fail the whole batch
+        // at the API, so it goes in as a string.
+        if !text.starts_with('"') && serde_json::from_str::<NumbersInRange>(text).is_err() {
+            self.builder.str(key, &self.policy.redactor.redact(text));
+            return;
+        }
         match self.policy.redactor.redact_json(value) {
             None => self.builder.raw(key, value),
             Some(RedactedJson::Value(v)) => self.builder.value(key, &v),
@@ -242,6 +250,59 @@ impl MetaWriter<'_> {
 
     pub fn finish(self) -> crate::event::Metadata<'static> {
         self.builder.finish()
+    }
+}
+
+/// Deserializes any JSON value and fails where serde_json's own value
+/// would: on a number out of the f64 range, which skipping (`IgnoredAny`,
+/// `RawValue`) lets through.
+struct NumbersInRange;
+
+impl<'de> serde::Deserialize<'de> for NumbersInRange {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = NumbersInRange;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<NumbersInRange, E> {
+                Ok(NumbersInRange)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<NumbersInRange, E> {
+                Ok(NumbersInRange)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<NumbersInRange, E> {
+                Ok(NumbersInRange)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<NumbersInRange, E> {
+                Ok(NumbersInRange)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<NumbersInRange, E> {
+                Ok(NumbersInRange)
+            }
+            fn visit_unit<E>(self) -> Result<NumbersInRange, E> {
+                Ok(NumbersInRange)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<NumbersInRange, A::Error> {
+                while seq.next_element::<NumbersInRange>()?.is_some() {}
+                Ok(NumbersInRange)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<NumbersInRange, A::Error> {
+                while map
+                    .next_entry::<serde::de::IgnoredAny, NumbersInRange>()?
+                    .is_some()
+                {}
+                Ok(NumbersInRange)
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 

@@ -1,0 +1,117 @@
+//! A restart of the file source in the middle of a Codex rollout queues
+//! exactly the events an uninterrupted run queues: the session, the model and
+//! the pending calls travel in the checkpoint beside the offset.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use thoth_ingest::config::{Config, Env};
+use thoth_ingest::queue::Queue;
+use thoth_ingest::source::file::FileSource;
+use thoth_ingest::source::SourceStats;
+
+fn config(state: &Path, logs: &Path) -> Config {
+    let toml = format!(
+        r#"
+[api]
+base_url = "http://127.0.0.1:9"
+tenant_id = "acme"
+[state]
+dir = {state:?}
+[[sources]]
+name = "codex"
+type = "file"
+include = [{glob:?}]
+parser = "codex"
+poll_interval = "20ms"
+"#,
+        state = state.display().to_string(),
+        glob = logs.join("*.jsonl").display().to_string(),
+    );
+    Config::from_toml(&toml, Path::new("(test)"), &Env::default()).unwrap()
+}
+
+/// Runs the source until it has read everything there is, then stops it.
+fn run_source_until_caught_up(config: &Config) {
+    let queue = Arc::new(Queue::open(&config.state.dir, 8 << 20).unwrap());
+    let source_config = config.sources[0].clone();
+    let parser = thoth_ingest::parse::build(config, &source_config);
+    let stats = Arc::new(SourceStats::default());
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let source = FileSource::new(
+        source_config,
+        parser,
+        queue.clone(),
+        stats.clone(),
+        shutdown.clone(),
+    )
+    .unwrap();
+    let handle = std::thread::spawn(move || source.run());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !(stats.is_caught_up() && stats.commits.load(Ordering::SeqCst) > 0) {
+        assert!(Instant::now() < deadline, "source never caught up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    shutdown.store(true, Ordering::SeqCst);
+    handle.join().unwrap().unwrap();
+    queue.close().unwrap();
+}
+
+/// Every event in the queue, in order.
+fn queued_events(config: &Config) -> Vec<serde_json::Value> {
+    let queue = Queue::open(&config.state.dir, 8 << 20).unwrap();
+    let batch = queue.peek_batch(100_000).unwrap().unwrap();
+    let events: Vec<serde_json::Value> = serde_json::from_slice(&batch.body).unwrap();
+    queue.close().unwrap();
+    events
+}
+
+#[test]
+fn a_restart_mid_file_queues_the_events_of_an_uninterrupted_run() {
+    let fixture = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/codex/rollout.jsonl"),
+    )
+    .unwrap();
+    // Cut after the first function_call (line 7): its output, the session id
+    // and the model must all come from the checkpoint after the restart.
+    let cut = fixture
+        .match_indices('\n')
+        .nth(6)
+        .map(|(i, _)| i + 1)
+        .unwrap();
+
+    let whole = tempfile::tempdir().unwrap();
+    std::fs::create_dir(whole.path().join("logs")).unwrap();
+    std::fs::write(whole.path().join("logs/rollout.jsonl"), &fixture).unwrap();
+    let whole_config = config(&whole.path().join("state"), &whole.path().join("logs"));
+    run_source_until_caught_up(&whole_config);
+    let expected = queued_events(&whole_config);
+    assert_eq!(expected.len(), 13);
+
+    let split = tempfile::tempdir().unwrap();
+    std::fs::create_dir(split.path().join("logs")).unwrap();
+    let log = split.path().join("logs/rollout.jsonl");
+    std::fs::write(&log, &fixture[..cut]).unwrap();
+    let split_config = config(&split.path().join("state"), &split.path().join("logs"));
+    run_source_until_caught_up(&split_config);
+    assert_eq!(
+        queued_events(&split_config).len(),
+        1,
+        "the PRE before the cut"
+    );
+    std::fs::write(&log, &fixture).unwrap(); // the agent goes on writing
+    run_source_until_caught_up(&split_config);
+    let got = queued_events(&split_config);
+
+    assert_eq!(got, expected);
+    let post = &got[2];
+    assert_eq!(post["event_type"], "TOOL_CALL_POST");
+    assert_eq!(
+        post["tool_name"], "shell",
+        "name of a call made before the restart"
+    );
+    assert_eq!(post["session_id"], "5973b6c0-94b8-487b-a530-2aeb6098ae0e");
+    assert_eq!(post["metadata"]["model"], "gpt-5-codex");
+}

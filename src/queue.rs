@@ -141,8 +141,14 @@ impl Batch {
                 rest_pieces.push(p.clone());
             } else {
                 let cut = p.range.start + (at - seen) as u32;
-                first_pieces.push(Piece { seq: p.seq, range: p.range.start..cut });
-                rest_pieces.push(Piece { seq: p.seq, range: cut..p.range.end });
+                first_pieces.push(Piece {
+                    seq: p.seq,
+                    range: p.range.start..cut,
+                });
+                rest_pieces.push(Piece {
+                    seq: p.seq,
+                    range: cut..p.range.end,
+                });
             }
             seen += n;
         }
@@ -167,7 +173,10 @@ impl Batch {
                 oldest: self.oldest,
             }
         };
-        (build(first_pieces, 0..at), build(rest_pieces, at..self.events))
+        (
+            build(first_pieces, 0..at),
+            build(rest_pieces, at..self.events),
+        )
     }
 }
 
@@ -720,12 +729,15 @@ impl Queue {
             }
             read.acked.remove(&seq)
         };
-        let already: u32 = acked.map(|a| a.0.iter().map(|r| r.len() as u32).sum()).unwrap_or(0);
-        let result: Result<(), TransactionError<()>> = (&self.chunks, &self.acks).transaction(|(chunks, acks)| {
-            chunks.remove(&k)?;
-            acks.remove(&k)?;
-            Ok::<(), ConflictableTransactionError<()>>(())
-        });
+        let already: u32 = acked
+            .map(|a| a.0.iter().map(|r| r.len() as u32).sum())
+            .unwrap_or(0);
+        let result: Result<(), TransactionError<()>> =
+            (&self.chunks, &self.acks).transaction(|(chunks, acks)| {
+                chunks.remove(&k)?;
+                acks.remove(&k)?;
+                Ok::<(), ConflictableTransactionError<()>>(())
+            });
         match result {
             Ok(()) => {}
             Err(TransactionError::Storage(e)) => return Err(self.storage(e)),
@@ -734,7 +746,10 @@ impl Queue {
         let dropped = u64::from(ptr.count.saturating_sub(already));
         self.dropped_events.fetch_add(dropped, Ordering::Relaxed);
         self.sub_queued(u64::from(ptr.len));
-        tracing::warn!(events = dropped, "queue full: dropped the oldest undelivered events (when_full = drop_oldest)");
+        tracing::warn!(
+            events = dropped,
+            "queue full: dropped the oldest undelivered events (when_full = drop_oldest)"
+        );
         let mut segments = self.segments.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(n) = segments.live.get_mut(&ptr.segment) {
             *n = n.saturating_sub(1);
@@ -749,7 +764,9 @@ impl Queue {
     fn sub_queued(&self, n: u64) {
         let _ = self
             .queued_bytes
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |q| Some(q.saturating_sub(n)));
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |q| {
+                Some(q.saturating_sub(n))
+            });
     }
 
     /// Appends `events` and sets checkpoint `key` to `value` atomically, and
@@ -801,7 +818,8 @@ impl Queue {
             let file = &segments.files[&segment];
             let mut warned = false;
             loop {
-                let written = write_all_vectored_at(file, &mut slices.clone(), offset).and_then(|()| file.sync_data());
+                let written = write_all_vectored_at(file, &mut slices.clone(), offset)
+                    .and_then(|()| file.sync_data());
                 match written {
                     Ok(()) => break,
                     // A full disk pauses the pipeline; the bytes past the
@@ -892,7 +910,11 @@ impl Queue {
     /// Reads up to `max_events` not yet handed out, oldest first, in a body of
     /// at most `max_bytes` (a single larger event still makes a batch of one),
     /// without handing them out: call [`Queue::take`] to do that.
-    pub fn peek_batch(&self, max_events: usize, max_bytes: usize) -> Result<Option<Batch>, QueueError> {
+    pub fn peek_batch(
+        &self,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Result<Option<Batch>, QueueError> {
         let mut read = self.read.lock().unwrap_or_else(|p| p.into_inner());
         let mut body = Vec::with_capacity((256 << 10).min(max_bytes + 16));
         let mut spans = Vec::with_capacity(max_events.min(4096));
@@ -1015,11 +1037,15 @@ impl Queue {
                     at: at.clone(),
                     event: String::from_utf8_lossy(batch.event(i)).into_owned(),
                 };
-                (id.to_be_bytes(), serde_json::to_vec(&record).unwrap_or_default())
+                (
+                    id.to_be_bytes(),
+                    serde_json::to_vec(&record).unwrap_or_default(),
+                )
             })
             .collect();
         self.finish(batch, Some(&records))?;
-        self.dead_events.fetch_add(batch.events as u64, Ordering::Relaxed);
+        self.dead_events
+            .fetch_add(batch.events as u64, Ordering::Relaxed);
         Ok(())
     }
 
@@ -1052,8 +1078,8 @@ impl Queue {
             updates.retain(|(s, _)| *s != p.seq);
             updates.push((p.seq, encoded));
         }
-        let result: Result<(), TransactionError<()>> =
-            (&self.chunks, &self.acks, &self.dead).transaction(|(chunks, acks, dead_tree)| {
+        let result: Result<(), TransactionError<()>> = (&self.chunks, &self.acks, &self.dead)
+            .transaction(|(chunks, acks, dead_tree)| {
                 for (key, record) in dead.unwrap_or_default() {
                     dead_tree.insert(&key[..], record.as_slice())?;
                 }
@@ -1134,8 +1160,8 @@ impl Queue {
         for item in self.dead.iter() {
             let (k, v) = item.map_err(|e| self.storage(e))?;
             let seq = seq_of(&k);
-            let record: DeadLetter =
-                serde_json::from_slice(&v).map_err(|e| self.corrupt(seq, format!("dead letter: {e}")))?;
+            let record: DeadLetter = serde_json::from_slice(&v)
+                .map_err(|e| self.corrupt(seq, format!("dead letter: {e}")))?;
             out.push((seq, record));
         }
         Ok(out)
@@ -1156,7 +1182,9 @@ impl Queue {
         let n = Timestamp::now().unix_micros.to_le_bytes();
         self.commit(&events, b"dead-letter/retried-at", &n)?;
         for (key, _) in &letters {
-            self.dead.remove(key.to_be_bytes()).map_err(|e| self.storage(e))?;
+            self.dead
+                .remove(key.to_be_bytes())
+                .map_err(|e| self.storage(e))?;
         }
         self.sync()?;
         Ok(letters.len())

@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
-use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::header::{
+    HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER,
+};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
@@ -114,8 +116,8 @@ impl Flusher {
         stats: Arc<FlushStats>,
     ) -> Result<Flusher, FlushError> {
         let mut headers = HeaderMap::new();
-        let mut bearer =
-            HeaderValue::from_str(&format!("Bearer {}", key.expose())).map_err(|_| FlushError::KeyHeader)?;
+        let mut bearer = HeaderValue::from_str(&format!("Bearer {}", key.expose()))
+            .map_err(|_| FlushError::KeyHeader)?;
         bearer.set_sensitive(true);
         let mut x_key = HeaderValue::from_str(key.expose()).map_err(|_| FlushError::KeyHeader)?;
         x_key.set_sensitive(true);
@@ -136,7 +138,8 @@ impl Flusher {
                 reason,
             };
             let pem = std::fs::read(path).map_err(|e| ca_error(e.to_string()))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| ca_error(e.to_string()))?;
+            let certs =
+                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| ca_error(e.to_string()))?;
             if certs.is_empty() {
                 return Err(ca_error("no PEM certificate in it".into()));
             }
@@ -184,7 +187,9 @@ impl Flusher {
             while let Some(done) = in_flight.try_join_next() {
                 self.completed(done)?;
             }
-            self.stats.in_flight.store(in_flight.len(), Ordering::SeqCst);
+            self.stats
+                .in_flight
+                .store(in_flight.len(), Ordering::SeqCst);
             let now = Instant::now();
             let gate = self.next_start(now);
             if in_flight.len() >= self.max_in_flight || gate > now {
@@ -196,6 +201,14 @@ impl Flusher {
                 continue;
             }
             let batch = match self.retry.pop_front() {
+                // After a 413 lowered the limit, batches taken before it are
+                // split here rather than refused again.
+                Some(b) if b.events > 1 && b.body.len() > self.batch_max_bytes => {
+                    let (first, rest) = b.split_at(b.events / 2);
+                    self.retry.push_front(rest);
+                    self.retry.push_front(first);
+                    continue;
+                }
                 Some(b) => b,
                 None => match self.next_batch()? {
                     Ok(b) => b,
@@ -218,7 +231,9 @@ impl Flusher {
                 let reply = sender.send(&batch).await;
                 (batch, reply)
             });
-            self.stats.in_flight.store(in_flight.len(), Ordering::SeqCst);
+            self.stats
+                .in_flight
+                .store(in_flight.len(), Ordering::SeqCst);
         }
         // Shutdown: no new requests; let those in flight finish.
         let deadline = Instant::now() + self.shutdown_timeout;
@@ -227,7 +242,10 @@ impl Flusher {
                 Ok(Some(done)) => self.completed(done)?,
                 Ok(None) => break,
                 Err(_) => {
-                    info!(requests = in_flight.len(), "shutdown timeout: requests still in flight stay queued");
+                    info!(
+                        requests = in_flight.len(),
+                        "shutdown timeout: requests still in flight stay queued"
+                    );
                     in_flight.abort_all();
                     break;
                 }
@@ -252,12 +270,18 @@ impl Flusher {
     /// A new batch from the queue, or how long to wait for one: a partial
     /// batch waits up to `linger` for more events.
     fn next_batch(&mut self) -> Result<Result<Batch, Duration>, FlushError> {
-        let Some(batch) = self.queue.peek_batch(self.batch_max_events, self.batch_max_bytes)? else {
+        let Some(batch) = self
+            .queue
+            .peek_batch(self.batch_max_events, self.batch_max_bytes)?
+        else {
             return Ok(Err(Duration::from_millis(200)));
         };
-        let full = batch.events >= self.batch_max_events || batch.body.len() * 10 >= self.batch_max_bytes * 9;
+        let full = batch.events >= self.batch_max_events
+            || batch.body.len() * 10 >= self.batch_max_bytes * 9;
         if !full {
-            let age = Duration::from_micros((Timestamp::now().unix_micros - batch.oldest.unix_micros).max(0) as u64);
+            let age = Duration::from_micros(
+                (Timestamp::now().unix_micros - batch.oldest.unix_micros).max(0) as u64,
+            );
             if age < self.linger {
                 return Ok(Err(self.linger - age));
             }
@@ -266,7 +290,10 @@ impl Flusher {
         Ok(Ok(batch))
     }
 
-    fn completed(&mut self, done: Result<(Batch, Reply), tokio::task::JoinError>) -> Result<(), FlushError> {
+    fn completed(
+        &mut self,
+        done: Result<(Batch, Reply), tokio::task::JoinError>,
+    ) -> Result<(), FlushError> {
         let (batch, reply) = match done {
             Ok(d) => d,
             // A request task cannot panic short of a bug; its batch is still
@@ -281,7 +308,9 @@ impl Flusher {
         match reply.outcome {
             Outcome::Delivered => {
                 self.queue.ack(&batch)?;
-                self.stats.delivered_events.fetch_add(batch.events as u64, Ordering::Relaxed);
+                self.stats
+                    .delivered_events
+                    .fetch_add(batch.events as u64, Ordering::Relaxed);
                 self.consecutive_failures = 0;
                 if self.last_auth_log.take().is_some() {
                     info!("the API accepts the key again; delivery resumed");
@@ -289,7 +318,10 @@ impl Flusher {
             }
             Outcome::RateLimited(wait) => {
                 self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
-                debug!(wait_ms = wait.as_millis() as u64, "rate limited by the server");
+                debug!(
+                    wait_ms = wait.as_millis() as u64,
+                    "rate limited by the server"
+                );
                 self.not_before = self.not_before.max(now + wait);
                 self.retry.push_front(batch);
             }
@@ -311,18 +343,28 @@ impl Flusher {
             Outcome::TooLarge => {
                 self.stats.rejected_requests.fetch_add(1, Ordering::Relaxed);
                 if batch.events == 1 {
-                    warn!(bytes = batch.body.len(), "the API refused an event as too large (413); it is set aside");
+                    warn!(
+                        bytes = batch.body.len(),
+                        "the API refused an event as too large (413); it is set aside"
+                    );
                     let reason = DeadReason {
                         status: 413,
                         code: "PAYLOAD_TOO_LARGE".into(),
-                        message: format!("a single event of {} bytes is larger than the server accepts", batch.body.len()),
+                        message: format!(
+                            "a single event of {} bytes is larger than the server accepts",
+                            batch.body.len()
+                        ),
                         request_id: String::new(),
                     };
                     self.queue.set_aside(&batch, &reason)?;
                 } else {
                     let smaller = (batch.body.len() / 2).max(4096);
                     if smaller < self.batch_max_bytes {
-                        warn!(from = self.batch_max_bytes, to = smaller, "413 from the API: lowering the batch size");
+                        warn!(
+                            from = self.batch_max_bytes,
+                            to = smaller,
+                            "413 from the API: lowering the batch size"
+                        );
                         self.batch_max_bytes = smaller;
                     }
                     self.batch_max_events = self.batch_max_events.min(batch.events / 2).max(1);
@@ -333,7 +375,10 @@ impl Flusher {
             }
             Outcome::Unauthorized(status, detail) => {
                 self.stats.rejected_requests.fetch_add(1, Ordering::Relaxed);
-                if self.last_auth_log.is_none_or(|t| t.elapsed() >= AUTH_LOG_EVERY) {
+                if self
+                    .last_auth_log
+                    .is_none_or(|t| t.elapsed() >= AUTH_LOG_EVERY)
+                {
                     error!(
                         status, code = %detail.code, message = %detail.message, request_id = %detail.request_id,
                         "the API refused the key; every event is kept and sending is retried every {}s. \
@@ -375,12 +420,15 @@ impl Flusher {
             return;
         }
         if remaining == 0 {
-            self.not_before = self.not_before.max(Instant::now() + Duration::from_secs_f64(left));
+            self.not_before = self
+                .not_before
+                .max(Instant::now() + Duration::from_secs_f64(left));
             self.pace_gap = None;
             return;
         }
         let server_rate = remaining as f64 / left;
-        self.pace_gap = (server_rate < self.own_rate * 0.5).then(|| Duration::from_secs_f64(left / remaining as f64));
+        self.pace_gap = (server_rate < self.own_rate * 0.5)
+            .then(|| Duration::from_secs_f64(left / remaining as f64));
     }
 }
 
@@ -408,12 +456,23 @@ impl Sender {
             }
         };
         let status = response.status().as_u16();
-        let header_u64 = |name: &str| response.headers().get(name)?.to_str().ok()?.trim().parse::<u64>().ok();
+        let header_u64 = |name: &str| {
+            response
+                .headers()
+                .get(name)?
+                .to_str()
+                .ok()?
+                .trim()
+                .parse::<u64>()
+                .ok()
+        };
         let remaining = header_u64("x-ratelimit-remaining");
         let reset = header_u64("x-ratelimit-reset");
         let outcome = match status {
             200..=299 => Outcome::Delivered,
-            429 => Outcome::RateLimited(retry_after(response.headers()).unwrap_or(Duration::from_secs(1))),
+            429 => Outcome::RateLimited(
+                retry_after(response.headers()).unwrap_or(Duration::from_secs(1)),
+            ),
             413 => Outcome::TooLarge,
             400 | 401 | 403 => {
                 let detail = ErrorBody::parse(&response.text().await.unwrap_or_default());

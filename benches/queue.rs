@@ -61,13 +61,17 @@ fn bench_queue(c: &mut Criterion) {
     group.bench_function("peek + take + ack", |b| {
         b.iter_batched(
             || {
-                if queue.peek_batch(EVENTS).expect("peek").is_none() {
+                if queue
+                    .peek_batch(EVENTS, usize::MAX)
+                    .expect("peek")
+                    .is_none()
+                {
                     queue.commit(&batch, b"cp", b"x").expect("refill");
                 }
             },
             |()| {
                 let got = queue
-                    .peek_batch(EVENTS)
+                    .peek_batch(EVENTS, usize::MAX)
                     .expect("peek")
                     .expect("events queued");
                 queue.take(&got);

@@ -99,6 +99,15 @@ struct ReceiverArgs {
     /// Delay added before each answer to a batch.
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     latency: Duration,
+    /// Answer 413 to bodies larger than this many bytes (after gzip decoding).
+    #[arg(long, default_value_t = 16 << 20)]
+    max_body: usize,
+    /// Refuse every key (401) for this long after start.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    refuse_keys_for: Duration,
+    /// Refuse (400) events whose content contains this text.
+    #[arg(long)]
+    reject_content: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -228,6 +237,9 @@ async fn receiver(args: ReceiverArgs) -> anyhow::Result<ExitCode> {
         api_keys: args.api_keys,
         fail_ratio: args.fail_ratio,
         latency: args.latency,
+        max_body: args.max_body,
+        refuse_keys_for: args.refuse_keys_for,
+        reject_content: args.reject_content,
     };
     let mut signals = ops::StopSignals::install().context("cannot install signal handlers")?;
     let (server, handle) = Receiver::bind(config.clone())

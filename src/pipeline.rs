@@ -30,6 +30,10 @@ impl Pipeline {
     /// within a tokio runtime.
     pub fn start(config: &Config, key: &ApiKey) -> anyhow::Result<Pipeline> {
         let queue = Arc::new(Queue::open(&config.state.dir, config.queue.cache.0)?);
+        queue.set_bound(
+            config.queue.max_bytes.0,
+            config.queue.when_full == crate::config::WhenFull::DropOldest,
+        );
         let shutdown = Arc::new(AtomicBool::new(false));
         let (fail_tx, failures) = mpsc::unbounded_channel();
         let mut sources = Vec::new();
@@ -87,7 +91,7 @@ impl Pipeline {
     /// produced has been accepted by the server.
     pub fn is_drained(&self) -> bool {
         self.sources.iter().all(|(_, s)| s.is_caught_up())
-            && !self.flush_stats.in_flight.load(Ordering::SeqCst)
+            && self.flush_stats.in_flight.load(Ordering::SeqCst) == 0
             && self.queue.is_empty()
     }
 
@@ -103,6 +107,7 @@ impl Pipeline {
     /// makes the queue durable.
     pub async fn stop(self, grace: Duration) -> anyhow::Result<()> {
         self.shutdown.store(true, Ordering::SeqCst);
+        self.queue.start_closing();
         self.queue.appended.notify_one();
         let threads = self.source_threads;
         tokio::task::spawn_blocking(move || {
@@ -112,6 +117,7 @@ impl Pipeline {
         })
         .await
         .ok();
+        // The flusher has its own shutdown_timeout for requests in flight.
         if tokio::time::timeout(grace, self.flusher).await.is_err() {
             info!("a request was still in flight at shutdown; its events stay queued");
         }

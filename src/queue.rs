@@ -70,6 +70,33 @@ pub enum QueueError {
         seq: u64,
         what: String,
     },
+    /// The queue is shutting down; the commit did not happen (its source's
+    /// checkpoint did not move, so nothing is lost).
+    #[error("the queue is closing")]
+    Closing,
+}
+
+/// Why the server refused an event, as the API's error body says.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeadReason {
+    pub status: u16,
+    pub code: String,
+    pub message: String,
+    pub request_id: String,
+}
+
+/// An event the server refused, kept where an operator can see it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DeadLetter {
+    pub status: u16,
+    pub code: String,
+    pub message: String,
+    #[serde(rename = "requestId")]
+    pub request_id: String,
+    /// When it was set aside.
+    pub at: String,
+    /// The event's JSON, as it was sent.
+    pub event: String,
 }
 
 /// Where a batch's events live: event `range` of chunk `seq`.
@@ -84,10 +111,73 @@ pub struct Piece {
 pub struct Batch {
     pub pieces: Vec<Piece>,
     /// The JSON array of the events, the request body as is.
-    pub body: Vec<u8>,
+    pub body: bytes::Bytes,
     pub events: usize,
+    /// Where each event's JSON is in `body`, so a refused batch can be split
+    /// without going back to the queue.
+    pub spans: Vec<Range<u32>>,
     /// Commit time of the oldest chunk the batch draws from.
     pub oldest: Timestamp,
+}
+
+impl Batch {
+    /// The JSON of event `i`.
+    pub fn event(&self, i: usize) -> &[u8] {
+        let r = &self.spans[i];
+        &self.body[r.start as usize..r.end as usize]
+    }
+
+    /// Splits into the first `at` events and the rest (both non-empty when
+    /// `0 < at < events`), each with its own body.
+    pub fn split_at(&self, at: usize) -> (Batch, Batch) {
+        let mut first_pieces = Vec::new();
+        let mut rest_pieces = Vec::new();
+        let mut seen = 0usize;
+        for p in &self.pieces {
+            let n = p.range.len();
+            if seen + n <= at {
+                first_pieces.push(p.clone());
+            } else if seen >= at {
+                rest_pieces.push(p.clone());
+            } else {
+                let cut = p.range.start + (at - seen) as u32;
+                first_pieces.push(Piece {
+                    seq: p.seq,
+                    range: p.range.start..cut,
+                });
+                rest_pieces.push(Piece {
+                    seq: p.seq,
+                    range: cut..p.range.end,
+                });
+            }
+            seen += n;
+        }
+        let build = |pieces: Vec<Piece>, range: Range<usize>| {
+            let mut body = Vec::with_capacity(self.body.len() / 2 + 16);
+            let mut spans = Vec::with_capacity(range.len());
+            body.push(b'[');
+            for i in range.clone() {
+                if body.len() > 1 {
+                    body.push(b',');
+                }
+                let start = body.len() as u32;
+                body.extend_from_slice(self.event(i));
+                spans.push(start..body.len() as u32);
+            }
+            body.push(b']');
+            Batch {
+                pieces,
+                body: body.into(),
+                events: range.len(),
+                spans,
+                oldest: self.oldest,
+            }
+        };
+        (
+            build(first_pieces, 0..at),
+            build(rest_pieces, at..self.events),
+        )
+    }
 }
 
 /// A set of disjoint, sorted, non-adjacent ranges.
@@ -418,6 +508,12 @@ pub struct Queue {
     pub appended: tokio::sync::Notify,
     committed_events: AtomicU64,
     acked_events: AtomicU64,
+    dead_events: AtomicU64,
+    dropped_events: AtomicU64,
+    /// Bound on `queued_bytes`, and what to do at it.
+    max_bytes: AtomicU64,
+    drop_oldest: std::sync::atomic::AtomicBool,
+    closing: std::sync::atomic::AtomicBool,
     /// Bytes of chunks not yet fully acknowledged.
     queued_bytes: AtomicU64,
 }
@@ -523,6 +619,11 @@ impl Queue {
             appended: tokio::sync::Notify::new(),
             committed_events: AtomicU64::new(0),
             acked_events: AtomicU64::new(0),
+            dead_events: AtomicU64::new(0),
+            dropped_events: AtomicU64::new(0),
+            max_bytes: AtomicU64::new(u64::MAX),
+            drop_oldest: std::sync::atomic::AtomicBool::new(false),
+            closing: std::sync::atomic::AtomicBool::new(false),
             queued_bytes: AtomicU64::new(queued_bytes),
         })
     }
@@ -562,6 +663,112 @@ impl Queue {
             .map_err(|e| self.storage(e))
     }
 
+    /// Bounds the bytes waiting for delivery. At the bound, a commit waits for
+    /// room (sources pause, their logs are the buffer) or, with `drop_oldest`,
+    /// the oldest undelivered chunks are dropped and counted.
+    pub fn set_bound(&self, max_bytes: u64, drop_oldest: bool) {
+        self.max_bytes.store(max_bytes, Ordering::Relaxed);
+        self.drop_oldest.store(drop_oldest, Ordering::Relaxed);
+    }
+
+    /// Makes waiting commits give up with [`QueueError::Closing`].
+    pub fn start_closing(&self) {
+        self.closing.store(true, Ordering::SeqCst);
+    }
+
+    fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::SeqCst)
+    }
+
+    /// Events dropped by `when_full = "drop_oldest"` since the queue was opened.
+    pub fn dropped_events(&self) -> u64 {
+        self.dropped_events.load(Ordering::Relaxed)
+    }
+
+    /// Waits until `incoming` more bytes fit under the bound (or drops the
+    /// oldest chunks to make room, if so configured).
+    fn wait_for_room(&self, incoming: u64) -> Result<(), QueueError> {
+        let mut warned = false;
+        loop {
+            let max = self.max_bytes.load(Ordering::Relaxed);
+            let queued = self.queued_bytes();
+            // An empty queue always takes a commit, however large.
+            if queued == 0 || queued.saturating_add(incoming) <= max {
+                return Ok(());
+            }
+            if self.drop_oldest.load(Ordering::Relaxed) {
+                self.drop_oldest_chunk()?;
+                continue;
+            }
+            if self.is_closing() {
+                return Err(QueueError::Closing);
+            }
+            if !warned {
+                tracing::warn!(
+                    queued_bytes = queued,
+                    max_bytes = max,
+                    "queue full: sources pause until deliveries make room"
+                );
+                warned = true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    fn drop_oldest_chunk(&self) -> Result<(), QueueError> {
+        let Some((k, v)) = self.chunks.first().map_err(|e| self.storage(e))? else {
+            return Ok(());
+        };
+        let seq = seq_of(&k);
+        let ptr = Pointer::decode(&v).ok_or_else(|| self.corrupt(seq, "unreadable pointer"))?;
+        let acked = {
+            let mut read = self.read.lock().unwrap_or_else(|p| p.into_inner());
+            read.in_flight.remove(&seq);
+            if matches!(&read.cached, Some((s, _)) if *s == seq) {
+                read.cached = None;
+            }
+            read.acked.remove(&seq)
+        };
+        let already: u32 = acked
+            .map(|a| a.0.iter().map(|r| r.len() as u32).sum())
+            .unwrap_or(0);
+        let result: Result<(), TransactionError<()>> =
+            (&self.chunks, &self.acks).transaction(|(chunks, acks)| {
+                chunks.remove(&k)?;
+                acks.remove(&k)?;
+                Ok::<(), ConflictableTransactionError<()>>(())
+            });
+        match result {
+            Ok(()) => {}
+            Err(TransactionError::Storage(e)) => return Err(self.storage(e)),
+            Err(TransactionError::Abort(())) => unreachable!("the drop never aborts"),
+        }
+        let dropped = u64::from(ptr.count.saturating_sub(already));
+        self.dropped_events.fetch_add(dropped, Ordering::Relaxed);
+        self.sub_queued(u64::from(ptr.len));
+        tracing::warn!(
+            events = dropped,
+            "queue full: dropped the oldest undelivered events (when_full = drop_oldest)"
+        );
+        let mut segments = self.segments.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = segments.live.get_mut(&ptr.segment) {
+            *n = n.saturating_sub(1);
+            if *n == 0 && ptr.segment != segments.current {
+                self.sync()?;
+                segments.retire(ptr.segment).map_err(|e| self.io(e))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn sub_queued(&self, n: u64) {
+        let _ = self
+            .queued_bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |q| {
+                Some(q.saturating_sub(n))
+            });
+    }
+
     /// Appends `events` and sets checkpoint `key` to `value` atomically, and
     /// returns once both are on disk.
     pub fn commit(&self, events: &EventBuf, key: &[u8], value: &[u8]) -> Result<(), QueueError> {
@@ -588,6 +795,7 @@ impl Queue {
             spans.push((total, len, ((h.len() - HEADER_LEN) / 4) as u32));
             total += u64::from(len);
         }
+        self.wait_for_room(total)?;
         let mut segments = self.segments.lock().unwrap_or_else(|p| p.into_inner());
         if segments.current_len >= SEGMENT_MAX_BYTES {
             let old = segments.current;
@@ -602,14 +810,33 @@ impl Queue {
         let segment = segments.current;
         let offset = segments.current_len;
         if total > 0 {
-            let mut slices: Vec<std::io::IoSlice<'_>> = headers
+            let slices: Vec<std::io::IoSlice<'_>> = headers
                 .iter()
                 .zip(&data)
                 .flat_map(|(h, d)| [std::io::IoSlice::new(h), std::io::IoSlice::new(d)])
                 .collect();
             let file = &segments.files[&segment];
-            write_all_vectored_at(file, &mut slices, offset).map_err(|e| self.io(e))?;
-            file.sync_data().map_err(|e| self.io(e))?;
+            let mut warned = false;
+            loop {
+                let written = write_all_vectored_at(file, &mut slices.clone(), offset)
+                    .and_then(|()| file.sync_data());
+                match written {
+                    Ok(()) => break,
+                    // A full disk pauses the pipeline; the bytes past the
+                    // segment's end are rewritten on the next try.
+                    Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => {
+                        if self.is_closing() {
+                            return Err(QueueError::Closing);
+                        }
+                        if !warned {
+                            tracing::error!(dir = %self.dir.display(), "disk full: reading paused until space is freed");
+                            warned = true;
+                        }
+                        std::thread::sleep(std::time::Duration::from_secs(1));
+                    }
+                    Err(e) => return Err(self.io(e)),
+                }
+            }
         }
         let first_seq = self.next_seq.load(Ordering::SeqCst);
         let pointers: Vec<[u8; POINTER_LEN]> = spans
@@ -680,17 +907,24 @@ impl Queue {
         Chunk::check(bytes, ptr).map_err(|what| self.corrupt(seq, what))
     }
 
-    /// Reads up to `max_events` not yet handed out, oldest first, without
-    /// handing them out: call [`Queue::take`] to do that.
-    pub fn peek_batch(&self, max_events: usize) -> Result<Option<Batch>, QueueError> {
+    /// Reads up to `max_events` not yet handed out, oldest first, in a body of
+    /// at most `max_bytes` (a single larger event still makes a batch of one),
+    /// without handing them out: call [`Queue::take`] to do that.
+    pub fn peek_batch(
+        &self,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Result<Option<Batch>, QueueError> {
         let mut read = self.read.lock().unwrap_or_else(|p| p.into_inner());
-        let mut body = Vec::with_capacity(256 << 10);
+        let mut body = Vec::with_capacity((256 << 10).min(max_bytes + 16));
+        let mut spans = Vec::with_capacity(max_events.min(4096));
+        let mut full = false;
         body.push(b'[');
         let mut pieces = Vec::new();
         let mut events = 0usize;
         let mut oldest = None;
         for item in self.chunks.iter() {
-            if events >= max_events {
+            if events >= max_events || full {
                 break;
             }
             let (k, v) = item.map_err(|e| self.storage(e))?;
@@ -714,23 +948,34 @@ impl Queue {
                 }
             };
             let mut from = 0;
-            while events < max_events {
+            while events < max_events && !full {
                 let Some(gap) = taken.first_gap(from..chunk.count) else {
                     break;
                 };
-                let end = gap.end.min(gap.start + (max_events - events) as u32);
-                for i in gap.start..end {
+                let limit = gap.end.min(gap.start + (max_events - events) as u32);
+                let mut end = gap.start;
+                while end < limit {
+                    let event = chunk.event(end);
+                    if events > 0 && body.len() + 1 + event.len() + 1 > max_bytes {
+                        full = true;
+                        break;
+                    }
                     if events > 0 {
                         body.push(b',');
                     }
-                    body.extend_from_slice(chunk.event(i));
+                    let start = body.len() as u32;
+                    body.extend_from_slice(event);
+                    spans.push(start..body.len() as u32);
                     events += 1;
+                    end += 1;
                 }
-                pieces.push(Piece {
-                    seq,
-                    range: gap.start..end,
-                });
-                oldest.get_or_insert(chunk.committed_at);
+                if end > gap.start {
+                    pieces.push(Piece {
+                        seq,
+                        range: gap.start..end,
+                    });
+                    oldest.get_or_insert(chunk.committed_at);
+                }
                 from = end;
             }
         }
@@ -740,8 +985,9 @@ impl Queue {
         body.push(b']');
         Ok(Some(Batch {
             pieces,
-            body,
+            body: body.into(),
             events,
+            spans,
             oldest: oldest.unwrap_or_else(Timestamp::now),
         }))
     }
@@ -770,6 +1016,40 @@ impl Queue {
     /// Records that the server accepted the batch; chunks whose every event is
     /// now accepted are deleted, and so are segments left with none.
     pub fn ack(&self, batch: &Batch) -> Result<(), QueueError> {
+        self.finish(batch, None)
+    }
+
+    /// Moves the batch's events to the dead-letter tree with the server's
+    /// reason, and takes them out of the queue, in one transaction.
+    pub fn set_aside(&self, batch: &Batch, reason: &DeadReason) -> Result<(), QueueError> {
+        let ids: Result<Vec<u64>, _> = (0..batch.events).map(|_| self.db.generate_id()).collect();
+        let ids = ids.map_err(|e| self.storage(e))?;
+        let at = Timestamp::now().to_rfc3339();
+        let records: Vec<([u8; 8], Vec<u8>)> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                let record = DeadLetter {
+                    status: reason.status,
+                    code: reason.code.clone(),
+                    message: reason.message.clone(),
+                    request_id: reason.request_id.clone(),
+                    at: at.clone(),
+                    event: String::from_utf8_lossy(batch.event(i)).into_owned(),
+                };
+                (
+                    id.to_be_bytes(),
+                    serde_json::to_vec(&record).unwrap_or_default(),
+                )
+            })
+            .collect();
+        self.finish(batch, Some(&records))?;
+        self.dead_events
+            .fetch_add(batch.events as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn finish(&self, batch: &Batch, dead: Option<&[([u8; 8], Vec<u8>)]>) -> Result<(), QueueError> {
         let mut read = self.read.lock().unwrap_or_else(|p| p.into_inner());
         let mut updates: Vec<(u64, Option<Vec<u8>>)> = Vec::new();
         let mut finished: Vec<Pointer> = Vec::new();
@@ -798,8 +1078,11 @@ impl Queue {
             updates.retain(|(s, _)| *s != p.seq);
             updates.push((p.seq, encoded));
         }
-        let result: Result<(), TransactionError<()>> =
-            (&self.chunks, &self.acks).transaction(|(chunks, acks)| {
+        let result: Result<(), TransactionError<()>> = (&self.chunks, &self.acks, &self.dead)
+            .transaction(|(chunks, acks, dead_tree)| {
+                for (key, record) in dead.unwrap_or_default() {
+                    dead_tree.insert(&key[..], record.as_slice())?;
+                }
                 for (seq, ranges) in &updates {
                     let key = seq.to_be_bytes();
                     match ranges {
@@ -823,8 +1106,7 @@ impl Queue {
         self.acked_events
             .fetch_add(batch.events as u64, Ordering::Relaxed);
         let freed: u64 = finished.iter().map(|p| u64::from(p.len)).sum();
-        self.queued_bytes
-            .fetch_sub(freed.min(self.queued_bytes()), Ordering::Relaxed);
+        self.sub_queued(freed);
 
         let mut segments = self.segments.lock().unwrap_or_else(|p| p.into_inner());
         let mut empty = Vec::new();
@@ -870,6 +1152,55 @@ impl Queue {
     /// Number of events set aside because the server refused them.
     pub fn dead_letters(&self) -> usize {
         self.dead.len()
+    }
+
+    /// Every dead letter, oldest first, with its key.
+    pub fn dead_letter_list(&self) -> Result<Vec<(u64, DeadLetter)>, QueueError> {
+        let mut out = Vec::new();
+        for item in self.dead.iter() {
+            let (k, v) = item.map_err(|e| self.storage(e))?;
+            let seq = seq_of(&k);
+            let record: DeadLetter = serde_json::from_slice(&v)
+                .map_err(|e| self.corrupt(seq, format!("dead letter: {e}")))?;
+            out.push((seq, record));
+        }
+        Ok(out)
+    }
+
+    /// Puts every dead letter back into the queue, under its original event
+    /// id, and removes it from the dead-letter tree. Returns how many.
+    pub fn dead_letter_retry(&self) -> Result<usize, QueueError> {
+        let letters = self.dead_letter_list()?;
+        if letters.is_empty() {
+            return Ok(0);
+        }
+        let mut events = EventBuf::default();
+        for (_, letter) in &letters {
+            events.bytes.extend_from_slice(letter.event.as_bytes());
+            events.ends.push(events.bytes.len() as u32);
+        }
+        let n = Timestamp::now().unix_micros.to_le_bytes();
+        self.commit(&events, b"dead-letter/retried-at", &n)?;
+        for (key, _) in &letters {
+            self.dead
+                .remove(key.to_be_bytes())
+                .map_err(|e| self.storage(e))?;
+        }
+        self.sync()?;
+        Ok(letters.len())
+    }
+
+    /// Deletes every dead letter. Returns how many.
+    pub fn dead_letter_purge(&self) -> Result<usize, QueueError> {
+        let n = self.dead.len();
+        self.dead.clear().map_err(|e| self.storage(e))?;
+        self.sync()?;
+        Ok(n)
+    }
+
+    /// Events set aside since this process opened the queue.
+    pub fn dead_events(&self) -> u64 {
+        self.dead_events.load(Ordering::Relaxed)
     }
 
     /// Flushes sled and fsyncs, for a clean shutdown.
@@ -941,18 +1272,18 @@ mod tests {
             q.checkpoint(b"src-a").unwrap().as_deref(),
             Some(&b"1000"[..])
         );
-        let b1 = q.peek_batch(600).unwrap().unwrap();
+        let b1 = q.peek_batch(600, usize::MAX).unwrap().unwrap();
         assert_eq!(b1.events, 600);
         assert!(
             b1.pieces.len() > 1,
             "600 events of ~700 bytes span several chunks"
         );
         q.take(&b1);
-        let b2 = q.peek_batch(600).unwrap().unwrap();
+        let b2 = q.peek_batch(600, usize::MAX).unwrap().unwrap();
         assert_eq!(b2.events, 400);
         assert_eq!(contents(&b2)[0], "a-600");
         q.take(&b2);
-        assert!(q.peek_batch(600).unwrap().is_none());
+        assert!(q.peek_batch(600, usize::MAX).unwrap().is_none());
         // Out-of-order acknowledgement.
         q.ack(&b2).unwrap();
         assert!(!q.is_empty());
@@ -966,15 +1297,15 @@ mod tests {
         {
             let q = Queue::open(dir.path(), 8 << 20).unwrap();
             q.commit(&events(10, "a"), b"src", b"10").unwrap();
-            let b = q.peek_batch(4).unwrap().unwrap();
+            let b = q.peek_batch(4, usize::MAX).unwrap().unwrap();
             q.take(&b);
             q.ack(&b).unwrap();
-            let b = q.peek_batch(3).unwrap().unwrap();
+            let b = q.peek_batch(3, usize::MAX).unwrap().unwrap();
             q.take(&b); // in flight at the "crash"
             q.close().unwrap();
         }
         let q = Queue::open(dir.path(), 8 << 20).unwrap();
-        let b = q.peek_batch(100).unwrap().unwrap();
+        let b = q.peek_batch(100, usize::MAX).unwrap().unwrap();
         assert_eq!(
             contents(&b),
             (4..10).map(|i| format!("a-{i}")).collect::<Vec<_>>()
@@ -1011,7 +1342,7 @@ mod tests {
             2,
             "the old segment and the new current one"
         );
-        let b = q.peek_batch(100).unwrap().unwrap();
+        let b = q.peek_batch(100, usize::MAX).unwrap().unwrap();
         assert_eq!(b.events, 10);
         q.take(&b);
         q.ack(&b).unwrap();
@@ -1043,7 +1374,7 @@ mod tests {
         std::fs::write(&seg, bytes).unwrap();
         let q = Queue::open(dir.path(), 8 << 20).unwrap();
         let e = q
-            .peek_batch(10)
+            .peek_batch(10, usize::MAX)
             .expect_err("corruption detected")
             .to_string();
         assert!(e.contains("checksum"), "{e}");
@@ -1054,11 +1385,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let q = Queue::open(dir.path(), 8 << 20).unwrap();
         q.commit(&events(5, "a"), b"src", b"5").unwrap();
-        let b = q.peek_batch(5).unwrap().unwrap();
+        let b = q.peek_batch(5, usize::MAX).unwrap().unwrap();
         q.take(&b);
-        assert!(q.peek_batch(5).unwrap().is_none());
+        assert!(q.peek_batch(5, usize::MAX).unwrap().is_none());
         q.release(&b);
-        assert_eq!(q.peek_batch(5).unwrap().unwrap().events, 5);
+        assert_eq!(q.peek_batch(5, usize::MAX).unwrap().unwrap().events, 5);
     }
 
     #[test]
@@ -1070,7 +1401,7 @@ mod tests {
         }
         let q = Queue::open(dir.path(), 8 << 20).unwrap();
         q.commit(&events(3, "b"), b"src", b"2").unwrap();
-        let b = q.peek_batch(10).unwrap().unwrap();
+        let b = q.peek_batch(10, usize::MAX).unwrap().unwrap();
         assert_eq!(contents(&b), ["a-0", "a-1", "a-2", "b-0", "b-1", "b-2"]);
     }
 

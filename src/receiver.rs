@@ -36,6 +36,13 @@ pub struct ReceiverConfig {
     pub fail_ratio: f64,
     /// Added before every answer to a batch.
     pub latency: Duration,
+    /// Bodies larger than this (after any gzip decoding) get 413.
+    pub max_body: usize,
+    /// Every key is refused (401) for this long after start.
+    pub refuse_keys_for: Duration,
+    /// Events whose `content` contains this are refused (400), to test how a
+    /// client isolates a bad event.
+    pub reject_content: Option<String>,
 }
 
 impl Default for ReceiverConfig {
@@ -48,6 +55,9 @@ impl Default for ReceiverConfig {
             api_keys: Vec::new(),
             fail_ratio: 0.0,
             latency: Duration::ZERO,
+            max_body: 16 << 20,
+            refuse_keys_for: Duration::ZERO,
+            reject_content: None,
         }
     }
 }
@@ -60,6 +70,9 @@ pub struct ReceiverStats {
     pub unique_event_ids: u64,
     pub duplicate_events: u64,
     pub rejected_events: u64,
+    /// Requests whose body came gzip-encoded.
+    #[serde(default)]
+    pub gzip_requests: u64,
     /// Answers by status code.
     pub status: BTreeMap<u16, u64>,
 }
@@ -79,6 +92,7 @@ struct Inner {
 
 struct Shared {
     config: ReceiverConfig,
+    started: Instant,
     inner: Mutex<Inner>,
 }
 
@@ -119,6 +133,7 @@ impl Receiver {
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             config,
+            started: Instant::now(),
             inner: Mutex::new(Inner {
                 windows: HashMap::new(),
                 stats: ReceiverStats::default(),
@@ -140,7 +155,11 @@ impl Receiver {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let app = Router::new()
-            .route("/v1/events/batch", post(batch))
+            // Body size is this receiver's own --max-body check, answered 413.
+            .route(
+                "/v1/events/batch",
+                post(batch).layer(axum::extract::DefaultBodyLimit::disable()),
+            )
             .route("/healthz", get(|| async { "ok" }))
             .route("/stats", get(stats))
             .with_state(self.shared);
@@ -184,8 +203,62 @@ async fn batch(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byte
     if !config.latency.is_zero() {
         tokio::time::sleep(config.latency).await;
     }
+    let gzip = headers
+        .get("content-encoding")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("gzip"));
+    let body: Result<Bytes, StatusCode> = if gzip {
+        use std::io::Read;
+        let mut out = Vec::new();
+        let limit = config.max_body as u64 + 1;
+        match flate2::read::GzDecoder::new(&body[..])
+            .take(limit)
+            .read_to_end(&mut out)
+        {
+            Ok(_) => Ok(Bytes::from(out)),
+            Err(_) => Err(StatusCode::BAD_REQUEST),
+        }
+    } else {
+        Ok(body)
+    };
+    let too_large = body.as_ref().is_ok_and(|b| b.len() > config.max_body);
+    let body = body.unwrap_or_default();
     // Checked before taking the lock, so requests validate in parallel.
-    let checked = validate_batch(&body);
+    let checked = if too_large {
+        Err(String::new())
+    } else {
+        validate_batch_with(&body, config.reject_content.as_deref())
+    };
+    if gzip {
+        lock(&shared).stats.gzip_requests += 1;
+    }
+    if too_large || config.refuse_keys_for > shared.started.elapsed() {
+        let mut inner = lock(&shared);
+        inner.request_counter += 1;
+        inner.stats.requests += 1;
+        let request_id = format!("req_{:08x}", inner.request_counter);
+        let response = if too_large {
+            error_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "PAYLOAD_TOO_LARGE",
+                format!("body larger than {} bytes", config.max_body),
+                &request_id,
+            )
+        } else {
+            error_response(
+                StatusCode::UNAUTHORIZED,
+                "UNAUTHORIZED",
+                "key refused".into(),
+                &request_id,
+            )
+        };
+        *inner
+            .stats
+            .status
+            .entry(response.status().as_u16())
+            .or_default() += 1;
+        return response;
+    }
     let (response, status) = {
         let mut inner = lock(&shared);
         inner.request_counter += 1;
@@ -401,6 +474,14 @@ struct WireEvent<'a> {
 
 /// Checks a body against thoth-api.md; the message names the event and field.
 pub fn validate_batch(body: &[u8]) -> Result<Vec<Checked<'_>>, String> {
+    validate_batch_with(body, None)
+}
+
+/// [`validate_batch`], also refusing events whose content contains `reject`.
+pub fn validate_batch_with<'a>(
+    body: &'a [u8],
+    reject: Option<&str>,
+) -> Result<Vec<Checked<'a>>, String> {
     let events: Vec<&serde_json::value::RawValue> = serde_json::from_slice(body).map_err(|e| {
         if body.first().is_some_and(|b| *b == b'[') {
             format!("body is not a JSON array of events: {e}")
@@ -411,11 +492,14 @@ pub fn validate_batch(body: &[u8]) -> Result<Vec<Checked<'_>>, String> {
     events
         .into_iter()
         .enumerate()
-        .map(|(i, raw)| validate_event(raw).map_err(|m| format!("event {i}: {m}")))
+        .map(|(i, raw)| validate_event(raw, reject).map_err(|m| format!("event {i}: {m}")))
         .collect()
 }
 
-fn validate_event(raw: &serde_json::value::RawValue) -> Result<Checked<'_>, String> {
+fn validate_event<'a>(
+    raw: &'a serde_json::value::RawValue,
+    reject: Option<&str>,
+) -> Result<Checked<'a>, String> {
     if !raw.get().starts_with('{') {
         return Err("not a JSON object".into());
     }
@@ -463,7 +547,14 @@ fn validate_event(raw: &serde_json::value::RawValue) -> Result<Checked<'_>, Stri
             ));
         }
     }
-    let _ = (&e.agent_id, &e.tool_name, &e.content, &e.approved_scope);
+    if let (Some(bad), Some(content)) = (reject, e.content.as_deref()) {
+        if content.contains(bad) {
+            return Err(format!(
+                "field `content`: contains `{bad}`, refused by this receiver"
+            ));
+        }
+    }
+    let _ = (&e.agent_id, &e.tool_name, &e.approved_scope);
     let _ = (&e.session_tool_calls, &e.ttl, &e.violation_id);
     Ok(Checked {
         event_id: e.event_id.unwrap_or_default(),

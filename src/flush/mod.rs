@@ -4,20 +4,31 @@
 
 pub mod budget;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::collections::VecDeque;
+use std::io::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
-use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
-use tracing::{debug, error, warn};
+use reqwest::header::{
+    HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER,
+};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tracing::{debug, error, info, warn};
 
 use self::budget::Budget;
-use crate::config::{ApiKey, Config};
+use crate::config::{ApiKey, Compression, Config};
 use crate::event::Timestamp;
-use crate::queue::{Batch, Queue, QueueError};
+use crate::queue::{Batch, DeadReason, Queue, QueueError};
 
 pub const BATCH_PATH: &str = "/v1/events/batch";
+/// How long to wait before trying again after 401/403: a fixed key may be
+/// installed at any time, but hammering a refusing endpoint helps no one.
+const AUTH_RETRY: Duration = Duration::from_secs(15);
+/// A refused key is reported at most this often.
+const AUTH_LOG_EVERY: Duration = Duration::from_secs(300);
 
 #[derive(Debug, thiserror::Error)]
 pub enum FlushError {
@@ -25,6 +36,8 @@ pub enum FlushError {
     Client(#[from] reqwest::Error),
     #[error("the API key cannot be sent as an HTTP header")]
     KeyHeader,
+    #[error("api.ca_file {path}: {reason}")]
+    CaFile { path: String, reason: String },
     #[error(transparent)]
     Queue(#[from] QueueError),
 }
@@ -35,27 +48,64 @@ pub struct FlushStats {
     pub requests: AtomicU64,
     pub delivered_events: AtomicU64,
     pub rejected_requests: AtomicU64,
-    pub in_flight: AtomicBool,
+    pub rate_limited: AtomicU64,
+    pub in_flight: AtomicUsize,
+}
+
+/// What an answer means for the batch.
+#[derive(Debug)]
+enum Outcome {
+    Delivered,
+    /// 429: wait this long; not a failure.
+    RateLimited(Duration),
+    /// 400: something in the batch is refused as it is.
+    BadRequest(ErrorBody),
+    /// 413: the body is too large for the server or a proxy.
+    TooLarge,
+    /// 401/403: the key is refused.
+    Unauthorized(u16, ErrorBody),
+    /// 5xx, timeouts, connection errors.
+    Transient(String),
+}
+
+#[derive(Debug)]
+struct Reply {
+    outcome: Outcome,
+    /// `X-RateLimit-Remaining` and `X-RateLimit-Reset` (Unix seconds).
+    remaining: Option<u64>,
+    reset: Option<u64>,
+}
+
+/// What sending needs, shared by the request tasks.
+struct Sender {
+    client: reqwest::Client,
+    url: String,
+    compression: Compression,
 }
 
 pub struct Flusher {
-    client: reqwest::Client,
-    url: String,
+    sender: Arc<Sender>,
     queue: Arc<Queue>,
     budget: Budget,
+    /// Own pace in requests per second, to compare with the server's.
+    own_rate: f64,
     batch_max_events: usize,
+    batch_max_bytes: usize,
     linger: Duration,
     max_backoff: Duration,
+    max_in_flight: usize,
+    shutdown_timeout: Duration,
     stats: Arc<FlushStats>,
-}
-
-/// What to do after an answer.
-enum Outcome {
-    Delivered,
-    /// Wait this long, then send the same batch again.
-    RetryAfter(Duration),
-    /// Back off (exponentially) and send the same batch again.
-    Failed,
+    /// Batches already taken from the queue that must be sent again (after a
+    /// failure, or as halves of a refused batch) before new ones.
+    retry: VecDeque<Batch>,
+    /// No request starts before this (Retry-After, backoff, a refused key).
+    not_before: Instant,
+    /// Least gap between request starts while the tenant's shared budget runs low.
+    pace_gap: Option<Duration>,
+    last_start: Option<Instant>,
+    consecutive_failures: u32,
+    last_auth_log: Option<Instant>,
 }
 
 impl Flusher {
@@ -74,133 +124,377 @@ impl Flusher {
         headers.insert(AUTHORIZATION, bearer);
         headers.insert("x-api-key", x_key);
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        let client = reqwest::Client::builder()
+        if config.delivery.compression == Compression::Gzip {
+            headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        }
+        let mut builder = reqwest::Client::builder()
             .default_headers(headers)
             .timeout(config.api.timeout)
             .connect_timeout(config.api.timeout.min(Duration::from_secs(10)))
-            .user_agent(concat!("thoth-ingest/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+            .user_agent(concat!("thoth-ingest/", env!("CARGO_PKG_VERSION")));
+        if let Some(path) = &config.api.ca_file {
+            let ca_error = |reason: String| FlushError::CaFile {
+                path: path.display().to_string(),
+                reason,
+            };
+            let pem = std::fs::read(path).map_err(|e| ca_error(e.to_string()))?;
+            let certs =
+                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| ca_error(e.to_string()))?;
+            if certs.is_empty() {
+                return Err(ca_error("no PEM certificate in it".into()));
+            }
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let client = builder.build()?;
         let base = config.api.base_url.get_ref().trim_end_matches('/');
+        let (requests, per) = config.delivery.budget();
+        // Our window is a little longer than the server's: ours starts when a
+        // request leaves, the server's when it arrives.
+        let margin = (per / 100).max(Duration::from_millis(50));
         Ok(Flusher {
-            client,
-            url: format!("{base}{BATCH_PATH}"),
+            sender: Arc::new(Sender {
+                client,
+                url: format!("{base}{BATCH_PATH}"),
+                compression: config.delivery.compression,
+            }),
             queue,
-            budget: Budget::per_minute(config.delivery.requests_per_minute),
+            budget: Budget::new(requests, per + margin),
+            own_rate: f64::from(requests) / per.as_secs_f64(),
             batch_max_events: config.delivery.batch_max_events,
+            batch_max_bytes: config.delivery.batch_max_bytes.0 as usize,
             linger: config.delivery.linger,
             max_backoff: config.delivery.max_backoff,
+            max_in_flight: config.delivery.max_in_flight,
+            shutdown_timeout: config.delivery.shutdown_timeout,
             stats,
+            retry: VecDeque::new(),
+            not_before: Instant::now(),
+            pace_gap: None,
+            last_start: None,
+            consecutive_failures: 0,
+            last_auth_log: None,
         })
     }
 
-    /// Delivers until `shutdown` is set; a batch in flight is finished first
-    /// (or left in the queue for the next start).
+    /// Delivers until `shutdown` is set, then waits for requests in flight up
+    /// to `shutdown_timeout`. Whatever is not acknowledged stays queued.
     pub async fn run(mut self, shutdown: Arc<AtomicBool>) -> Result<(), FlushError> {
+        let mut in_flight: JoinSet<(Batch, Reply)> = JoinSet::new();
         let stop = || shutdown.load(Ordering::SeqCst);
         while !stop() {
-            let Some(mut batch) = self.queue.peek_batch(self.batch_max_events)? else {
-                self.idle(Duration::from_millis(200)).await;
+            while let Some(done) = in_flight.try_join_next() {
+                self.completed(done)?;
+            }
+            self.stats
+                .in_flight
+                .store(in_flight.len(), Ordering::SeqCst);
+            let now = Instant::now();
+            let gate = self.next_start(now);
+            if in_flight.len() >= self.max_in_flight || gate > now {
+                tokio::select! {
+                    Some(done) = in_flight.join_next() => self.completed(done)?,
+                    _ = tokio::time::sleep_until(gate), if gate > now => {}
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
                 continue;
-            };
-            if batch.events < self.batch_max_events {
-                let age = Duration::from_micros(
-                    (Timestamp::now().unix_micros - batch.oldest.unix_micros).max(0) as u64,
-                );
-                if age < self.linger {
-                    self.idle(self.linger - age).await;
+            }
+            let batch = match self.retry.pop_front() {
+                // After a 413 lowered the limit, batches taken before it are
+                // split here rather than refused again.
+                Some(b) if b.events > 1 && b.body.len() > self.batch_max_bytes => {
+                    let (first, rest) = b.split_at(b.events / 2);
+                    self.retry.push_front(rest);
+                    self.retry.push_front(first);
                     continue;
                 }
+                Some(b) => b,
+                None => match self.next_batch()? {
+                    Ok(b) => b,
+                    Err(wait) => {
+                        tokio::select! {
+                            Some(done) = in_flight.join_next() => self.completed(done)?,
+                            _ = self.queue.appended.notified() => {}
+                            _ = tokio::time::sleep(wait) => {}
+                        }
+                        continue;
+                    }
+                },
+            };
+            let now = Instant::now();
+            self.budget.record(now);
+            self.last_start = Some(now);
+            self.stats.requests.fetch_add(1, Ordering::Relaxed);
+            let sender = self.sender.clone();
+            in_flight.spawn(async move {
+                let reply = sender.send(&batch).await;
+                (batch, reply)
+            });
+            self.stats
+                .in_flight
+                .store(in_flight.len(), Ordering::SeqCst);
+        }
+        // Shutdown: no new requests; let those in flight finish.
+        let deadline = Instant::now() + self.shutdown_timeout;
+        while !in_flight.is_empty() {
+            match tokio::time::timeout_at(deadline, in_flight.join_next()).await {
+                Ok(Some(done)) => self.completed(done)?,
+                Ok(None) => break,
+                Err(_) => {
+                    info!(
+                        requests = in_flight.len(),
+                        "shutdown timeout: requests still in flight stay queued"
+                    );
+                    in_flight.abort_all();
+                    break;
+                }
             }
-            self.queue.take(&batch);
-            self.stats.in_flight.store(true, Ordering::SeqCst);
-            let delivered = self.deliver(&mut batch, &stop).await?;
-            if !delivered {
-                self.queue.release(&batch);
+        }
+        for batch in self.retry.drain(..) {
+            self.queue.release(&batch);
+        }
+        self.stats.in_flight.store(0, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// The earliest time the next request may start.
+    fn next_start(&mut self, now: Instant) -> Instant {
+        let mut at = self.not_before.max(now + self.budget.wait_time(now));
+        if let (Some(gap), Some(last)) = (self.pace_gap, self.last_start) {
+            at = at.max(last + gap);
+        }
+        at
+    }
+
+    /// A new batch from the queue, or how long to wait for one: a partial
+    /// batch waits up to `linger` for more events.
+    fn next_batch(&mut self) -> Result<Result<Batch, Duration>, FlushError> {
+        let Some(batch) = self
+            .queue
+            .peek_batch(self.batch_max_events, self.batch_max_bytes)?
+        else {
+            return Ok(Err(Duration::from_millis(200)));
+        };
+        let full = batch.events >= self.batch_max_events
+            || batch.body.len() * 10 >= self.batch_max_bytes * 9;
+        if !full {
+            let age = Duration::from_micros(
+                (Timestamp::now().unix_micros - batch.oldest.unix_micros).max(0) as u64,
+            );
+            if age < self.linger {
+                return Ok(Err(self.linger - age));
             }
-            self.stats.in_flight.store(false, Ordering::SeqCst);
+        }
+        self.queue.take(&batch);
+        Ok(Ok(batch))
+    }
+
+    fn completed(
+        &mut self,
+        done: Result<(Batch, Reply), tokio::task::JoinError>,
+    ) -> Result<(), FlushError> {
+        let (batch, reply) = match done {
+            Ok(d) => d,
+            // A request task cannot panic short of a bug; its batch is still
+            // marked in flight and is sent again after a restart.
+            Err(e) => {
+                error!(error = %e, "a delivery task failed");
+                return Ok(());
+            }
+        };
+        self.follow_rate_headers(&reply);
+        let now = Instant::now();
+        match reply.outcome {
+            Outcome::Delivered => {
+                self.queue.ack(&batch)?;
+                self.stats
+                    .delivered_events
+                    .fetch_add(batch.events as u64, Ordering::Relaxed);
+                self.consecutive_failures = 0;
+                if self.last_auth_log.take().is_some() {
+                    info!("the API accepts the key again; delivery resumed");
+                }
+            }
+            Outcome::RateLimited(wait) => {
+                self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+                debug!(
+                    wait_ms = wait.as_millis() as u64,
+                    "rate limited by the server"
+                );
+                self.not_before = self.not_before.max(now + wait);
+                self.retry.push_front(batch);
+            }
+            Outcome::BadRequest(detail) => {
+                self.stats.rejected_requests.fetch_add(1, Ordering::Relaxed);
+                if batch.events == 1 {
+                    warn!(
+                        code = %detail.code, message = %detail.message, request_id = %detail.request_id,
+                        "the API refused an event; it is set aside (see `thoth-ingest dead-letter list`)"
+                    );
+                    self.queue.set_aside(&batch, &detail.reason(400))?;
+                } else {
+                    debug!(events = batch.events, code = %detail.code, "batch refused with 400; splitting it to find the bad events");
+                    let (first, rest) = batch.split_at(batch.events / 2);
+                    self.retry.push_front(rest);
+                    self.retry.push_front(first);
+                }
+            }
+            Outcome::TooLarge => {
+                self.stats.rejected_requests.fetch_add(1, Ordering::Relaxed);
+                if batch.events == 1 {
+                    warn!(
+                        bytes = batch.body.len(),
+                        "the API refused an event as too large (413); it is set aside"
+                    );
+                    let reason = DeadReason {
+                        status: 413,
+                        code: "PAYLOAD_TOO_LARGE".into(),
+                        message: format!(
+                            "a single event of {} bytes is larger than the server accepts",
+                            batch.body.len()
+                        ),
+                        request_id: String::new(),
+                    };
+                    self.queue.set_aside(&batch, &reason)?;
+                } else {
+                    let smaller = (batch.body.len() / 2).max(4096);
+                    if smaller < self.batch_max_bytes {
+                        warn!(
+                            from = self.batch_max_bytes,
+                            to = smaller,
+                            "413 from the API: lowering the batch size"
+                        );
+                        self.batch_max_bytes = smaller;
+                    }
+                    self.batch_max_events = self.batch_max_events.min(batch.events / 2).max(1);
+                    let (first, rest) = batch.split_at(batch.events / 2);
+                    self.retry.push_front(rest);
+                    self.retry.push_front(first);
+                }
+            }
+            Outcome::Unauthorized(status, detail) => {
+                self.stats.rejected_requests.fetch_add(1, Ordering::Relaxed);
+                if self
+                    .last_auth_log
+                    .is_none_or(|t| t.elapsed() >= AUTH_LOG_EVERY)
+                {
+                    error!(
+                        status, code = %detail.code, message = %detail.message, request_id = %detail.request_id,
+                        "the API refused the key; every event is kept and sending is retried every {}s. \
+                         Check the key (THOTH_API_KEY, THOTH_API_KEY_FILE, the thoth-api-key credential or \
+                         api.api_key_file), its tenant, and that it has the events:write scope",
+                        AUTH_RETRY.as_secs()
+                    );
+                    self.last_auth_log = Some(now);
+                }
+                self.not_before = self.not_before.max(now + AUTH_RETRY);
+                self.retry.push_front(batch);
+            }
+            Outcome::Transient(why) => {
+                self.stats.rejected_requests.fetch_add(1, Ordering::Relaxed);
+                self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+                let wait = backoff(self.consecutive_failures, self.max_backoff);
+                warn!(error = %why, retry_in_ms = wait.as_millis() as u64, "delivery failed; will retry");
+                self.not_before = self.not_before.max(now + wait);
+                self.retry.push_front(batch);
+            }
         }
         Ok(())
     }
 
-    async fn idle(&self, at_most: Duration) {
-        let _ = tokio::time::timeout(at_most, self.queue.appended.notified()).await;
-    }
-
-    /// Sends one batch until it is accepted; false if shutdown came first.
-    async fn deliver(
-        &mut self,
-        batch: &mut Batch,
-        stop: &impl Fn() -> bool,
-    ) -> Result<bool, FlushError> {
-        let body = bytes::Bytes::from(std::mem::take(&mut batch.body));
-        let mut attempt: u32 = 0;
-        loop {
-            self.budget.acquire().await;
-            self.stats.requests.fetch_add(1, Ordering::Relaxed);
-            let outcome = self.send(body.clone(), batch.events).await;
-            let wait = match outcome {
-                Outcome::Delivered => {
-                    self.queue.ack(batch)?;
-                    self.stats
-                        .delivered_events
-                        .fetch_add(batch.events as u64, Ordering::Relaxed);
-                    return Ok(true);
-                }
-                Outcome::RetryAfter(d) => d,
-                Outcome::Failed => {
-                    attempt = attempt.saturating_add(1);
-                    backoff(attempt, self.max_backoff)
-                }
-            };
-            if stop() {
-                return Ok(false);
-            }
-            debug!(wait_ms = wait.as_millis() as u64, attempt, "retrying batch");
-            tokio::time::sleep(wait).await;
-            if stop() {
-                return Ok(false);
-            }
+    /// Slows down when the tenant's remaining budget, spread over the time to
+    /// its reset, is well below our own pace: other clients of the tenant are
+    /// drawing on it too.
+    fn follow_rate_headers(&mut self, reply: &Reply) {
+        let (Some(remaining), Some(reset)) = (reply.remaining, reply.reset) else {
+            return;
+        };
+        let now_unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64();
+        let left = (reset as f64 - now_unix).max(0.0);
+        if left <= 0.0 {
+            self.pace_gap = None;
+            return;
         }
+        if remaining == 0 {
+            self.not_before = self
+                .not_before
+                .max(Instant::now() + Duration::from_secs_f64(left));
+            self.pace_gap = None;
+            return;
+        }
+        let server_rate = remaining as f64 / left;
+        self.pace_gap = (server_rate < self.own_rate * 0.5)
+            .then(|| Duration::from_secs_f64(left / remaining as f64));
     }
+}
 
-    async fn send(&self, body: bytes::Bytes, events: usize) -> Outcome {
+impl Sender {
+    async fn send(&self, batch: &Batch) -> Reply {
+        let body = match self.compression {
+            Compression::None => batch.body.clone(),
+            Compression::Gzip => {
+                let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                let _ = gz.write_all(&batch.body);
+                match gz.finish() {
+                    Ok(v) => bytes::Bytes::from(v),
+                    Err(_) => batch.body.clone(),
+                }
+            }
+        };
         let response = match self.client.post(&self.url).body(body).send().await {
             Ok(r) => r,
             Err(e) => {
-                warn!(error = %without_url(&e), "request failed; will retry");
-                return Outcome::Failed;
+                return Reply {
+                    outcome: Outcome::Transient(without_url(&e)),
+                    remaining: None,
+                    reset: None,
+                }
             }
         };
-        let status = response.status();
-        if status.as_u16() == 202 || status.as_u16() == 200 {
-            debug!(events, "batch accepted");
-            return Outcome::Delivered;
+        let status = response.status().as_u16();
+        let header_u64 = |name: &str| {
+            response
+                .headers()
+                .get(name)?
+                .to_str()
+                .ok()?
+                .trim()
+                .parse::<u64>()
+                .ok()
+        };
+        let remaining = header_u64("x-ratelimit-remaining");
+        let reset = header_u64("x-ratelimit-reset");
+        let outcome = match status {
+            200..=299 => Outcome::Delivered,
+            429 => Outcome::RateLimited(
+                retry_after(response.headers()).unwrap_or(Duration::from_secs(1)),
+            ),
+            413 => Outcome::TooLarge,
+            400 | 401 | 403 => {
+                let detail = ErrorBody::parse(&response.text().await.unwrap_or_default());
+                if status == 400 {
+                    Outcome::BadRequest(detail)
+                } else {
+                    Outcome::Unauthorized(status, detail)
+                }
+            }
+            other => {
+                let detail = ErrorBody::parse(&response.text().await.unwrap_or_default());
+                Outcome::Transient(format!(
+                    "HTTP {other} {} {} {}",
+                    detail.code, detail.message, detail.request_id
+                ))
+            }
+        };
+        Reply {
+            outcome,
+            remaining,
+            reset,
         }
-        self.stats.rejected_requests.fetch_add(1, Ordering::Relaxed);
-        if status.as_u16() == 429 {
-            let wait = retry_after(response.headers()).unwrap_or(Duration::from_secs(1));
-            debug!(
-                wait_ms = wait.as_millis() as u64,
-                "rate limited by the server"
-            );
-            return Outcome::RetryAfter(wait);
-        }
-        let body = response.text().await.unwrap_or_default();
-        let detail = ErrorBody::parse(&body);
-        if matches!(status.as_u16(), 401 | 403) {
-            error!(
-                status = status.as_u16(),
-                code = %detail.code, message = %detail.message, request_id = %detail.request_id,
-                "the API refused the key; events are kept. Check the key and its events:write scope"
-            );
-        } else {
-            warn!(
-                status = status.as_u16(),
-                code = %detail.code, message = %detail.message, request_id = %detail.request_id,
-                "batch refused; will retry"
-            );
-        }
-        Outcome::Failed
     }
 }
 
@@ -213,6 +507,15 @@ pub struct ErrorBody {
 }
 
 impl ErrorBody {
+    fn reason(&self, status: u16) -> DeadReason {
+        DeadReason {
+            status,
+            code: self.code.clone(),
+            message: self.message.clone(),
+            request_id: self.request_id.clone(),
+        }
+    }
+
     pub fn parse(body: &str) -> ErrorBody {
         let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
         let field = |k: &str| v["error"][k].as_str().unwrap_or_default().to_string();

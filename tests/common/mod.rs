@@ -21,9 +21,14 @@ pub struct ReceiverProc {
 
 impl ReceiverProc {
     pub fn start(dir: &Path, extra: &[&str]) -> ReceiverProc {
+        ReceiverProc::start_at(dir, "127.0.0.1:0", extra)
+    }
+
+    /// Starts on a given address (to bring a receiver back after an outage).
+    pub fn start_at(dir: &Path, listen: &str, extra: &[&str]) -> ReceiverProc {
         let store = dir.join("received.jsonl");
         let mut child = Command::new(BIN)
-            .args(["receiver", "--listen", "127.0.0.1:0", "--store"])
+            .args(["receiver", "--listen", listen, "--store"])
             .arg(&store)
             .args(extra)
             .stdout(Stdio::piped())
@@ -81,6 +86,16 @@ impl Drop for ReceiverProc {
     }
 }
 
+/// Writes a config for one file source over `logs/*.jsonl`; `delivery` is
+/// added to the `[delivery]` table.
+pub fn write_config_with(dir: &Path, receiver: &str, delivery: &str) -> PathBuf {
+    let config = write_config(dir, receiver, "");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text = text.replace("[delivery]\n", &format!("[delivery]\n{delivery}\n"));
+    std::fs::write(&config, text).unwrap();
+    config
+}
+
 /// Writes a config for one file source over `logs/*.jsonl`.
 pub fn write_config(dir: &Path, receiver: &str, extra: &str) -> PathBuf {
     let logs = dir.join("logs");
@@ -114,7 +129,30 @@ poll_interval = "50ms"
     config
 }
 
-pub fn start_daemon(config: &Path) -> Child {
+/// A daemon process, killed if a test ends (or panics) without stopping it.
+pub struct Daemon(Child);
+
+impl std::ops::Deref for Daemon {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Daemon {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn start_daemon(config: &Path) -> Daemon {
     let child = Command::new(BIN)
         .arg("--config")
         .arg(config)
@@ -127,7 +165,7 @@ pub fn start_daemon(config: &Path) -> Child {
         .expect("start daemon");
     // Signal handlers are installed first thing, but not before exec.
     std::thread::sleep(Duration::from_millis(50));
-    child
+    Daemon(child)
 }
 
 /// SIGTERM, then the exit status.
@@ -146,6 +184,47 @@ pub fn terminate(child: &mut Child) -> std::process::ExitStatus {
             "daemon did not stop within 40 s of SIGTERM"
         );
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Appends lines `range` to `path`.
+pub fn append_lines(path: &Path, range: std::ops::Range<u64>) {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    let mut chunk = String::new();
+    for seq in range {
+        chunk.push_str(&line(seq));
+    }
+    f.write_all(chunk.as_bytes()).unwrap();
+}
+
+/// Distinct `seq`s the receiver stored.
+pub fn stored_seqs(receiver: &ReceiverProc) -> BTreeSet<u64> {
+    receiver
+        .stored()
+        .iter()
+        .filter_map(|e| e["metadata"]["seq"].as_u64())
+        .collect()
+}
+
+/// Waits until the receiver stored `n` distinct seqs, or panics.
+pub fn wait_seqs(receiver: &ReceiverProc, n: usize, timeout: Duration) -> BTreeSet<u64> {
+    let start = Instant::now();
+    loop {
+        let seqs = stored_seqs(receiver);
+        if seqs.len() >= n {
+            return seqs;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out: {} of {n} lines arrived",
+            seqs.len()
+        );
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 

@@ -62,7 +62,7 @@ fn run_source_until_caught_up(config: &Config) {
 /// Every event in the queue, in order.
 fn queued_events(config: &Config) -> Vec<serde_json::Value> {
     let queue = Queue::open(&config.state.dir, 8 << 20).unwrap();
-    let batch = queue.peek_batch(100_000).unwrap().unwrap();
+    let batch = queue.peek_batch(100_000, usize::MAX).unwrap().unwrap();
     let events: Vec<serde_json::Value> = serde_json::from_slice(&batch.body).unwrap();
     queue.close().unwrap();
     events

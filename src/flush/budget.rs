@@ -49,6 +49,16 @@ impl Budget {
         (oldest + self.window).saturating_duration_since(now)
     }
 
+    pub fn window(&self) -> Duration {
+        self.window
+    }
+
+    /// Requests that may start now.
+    pub fn available(&mut self, now: Instant) -> usize {
+        self.expire(now);
+        self.limit.saturating_sub(self.sent.len())
+    }
+
     /// Records a request started at `now`. Call only when [`Budget::wait_time`]
     /// is zero.
     pub fn record(&mut self, now: Instant) {

@@ -27,6 +27,8 @@ pub const BATCH_PATH: &str = "/v1/events/batch";
 /// How long to wait before trying again after 401/403: a fixed key may be
 /// installed at any time, but hammering a refusing endpoint helps no one.
 const AUTH_RETRY: Duration = Duration::from_secs(15);
+/// Requests of a shared window left unused, see `follow_rate_headers`.
+const SHARED_RESERVE: u64 = 2;
 /// A refused key is reported at most this often.
 const AUTH_LOG_EVERY: Duration = Duration::from_secs(300);
 
@@ -87,8 +89,6 @@ pub struct Flusher {
     sender: Arc<Sender>,
     queue: Arc<Queue>,
     budget: Budget,
-    /// Own pace in requests per second, to compare with the server's.
-    own_rate: f64,
     batch_max_events: usize,
     batch_max_bytes: usize,
     linger: Duration,
@@ -104,6 +104,10 @@ pub struct Flusher {
     /// Least gap between request starts while the tenant's shared budget runs low.
     pace_gap: Option<Duration>,
     last_start: Option<Instant>,
+    /// Our own budget: requests per window.
+    own_budget: (u32, Duration),
+    /// Until when other clients are known to share the tenant's budget.
+    shared_until: Option<Instant>,
     consecutive_failures: u32,
     last_auth_log: Option<Instant>,
 }
@@ -161,7 +165,6 @@ impl Flusher {
             }),
             queue,
             budget: Budget::new(requests, per + margin),
-            own_rate: f64::from(requests) / per.as_secs_f64(),
             batch_max_events: config.delivery.batch_max_events,
             batch_max_bytes: config.delivery.batch_max_bytes.0 as usize,
             linger: config.delivery.linger,
@@ -173,6 +176,8 @@ impl Flusher {
             not_before: Instant::now(),
             pace_gap: None,
             last_start: None,
+            own_budget: (requests, per),
+            shared_until: None,
             consecutive_failures: 0,
             last_auth_log: None,
         })
@@ -192,7 +197,13 @@ impl Flusher {
                 .store(in_flight.len(), Ordering::SeqCst);
             let now = Instant::now();
             let gate = self.next_start(now);
-            if in_flight.len() >= self.max_in_flight || gate > now {
+            // While pacing, one request at a time: its answer sets the next gap.
+            let max_in_flight = if self.pace_gap.is_some() {
+                1
+            } else {
+                self.max_in_flight
+            };
+            if in_flight.len() >= max_in_flight || gate > now {
                 tokio::select! {
                     Some(done) = in_flight.join_next() => self.completed(done)?,
                     _ = tokio::time::sleep_until(gate), if gate > now => {}
@@ -403,9 +414,11 @@ impl Flusher {
         Ok(())
     }
 
-    /// Slows down when the tenant's remaining budget, spread over the time to
-    /// its reset, is well below our own pace: other clients of the tenant are
-    /// drawing on it too.
+    /// Shares the tenant's budget with its other clients: when the server's
+    /// remaining budget is below what our own budget would still let us send,
+    /// others are drawing on it too, so we spread what remains evenly over the
+    /// time to its reset. Each client doing so leaves the budget draining more
+    /// slowly as it runs low, instead of a storm of 429s at its end.
     fn follow_rate_headers(&mut self, reply: &Reply) {
         let (Some(remaining), Some(reset)) = (reply.remaining, reply.reset) else {
             return;
@@ -414,21 +427,32 @@ impl Flusher {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs_f64();
-        let left = (reset as f64 - now_unix).max(0.0);
+        let left = reset as f64 - now_unix;
         if left <= 0.0 {
             self.pace_gap = None;
             return;
         }
-        if remaining == 0 {
-            self.not_before = self
-                .not_before
-                .max(Instant::now() + Duration::from_secs_f64(left));
-            self.pace_gap = None;
-            return;
-        }
+        let now = Instant::now();
+        // The reset is given in whole seconds, rounded up: assume the middle.
+        let left = (left - 0.5).max(0.05);
+        let (limit, per) = self.own_budget;
+        let own_rate = f64::from(limit) / per.as_secs_f64();
         let server_rate = remaining as f64 / left;
-        self.pace_gap = (server_rate < self.own_rate * 0.5)
-            .then(|| Duration::from_secs_f64(left / remaining as f64));
+        // Others drawing on the budget show as a remaining budget that would
+        // last us less than half our own pace; alone, we never get there
+        // before our own budget stops us.
+        if server_rate < own_rate * 0.5 {
+            self.shared_until = Some(now + per);
+        }
+        let shared = self.shared_until.is_some_and(|t| t > now);
+        if remaining == 0 || (shared && remaining <= SHARED_RESERVE) {
+            self.not_before = self.not_before.max(now + Duration::from_secs_f64(left));
+            self.pace_gap = None;
+        } else if shared {
+            self.pace_gap = Some(Duration::from_secs_f64(left / remaining as f64));
+        } else {
+            self.pace_gap = None;
+        }
     }
 }
 

@@ -48,6 +48,22 @@ enum Command {
     Receiver(ReceiverArgs),
     /// Show the events each line of a log becomes, as JSON lines on stdout.
     Parse(ParseCmdArgs),
+    /// Events the API refused (400) and that were set aside: list, retry or purge them.
+    ///
+    /// Works while the daemon is stopped; the state directory is locked by a
+    /// running daemon.
+    #[command(name = "dead-letter", subcommand)]
+    DeadLetter(DeadLetterCmd),
+}
+
+#[derive(Subcommand)]
+enum DeadLetterCmd {
+    /// Print each dead letter as a JSON line: the server's reason and the event.
+    List,
+    /// Put every dead letter back into the queue, under its original event id.
+    Retry,
+    /// Delete every dead letter.
+    Purge,
 }
 
 #[derive(clap::Args)]
@@ -120,6 +136,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => runtime().and_then(|rt| rt.block_on(demo(args))),
         Command::Receiver(args) => runtime().and_then(|rt| rt.block_on(receiver(args))),
         Command::Parse(args) => parse_preview(&cli.config, args),
+        Command::DeadLetter(cmd) => dead_letter(&cli.config, cmd),
     };
     match result {
         Ok(code) => code,
@@ -141,6 +158,34 @@ fn tune_malloc() {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 16 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
     }
+}
+
+fn dead_letter(path: &Path, cmd: DeadLetterCmd) -> anyhow::Result<ExitCode> {
+    let config = Config::load(path, &Env::from_process())?;
+    let queue = thoth_ingest::queue::Queue::open(&config.state.dir, config.queue.cache.0)?;
+    match cmd {
+        DeadLetterCmd::List => {
+            let letters = queue.dead_letter_list()?;
+            for (_, letter) in &letters {
+                println!("{}", serde_json::to_string(letter)?);
+            }
+            eprintln!(
+                "{} dead letter(s) in {}",
+                letters.len(),
+                config.state.dir.display()
+            );
+        }
+        DeadLetterCmd::Retry => {
+            let n = queue.dead_letter_retry()?;
+            println!("{n} dead letter(s) queued again; the daemon sends them on its next start");
+        }
+        DeadLetterCmd::Purge => {
+            let n = queue.dead_letter_purge()?;
+            println!("{n} dead letter(s) deleted");
+        }
+    }
+    queue.close()?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -204,7 +249,10 @@ async fn run(path: &Path) -> anyhow::Result<ExitCode> {
         }
         e = pipeline.failed() => Err(e),
     };
-    pipeline.stop(Duration::from_secs(30)).await?;
+    // The flusher gives requests in flight shutdown_timeout; this is the backstop.
+    pipeline
+        .stop(config.delivery.shutdown_timeout + Duration::from_secs(5))
+        .await?;
     outcome.map(|()| ExitCode::SUCCESS)
 }
 

@@ -1381,6 +1381,50 @@ mod tests {
     }
 
     #[test]
+    fn a_full_queue_drops_the_oldest_when_so_configured_and_counts_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(dir.path(), 8 << 20).unwrap();
+        q.set_bound(10_000, true);
+        q.commit(&events(10, "a"), b"src", b"1").unwrap();
+        q.commit(&events(10, "b"), b"src", b"2").unwrap();
+        assert_eq!(q.dropped_events(), 10);
+        let b = q.peek_batch(100, usize::MAX).unwrap().unwrap();
+        assert_eq!(contents(&b)[0], "b-0", "only the newest events are left");
+        assert_eq!(b.events, 10);
+    }
+
+    #[test]
+    fn a_full_queue_makes_commits_wait_and_gives_up_on_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Arc::new(Queue::open(dir.path(), 8 << 20).unwrap());
+        q.set_bound(10_000, false);
+        q.commit(&events(10, "a"), b"src", b"1").unwrap();
+        let q2 = q.clone();
+        let waiting = std::thread::spawn(move || q2.commit(&events(10, "b"), b"src", b"2"));
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert!(!waiting.is_finished(), "the second commit waits for room");
+        let b = q.peek_batch(100, usize::MAX).unwrap().unwrap();
+        q.take(&b);
+        q.ack(&b).unwrap();
+        assert!(
+            waiting.join().unwrap().is_ok(),
+            "room made by a delivery lets it in"
+        );
+        assert_eq!(q.checkpoint(b"src").unwrap().as_deref(), Some(&b"2"[..]));
+        let q3 = q.clone();
+        let blocked = std::thread::spawn(move || q3.commit(&events(10, "c"), b"src", b"3"));
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        q.start_closing();
+        assert!(matches!(blocked.join().unwrap(), Err(QueueError::Closing)));
+        assert_eq!(
+            q.checkpoint(b"src").unwrap().as_deref(),
+            Some(&b"2"[..]),
+            "checkpoint did not move"
+        );
+        assert_eq!(q.dropped_events(), 0);
+    }
+
+    #[test]
     fn release_hands_events_out_again() {
         let dir = tempfile::tempdir().unwrap();
         let q = Queue::open(dir.path(), 8 << 20).unwrap();

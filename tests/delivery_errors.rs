@@ -53,7 +53,28 @@ fn one_poison_event_is_dead_lettered_and_the_rest_delivered() {
     let mut daemon = start_daemon(&config);
     let seqs = wait_seqs(&receiver, 499, Duration::from_secs(60));
     std::thread::sleep(Duration::from_millis(500));
+    let dead_letter = |verb: &str| {
+        std::process::Command::new(BIN)
+            .arg("--config")
+            .arg(&config)
+            .args(["dead-letter", verb])
+            .output()
+            .unwrap()
+    };
+    let locked = dead_letter("list");
+    assert_eq!(locked.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&locked.stderr).contains("in use by another thoth-ingest process")
+    );
     assert!(terminate(&mut daemon).success());
+    let listed = dead_letter("list");
+    assert_eq!(listed.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&listed.stdout);
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    assert!(
+        stdout.contains("POISON") && stdout.contains("INVALID_REQUEST"),
+        "{stdout}"
+    );
     assert!(!seqs.contains(&137));
     assert_eq!(seqs.len(), 499);
     let stats = receiver.stats();
@@ -74,6 +95,16 @@ fn one_poison_event_is_dead_lettered_and_the_rest_delivered() {
     assert!(letter.request_id.starts_with("req_"));
     assert!(letter.event.contains("POISON here"));
     assert!(queue.is_empty(), "nothing else waits");
+    assert_eq!(queue.dead_letter_retry().unwrap(), 1);
+    assert_eq!(
+        queue.peek_batch(10, usize::MAX).unwrap().map(|b| b.events),
+        Some(1),
+        "back in the queue"
+    );
+    assert_eq!(queue.dead_letters(), 0);
+    drop(queue);
+    let purged = dead_letter("purge");
+    assert!(String::from_utf8_lossy(&purged.stdout).contains("0 dead letter(s) deleted"));
 }
 
 #[test]

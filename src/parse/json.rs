@@ -153,7 +153,7 @@ pub(crate) fn as_timestamp(raw: &RawValue) -> Option<Timestamp> {
 
 impl Parser for JsonParser {
     fn parse(&mut self, rec: &Record<'_>, out: &mut EventBuf) -> Result<usize, Skip> {
-        let line = trim_ascii(rec.line);
+        let line = rec.line.trim_ascii();
         if line.is_empty() {
             return Err(Skip::EmptyLine);
         }
@@ -214,24 +214,6 @@ impl Parser for JsonParser {
     fn fresh(&self) -> Box<dyn Parser> {
         Box::new(self.clone())
     }
-}
-
-fn trim_ascii(mut s: &[u8]) -> &[u8] {
-    while let [first, rest @ ..] = s {
-        if first.is_ascii_whitespace() {
-            s = rest;
-        } else {
-            break;
-        }
-    }
-    while let [rest @ .., last] = s {
-        if last.is_ascii_whitespace() {
-            s = rest;
-        } else {
-            break;
-        }
-    }
-    s
 }
 
 #[cfg(test)]

@@ -132,7 +132,7 @@ fn pending_key(server: &str, id: &str) -> String {
 
 impl Parser for McpClaudeDesktop {
     fn parse(&mut self, rec: &Record<'_>, out: &mut EventBuf) -> Result<usize, Skip> {
-        let trimmed = super::trim_ascii(rec.line);
+        let trimmed = rec.line.trim_ascii();
         if trimmed.is_empty() {
             return Err(Skip::EmptyLine);
         }

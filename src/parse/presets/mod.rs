@@ -28,7 +28,7 @@ pub const STATE_MAX_ENTRIES: usize = 10_000;
 /// Parses a line that must be one JSON object into `T`, telling apart
 /// "not JSON", "JSON but not an object" and "an object of the wrong shape".
 pub(crate) fn parse_object<'a, T: Deserialize<'a>>(line: &'a [u8]) -> Result<T, Skip> {
-    let line = trim_ascii(line);
+    let line = line.trim_ascii();
     if line.is_empty() {
         return Err(Skip::EmptyLine);
     }
@@ -76,24 +76,6 @@ pub(crate) fn boolean(raw: Option<&RawValue>) -> Option<bool> {
 
 pub(crate) fn timestamp(raw: Option<&RawValue>) -> Option<Timestamp> {
     as_timestamp(raw?)
-}
-
-pub(crate) fn trim_ascii(mut s: &[u8]) -> &[u8] {
-    while let [first, rest @ ..] = s {
-        if first.is_ascii_whitespace() {
-            s = rest;
-        } else {
-            break;
-        }
-    }
-    while let [rest @ .., last] = s {
-        if last.is_ascii_whitespace() {
-            s = rest;
-        } else {
-            break;
-        }
-    }
-    s
 }
 
 /// A content item of a tool result: `{"type":"text","text":"..."}`.

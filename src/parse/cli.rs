@@ -110,15 +110,8 @@ pub fn run(
         if let [rest @ .., b'\n'] = line {
             line = rest;
         }
-        if let [rest @ .., b'\r'] = line {
-            line = rest;
-        }
-        // Same repair as the file source, so the preview matches the daemon.
-        let repaired;
-        if std::str::from_utf8(line).is_err() {
-            repaired = String::from_utf8_lossy(line).into_owned();
-            line = repaired.as_bytes();
-        }
+        let (line, _) = super::clean_line(line);
+        let line: &[u8] = &line;
         let rec = Record {
             stream: &stream,
             position: offset,

@@ -505,6 +505,23 @@ pub fn parse_counted(
     stats.state_evictions += parser.take_evictions();
 }
 
+/// A line as parsers get it: without its trailing `\r`, and with invalid
+/// UTF-8 replaced rather than dropped (an audit trail keeps the line even when
+/// one byte in it is wrong). The flag says whether a repair was needed. The
+/// file source and `thoth-ingest parse` both use this, so a preview shows
+/// exactly what the daemon queues.
+pub fn clean_line(mut line: &[u8]) -> (std::borrow::Cow<'_, [u8]>, bool) {
+    if let [rest @ .., b'\r'] = line {
+        line = rest;
+    }
+    if std::str::from_utf8(line).is_ok() {
+        (std::borrow::Cow::Borrowed(line), false)
+    } else {
+        let repaired = String::from_utf8_lossy(line).into_owned().into_bytes();
+        (std::borrow::Cow::Owned(repaired), true)
+    }
+}
+
 /// Cuts `s` to at most `max` bytes on a character boundary.
 pub fn truncate_utf8(s: &str, max: usize) -> &str {
     if s.len() <= max {

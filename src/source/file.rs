@@ -441,20 +441,13 @@ impl FileSource {
             let end = memchr::memchr(b'\n', &buf[pos..consumed])
                 .map(|i| pos + i)
                 .unwrap_or(consumed);
-            let mut line = &buf[pos..end];
-            if let [rest @ .., b'\r'] = line {
-                line = rest;
-            }
-            // Invalid UTF-8 is replaced, not dropped: an audit trail keeps the
-            // line even when one byte in it is wrong.
-            let repaired;
-            if std::str::from_utf8(line).is_err() {
-                repaired = String::from_utf8_lossy(line).into_owned();
-                line = repaired.as_bytes();
+            let (line, repaired) = crate::parse::clean_line(&buf[pos..end]);
+            if repaired {
                 self.stats
                     .invalid_utf8_lines
                     .fetch_add(1, Ordering::Relaxed);
             }
+            let line: &[u8] = &line;
             let rec = Record {
                 stream: &t.stream,
                 position: t.offset + pos as u64,

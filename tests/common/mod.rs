@@ -73,7 +73,10 @@ impl ReceiverProc {
     /// The accepted events, as stored.
     pub fn stored(&self) -> Vec<serde_json::Value> {
         let text = std::fs::read_to_string(&self.store).unwrap_or_default();
-        text.lines()
+        // The receiver may be halfway through writing its last line.
+        let complete = text.rfind('\n').map_or("", |i| &text[..i]);
+        complete
+            .lines()
             .map(|l| serde_json::from_str(l).expect("stored line is JSON"))
             .collect()
     }

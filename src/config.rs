@@ -284,6 +284,51 @@ pub struct SourceConfig {
     /// How often the include globs are expanded again to find new files.
     #[serde(default = "default_glob_interval", with = "humantime_serde")]
     pub glob_interval: Duration,
+    /// A file is identified by its first line, or by this many first bytes if
+    /// the first line is longer.
+    #[serde(default = "default_fingerprint_bytes")]
+    pub fingerprint_bytes: usize,
+    /// Where to start in a file that has no checkpoint and was already there
+    /// when the daemon started. Files that appear later are read from their
+    /// beginning whatever this says, so their first lines are not lost.
+    #[serde(default)]
+    pub start_at: StartAt,
+    /// Files not modified for longer than this are not followed (until they
+    /// change again).
+    #[serde(default, with = "humantime_serde")]
+    pub ignore_older: Option<Duration>,
+    /// Longer lines are cut to this length (and counted); the rest is skipped.
+    #[serde(default = "default_max_line_bytes")]
+    pub max_line_bytes: ByteSize,
+    /// Lines that continue a record (stack traces, pretty-printed JSON).
+    #[serde(default)]
+    pub multiline: Option<MultilineConfig>,
+    /// How long a file that was renamed away or deleted stays open after its
+    /// last line, for a writer that has not yet reopened its log.
+    #[serde(default = "default_rotate_wait", with = "humantime_serde")]
+    pub rotate_wait: Duration,
+    /// Checkpoints of files gone for longer than this are forgotten.
+    #[serde(default = "default_checkpoint_retention", with = "humantime_serde")]
+    pub checkpoint_retention: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StartAt {
+    #[default]
+    Beginning,
+    End,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MultilineConfig {
+    /// A line matching this regex starts a record; other lines continue the
+    /// record the last start line began.
+    pub start_pattern: String,
+    /// A record with no new line for this long is complete.
+    #[serde(default = "default_multiline_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
 }
 
 /// For each event field, the top-level JSON keys tried in order.
@@ -414,6 +459,21 @@ fn default_poll_interval() -> Duration {
     Duration::from_millis(250)
 }
 fn default_glob_interval() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_fingerprint_bytes() -> usize {
+    1024
+}
+fn default_max_line_bytes() -> ByteSize {
+    ByteSize(1 << 20)
+}
+fn default_rotate_wait() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_checkpoint_retention() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
+}
+fn default_multiline_timeout() -> Duration {
     Duration::from_secs(1)
 }
 
@@ -731,6 +791,32 @@ impl Config {
                         crate::parse::PARSER_NAMES.join(", ")
                     ),
                 ));
+            }
+            if !(16..=1 << 20).contains(&source.fingerprint_bytes) {
+                return Err(self.invalid(
+                    text,
+                    source.name.span(),
+                    &key("fingerprint_bytes"),
+                    "must be between 16 and 1048576".into(),
+                ));
+            }
+            if !(64..=1 << 30).contains(&source.max_line_bytes.0) {
+                return Err(self.invalid(
+                    text,
+                    source.name.span(),
+                    &key("max_line_bytes"),
+                    "must be between 64B and 1GiB".into(),
+                ));
+            }
+            if let Some(m) = &source.multiline {
+                if let Err(e) = regex::bytes::Regex::new(&m.start_pattern) {
+                    return Err(self.invalid(
+                        text,
+                        source.name.span(),
+                        &key("multiline.start_pattern"),
+                        format!("not a valid regex: {e}"),
+                    ));
+                }
             }
             if crate::event::EventType::parse(&source.fields.default_event_type).is_none() {
                 return Err(self.invalid(

@@ -663,6 +663,31 @@ impl Queue {
             .map_err(|e| self.storage(e))
     }
 
+    /// The checkpoints whose keys start with `prefix`.
+    pub fn checkpoints_with_prefix(&self, prefix: &[u8]) -> Result<Vec<(IVec, IVec)>, QueueError> {
+        self.checkpoints
+            .scan_prefix(prefix)
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.storage(e))
+    }
+
+    /// Rewrites a checkpoint outside a commit: bookkeeping (when a file was
+    /// last seen) that a crash may lose without harm.
+    pub fn put_checkpoint(&self, key: &[u8], value: &[u8]) -> Result<(), QueueError> {
+        self.checkpoints
+            .insert(key, value)
+            .map(|_| ())
+            .map_err(|e| self.storage(e))
+    }
+
+    /// Forgets a checkpoint (of a file gone longer than the retention).
+    pub fn remove_checkpoint(&self, key: &[u8]) -> Result<(), QueueError> {
+        self.checkpoints
+            .remove(key)
+            .map(|_| ())
+            .map_err(|e| self.storage(e))
+    }
+
     /// Bounds the bytes waiting for delivery. At the bound, a commit waits for
     /// room (sources pause, their logs are the buffer) or, with `drop_oldest`,
     /// the oldest undelivered chunks are dropped and counted.

@@ -17,6 +17,12 @@ pub struct SourceStats {
     pub commits: AtomicU64,
     /// Lines that were not valid UTF-8 and had bad bytes replaced.
     pub invalid_utf8_lines: AtomicU64,
+    /// Records cut to `max_line_bytes`.
+    pub truncated_lines: AtomicU64,
+    /// Files followed now.
+    pub files: AtomicU64,
+    /// Bytes between the read position and the end of every followed file.
+    pub lag_bytes: AtomicU64,
     /// Set when a full pass over every file found nothing new to read.
     pub caught_up: AtomicBool,
     pub parse: Mutex<ParseStats>,

@@ -1,0 +1,1174 @@
+//! The file source: finds the files a source's globs match, follows each one
+//! through renames, truncation, deletion and compression, and commits the
+//! events of every chunk it reads together with the file's new checkpoint.
+//!
+//! Files are known by identity ([`identity`]), not by path; lines are cut by
+//! [`lines`]. Change notices come from `notify` on the directories that hold
+//! matching files; a poll every `poll_interval` and a glob scan every
+//! `glob_interval` are the fallback for file systems (and watch limits) that
+//! miss them.
+//!
+//! The tailer runs on a thread of its own: file reads and the queue's fsync
+//! are blocking calls and would stall an async runtime.
+
+pub mod identity;
+pub mod lines;
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use flate2::read::MultiGzDecoder;
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use notify::Watcher;
+use tracing::{debug, info, warn};
+
+use self::identity::{Candidate, Checkpoint, Resolution, Tail, TAIL_BYTES};
+use self::lines::{Line, LineCutter, Multiline};
+use super::SourceStats;
+use crate::config::{SourceConfig, StartAt};
+use crate::event::Timestamp;
+use crate::parse::{parse_counted, EventBuf, ParseStats, Parser, Record};
+use crate::queue::{Queue, QueueError};
+
+/// Most bytes read from one file before the tailer moves on to the next, so
+/// a busy file cannot starve the others.
+const READ_CHUNK: usize = 4 << 20;
+/// How often checkpoints of vanished files are looked for.
+const SWEEP_EVERY: Duration = Duration::from_secs(600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("source `{source_name}`: {err}")]
+    Queue {
+        source_name: String,
+        #[source]
+        err: QueueError,
+    },
+}
+
+/// Who a followed file is, once it has a fingerprint.
+struct Ident {
+    fingerprint: String,
+    key: Vec<u8>,
+    stream: String,
+}
+
+/// A `.gz` file: read once through a decoder, never tailed.
+#[derive(Default)]
+struct Gz {
+    decoder: Option<Box<MultiGzDecoder<BufReader<File>>>>,
+    /// Decoded bytes after `offset` not yet cut into lines.
+    carry: Vec<u8>,
+    /// Read to its end.
+    done: bool,
+    /// Size at which decoding last failed (a copy still being written):
+    /// retried when the size changes.
+    failed_at_size: Option<u64>,
+}
+
+/// A file being followed.
+struct Tracked {
+    path: PathBuf,
+    file: File,
+    gz: Option<Gz>,
+    ident: Option<Ident>,
+    /// First byte not yet cut into lines (decoded bytes for `.gz`).
+    offset: u64,
+    /// The last checkpoint's position and tail, to notice a rewrite.
+    committed: (u64, Tail),
+    cutter: LineCutter,
+    /// This file's own parser: state across lines (sessions, pending calls)
+    /// belongs to one file, and is saved with its checkpoint.
+    parser: Box<dyn Parser>,
+    /// The file no longer matches at any path (renamed away or deleted).
+    gone_since: Option<Instant>,
+    /// Found by the first scan: `start_at` applies to it.
+    at_startup: bool,
+    /// Order in which files were found.
+    seen_order: u64,
+    size: u64,
+    verified_size: u64,
+}
+
+/// The include globs of a source, with what to leave out.
+pub struct FileMatcher {
+    include: Vec<String>,
+    exclude: GlobSet,
+}
+
+/// `~/` at the start of a pattern is the home directory of the daemon's user.
+fn expand_home(pattern: &str) -> String {
+    match (pattern.strip_prefix("~/"), std::env::var_os("HOME")) {
+        (Some(rest), Some(home)) => Path::new(&home).join(rest).to_string_lossy().into_owned(),
+        _ => pattern.to_string(),
+    }
+}
+
+impl FileMatcher {
+    pub fn new(config: &SourceConfig) -> Result<FileMatcher, globset::Error> {
+        let mut b = GlobSetBuilder::new();
+        for pattern in &config.exclude {
+            b.add(Glob::new(&expand_home(pattern))?);
+        }
+        Ok(FileMatcher {
+            include: config.include.iter().map(|p| expand_home(p)).collect(),
+            exclude: b.build()?,
+        })
+    }
+
+    /// The paths that match now and are not directories, sorted. Unreadable
+    /// directories on the way are skipped (and retried on the next scan).
+    pub fn matching_files(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for pattern in &self.include {
+            let Ok(paths) = glob::glob(pattern) else {
+                continue; // validated at config load
+            };
+            for path in paths.flatten() {
+                if self.exclude.is_match(&path) || path.is_dir() {
+                    continue;
+                }
+                out.push(path);
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// The fixed directory prefix of each glob: watched so that new files
+    /// (and new subdirectories) there are noticed at once.
+    fn base_dirs(&self) -> Vec<PathBuf> {
+        let mut dirs: Vec<PathBuf> = self
+            .include
+            .iter()
+            .map(|p| {
+                let fixed: PathBuf = Path::new(p)
+                    .components()
+                    .take_while(|c| {
+                        !c.as_os_str()
+                            .to_string_lossy()
+                            .contains(['*', '?', '[', '{'])
+                    })
+                    .collect();
+                if fixed.as_os_str() == p.as_str() {
+                    fixed.parent().map(Path::to_path_buf).unwrap_or(fixed)
+                } else {
+                    fixed
+                }
+            })
+            .collect();
+        dirs.sort();
+        dirs.dedup();
+        dirs
+    }
+}
+
+/// What reading a file did.
+#[derive(Debug, PartialEq, Eq)]
+enum Progress {
+    Read,
+    Idle,
+}
+
+enum ReadError {
+    Io(std::io::Error),
+    Queue(QueueError),
+}
+
+impl From<std::io::Error> for ReadError {
+    fn from(e: std::io::Error) -> Self {
+        ReadError::Io(e)
+    }
+}
+
+impl From<QueueError> for ReadError {
+    fn from(e: QueueError) -> Self {
+        ReadError::Queue(e)
+    }
+}
+
+pub struct FileSource {
+    name: String,
+    config: SourceConfig,
+    matcher: FileMatcher,
+    /// The factory of per-file parsers: each tracked file gets `fresh()` of it.
+    parser: Box<dyn Parser>,
+    multiline: Option<regex::bytes::Regex>,
+    queue: Arc<Queue>,
+    stats: Arc<SourceStats>,
+    shutdown: Arc<AtomicBool>,
+    tracked: HashMap<(u64, u64), Tracked>,
+    events: EventBuf,
+    read_buf: Vec<u8>,
+    parse_stats: ParseStats,
+    scans: u64,
+    /// Files found so far.
+    found: u64,
+    /// Paths whose last open failed, with the error kind already logged.
+    failing: HashMap<PathBuf, std::io::ErrorKind>,
+    watcher: Option<notify::RecommendedWatcher>,
+    watched: HashSet<PathBuf>,
+    watch_limit_warned: bool,
+    last_sweep: Option<Instant>,
+}
+
+impl FileSource {
+    pub fn new(
+        config: SourceConfig,
+        parser: Box<dyn Parser>,
+        queue: Arc<Queue>,
+        stats: Arc<SourceStats>,
+        shutdown: Arc<AtomicBool>,
+    ) -> Result<FileSource, globset::Error> {
+        // Validated at config load; a pattern that fails here is ignored.
+        let multiline = config
+            .multiline
+            .as_ref()
+            .and_then(|m| regex::bytes::Regex::new(&m.start_pattern).ok());
+        Ok(FileSource {
+            name: config.name.get_ref().clone(),
+            matcher: FileMatcher::new(&config)?,
+            config,
+            parser,
+            multiline,
+            queue,
+            stats,
+            shutdown,
+            tracked: HashMap::new(),
+            events: EventBuf::default(),
+            read_buf: Vec::new(),
+            parse_stats: ParseStats::default(),
+            scans: 0,
+            found: 0,
+            failing: HashMap::new(),
+            watcher: None,
+            watched: HashSet::new(),
+            watch_limit_warned: false,
+            last_sweep: None,
+        })
+    }
+
+    /// Follows the files until shutdown is requested.
+    pub fn run(mut self) -> Result<(), SourceError> {
+        // Capacity 1 and try_send: notices coalesce instead of piling up.
+        let (wake_tx, wake_rx) = mpsc::sync_channel::<Wake>(1);
+        self.watcher = self.start_watcher(wake_tx);
+        let mut last_scan: Option<Instant> = None;
+        while !self.shutdown.load(Ordering::SeqCst) {
+            if last_scan.is_none_or(|t| t.elapsed() >= self.config.glob_interval) {
+                self.scan();
+                last_scan = Some(Instant::now());
+            }
+            let progressed = self.read_round()?;
+            if self
+                .last_sweep
+                .is_none_or(|t| t.elapsed() >= SWEEP_EVERY.min(self.config.checkpoint_retention))
+            {
+                self.sweep_checkpoints()?;
+            }
+            if !progressed {
+                self.stats.caught_up.store(true, Ordering::SeqCst);
+                match wake_rx.recv_timeout(self.config.poll_interval) {
+                    Ok(wake) => {
+                        let mut rescan = wake == Wake::Rescan;
+                        while let Ok(w) = wake_rx.try_recv() {
+                            rescan |= w == Wake::Rescan;
+                        }
+                        if rescan {
+                            last_scan = None;
+                        }
+                    }
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(mpsc::RecvTimeoutError::Disconnected) => {
+                        std::thread::sleep(self.config.poll_interval)
+                    }
+                }
+            } else {
+                self.stats.caught_up.store(false, Ordering::SeqCst);
+            }
+        }
+        debug!(source = %self.name, "file source stopped");
+        Ok(())
+    }
+
+    /// One scan and one read round: what `run` does between waits. Returns
+    /// true if anything was read. Tests drive the source with it.
+    pub fn step(&mut self) -> Result<bool, SourceError> {
+        self.scan();
+        let progressed = self.read_round()?;
+        self.sweep_checkpoints()?;
+        Ok(progressed)
+    }
+
+    fn start_watcher(&self, wake: mpsc::SyncSender<Wake>) -> Option<notify::RecommendedWatcher> {
+        use notify::event::{EventKind, ModifyKind};
+        let handler = move |res: notify::Result<notify::Event>| {
+            let Ok(event) = res else { return };
+            let what = match event.kind {
+                // A file appeared, went or was renamed: the globs may match differently.
+                EventKind::Create(_)
+                | EventKind::Remove(_)
+                | EventKind::Modify(ModifyKind::Name(_)) => Wake::Rescan,
+                EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Any) | EventKind::Any => {
+                    Wake::Read
+                }
+                // Opens, reads and closes, including our own: not news.
+                _ => return,
+            };
+            // A full channel already holds a wake-up; a Rescan behind a Read is
+            // caught by the periodic scan.
+            let _ = wake.try_send(what);
+        };
+        match notify::recommended_watcher(handler) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                warn!(source = %self.name, error = %e, "no change notices; polling every {:?}", self.config.poll_interval);
+                None
+            }
+        }
+    }
+
+    /// Watches `dir` (not recursively) unless it already is.
+    fn watch(&mut self, dir: &Path) {
+        if self.watched.contains(dir) || self.watch_limit_warned {
+            return;
+        }
+        let Some(watcher) = self.watcher.as_mut() else {
+            return;
+        };
+        match watcher.watch(dir, notify::RecursiveMode::NonRecursive) {
+            Ok(()) => {
+                self.watched.insert(dir.to_path_buf());
+            }
+            Err(e) if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) => {
+                self.watch_limit_warned = true;
+                warn!(source = %self.name, dir = %dir.display(),
+                    "inotify watch limit reached (raise fs.inotify.max_user_watches); directories without a watch are polled every {:?}",
+                    self.config.poll_interval);
+            }
+            Err(e) => {
+                debug!(source = %self.name, dir = %dir.display(), error = %e, "cannot watch; polling it")
+            }
+        }
+    }
+
+    /// Matches the globs again: opens new files, notes files that went away.
+    fn scan(&mut self) {
+        self.scans += 1;
+        let first = self.scans == 1;
+        for dir in self.matcher.base_dirs() {
+            if dir.is_dir() {
+                self.watch(&dir);
+            }
+        }
+        let mut seen = HashSet::new();
+        for path in self.matcher.matching_files() {
+            let meta = match std::fs::metadata(&path) {
+                Ok(m) => m,
+                Err(e) => {
+                    self.open_failed(&path, &e);
+                    continue;
+                }
+            };
+            if !meta.is_file() {
+                continue; // a FIFO, socket or device: not ours to read
+            }
+            let id = (meta.dev(), meta.ino());
+            seen.insert(id);
+            if let Some(t) = self.tracked.get_mut(&id) {
+                if t.path != path {
+                    debug!(source = %self.name, from = %t.path.display(), to = %path.display(), "file renamed");
+                    t.path = path;
+                }
+                t.gone_since = None;
+                continue;
+            }
+            if let (Some(age), Ok(modified)) = (self.config.ignore_older, meta.modified()) {
+                if SystemTime::now()
+                    .duration_since(modified)
+                    .is_ok_and(|d| d > age)
+                {
+                    continue;
+                }
+            }
+            match File::open(&path) {
+                Ok(file) => {
+                    self.failing.remove(&path);
+                    if let Some(dir) = path.parent() {
+                        let dir = dir.to_path_buf();
+                        self.watch(&dir);
+                    }
+                    debug!(source = %self.name, path = %path.display(), "following file");
+                    let gz = gzip_magic(&file).then(Gz::default);
+                    self.found += 1;
+                    let cutter = self.new_cutter();
+                    self.tracked.insert(
+                        id,
+                        Tracked {
+                            path,
+                            file,
+                            gz,
+                            ident: None,
+                            offset: 0,
+                            committed: (0, Tail::default()),
+                            cutter,
+                            parser: self.parser.fresh(),
+                            gone_since: None,
+                            at_startup: first,
+                            seen_order: self.found,
+                            size: 0,
+                            verified_size: 0,
+                        },
+                    );
+                }
+                Err(e) => self.open_failed(&path, &e),
+            }
+        }
+        let now = Instant::now();
+        for (id, t) in self.tracked.iter_mut() {
+            if !seen.contains(id) && t.gone_since.is_none() {
+                debug!(source = %self.name, path = %t.path.display(), "file no longer at a matching path; reading it to its end");
+                t.gone_since = Some(now);
+            }
+        }
+        self.stats
+            .files
+            .store(self.tracked.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Logs a failed open once per path and error kind; the next scan retries.
+    fn open_failed(&mut self, path: &Path, e: &std::io::Error) {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            return; // gone between glob and open
+        }
+        if self.failing.insert(path.to_path_buf(), e.kind()) != Some(e.kind()) {
+            warn!(source = %self.name, path = %path.display(), error = %e, "cannot open file; retrying at every scan");
+        }
+    }
+
+    fn new_cutter(&self) -> LineCutter {
+        let multiline = match (&self.multiline, &self.config.multiline) {
+            (Some(start), Some(m)) => Some(Multiline {
+                start: start.clone(),
+                timeout: m.timeout,
+            }),
+            _ => None,
+        };
+        LineCutter::new(self.config.max_line_bytes.0 as usize, multiline)
+    }
+
+    /// Reads one chunk from every file; true if anything was read.
+    fn read_round(&mut self) -> Result<bool, SourceError> {
+        let mut progressed = false;
+        let mut ids: Vec<(u64, u64)> = self.tracked.keys().copied().collect();
+        // Oldest first: a file that went away is read to its end (and its
+        // checkpoint written) before a compressed copy of it is identified.
+        ids.sort_by_key(|id| self.tracked[id].seen_order);
+        let mut finished = Vec::new();
+        let rotate_wait = self.config.rotate_wait;
+        for id in ids {
+            if self.shutdown.load(Ordering::SeqCst) {
+                break;
+            }
+            let closing = self.tracked[&id]
+                .gone_since
+                .is_some_and(|g| g.elapsed() >= rotate_wait);
+            match self.read_file(id, closing) {
+                Ok(Progress::Read) => progressed = true,
+                Ok(Progress::Idle) if closing => finished.push(id),
+                Ok(Progress::Idle) => {}
+                Err(ReadError::Io(e)) => {
+                    let t = &self.tracked[&id];
+                    warn!(source = %self.name, path = %t.path.display(), error = %e, "read failed; will retry");
+                    if closing {
+                        finished.push(id);
+                    }
+                }
+                Err(ReadError::Queue(err)) => {
+                    return Err(SourceError::Queue {
+                        source_name: self.name.clone(),
+                        err,
+                    })
+                }
+            }
+        }
+        for id in finished {
+            self.close(id).map_err(|err| SourceError::Queue {
+                source_name: self.name.clone(),
+                err,
+            })?;
+        }
+        let lag: u64 = self
+            .tracked
+            .values()
+            .filter(|t| t.gz.is_none())
+            .map(|t| t.size.saturating_sub(t.offset))
+            .sum();
+        self.stats.lag_bytes.store(lag, Ordering::Relaxed);
+        Ok(progressed)
+    }
+
+    /// Stops following a file that went away and was read to its end.
+    fn close(&mut self, id: (u64, u64)) -> Result<(), QueueError> {
+        let Some(t) = self.tracked.remove(&id) else {
+            return Ok(());
+        };
+        info!(source = %self.name, path = %t.path.display(), "file rotated away or deleted and read to its end; closed");
+        if let Some(ident) = &t.ident {
+            if let Some(value) = self.queue.checkpoint(&ident.key)? {
+                if let Some(mut cp) = Checkpoint::decode(&value) {
+                    cp.closed_at = unix_now();
+                    self.queue.put_checkpoint(&ident.key, &cp.encode())?;
+                }
+            }
+        }
+        self.stats
+            .files
+            .store(self.tracked.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn read_file(&mut self, id: (u64, u64), closing: bool) -> Result<Progress, ReadError> {
+        let Some(t) = self.tracked.get_mut(&id) else {
+            return Ok(Progress::Idle);
+        };
+        let size = t.file.metadata()?.len();
+        t.size = size;
+        if t.gz.is_some() {
+            return self.read_gz(id, size);
+        }
+        // A file rewritten to the same size changes nothing but its bytes:
+        // an idle file is checked too (two small reads from the page cache).
+        let mut progress = Progress::Idle;
+        if t.ident.is_some()
+            && (size != t.verified_size || size <= t.offset)
+            && self.rewritten(id, size)?
+        {
+            progress = Progress::Read;
+        }
+        let t = self.tracked.get_mut(&id).ok_or_else(gone)?;
+        if t.ident.is_none() && !self.identify_plain(id, size, closing)? {
+            return Ok(progress);
+        }
+        let t = self.tracked.get_mut(&id).ok_or_else(gone)?;
+        if size <= t.offset {
+            if closing && t.cutter.has_open_record() {
+                return self.cut_and_commit(id, &[], true);
+            }
+            return self.flush_stale(id).map(
+                |flushed| {
+                    if flushed {
+                        Progress::Read
+                    } else {
+                        progress
+                    }
+                },
+            );
+        }
+        let chunk = READ_CHUNK.max(t.cutter.max_line() + 1);
+        let want = ((size - t.offset) as usize).min(chunk);
+        let mut buf = std::mem::take(&mut self.read_buf);
+        buf.resize(want, 0);
+        let n = read_full_at(&t.file, &mut buf, t.offset)?;
+        buf.truncate(n);
+        let at_end = closing && t.offset + n as u64 >= size;
+        let result = self.cut_and_commit(id, &buf, at_end);
+        self.read_buf = buf;
+        result
+    }
+
+    /// Fingerprints a file and decides where to read it from. False while it
+    /// has no first line yet.
+    fn identify_plain(
+        &mut self,
+        id: (u64, u64),
+        size: u64,
+        closing: bool,
+    ) -> Result<bool, ReadError> {
+        let fp_bytes = self.config.fingerprint_bytes;
+        let t = self.tracked.get_mut(&id).ok_or_else(gone)?;
+        let mut start = vec![0u8; fp_bytes];
+        let n = read_full_at(&t.file, &mut start, 0)?;
+        start.truncate(n);
+        let Some(fp) = identity::fingerprint_of(&start, fp_bytes, closing) else {
+            return Ok(false);
+        };
+        let file = &t.file;
+        let mut tail_at = |offset: u64, len: u16| -> std::io::Result<Option<Tail>> {
+            tail_of_file(file, offset, len)
+        };
+        let candidates = candidates(&self.queue, &self.name, &fp)?;
+        let file_id = file_identity(&t.file, id);
+        let resolution =
+            identity::resolve(&self.name, &fp, id, &file_id, &candidates, &mut tail_at)?;
+        let key = identity::checkpoint_key(&self.name, &fp, id.0, id.1);
+        // A checkpoint under this key that is not this stream's: the file was
+        // rewritten while we were away, or its inode belonged to another file.
+        let new_stream = match &resolution {
+            Resolution::Resume(cp) => cp.stream.as_str(),
+            Resolution::Fresh { stream } => stream.as_str(),
+        };
+        retire(&self.queue, &key, Some(new_stream))?;
+        let start_at_end = self.config.start_at == StartAt::End && t.at_startup;
+        let fresh_parser = self.parser.fresh();
+        let t = self.tracked.get_mut(&id).ok_or_else(gone)?;
+        t.parser = fresh_parser;
+        t.cutter.resume(false);
+        let stream = match resolution {
+            Resolution::Resume(cp) => {
+                t.offset = cp.offset;
+                t.cutter.resume(cp.skipping);
+                t.parser.load_state(&cp.parser_state);
+                t.committed = (cp.offset, cp.tail);
+                debug!(source = %self.name, path = %t.path.display(), fingerprint = %fp, offset = cp.offset, stream = %cp.stream, "file identified; resuming");
+                cp.stream
+            }
+            Resolution::Fresh { stream } => {
+                t.offset = if start_at_end {
+                    end_of_last_line(&t.file, size)?
+                } else {
+                    0
+                };
+                t.committed = (0, Tail::default());
+                debug!(source = %self.name, path = %t.path.display(), fingerprint = %fp, offset = t.offset, stream = %stream, "new file");
+                stream
+            }
+        };
+        t.verified_size = size;
+        t.ident = Some(Ident {
+            fingerprint: fp,
+            key,
+            stream,
+        });
+        if t.offset > 0 && t.committed.0 != t.offset {
+            // Pin a start at the end, so a restart does not move it.
+            self.events.clear();
+            self.commit(id)?;
+        }
+        Ok(true)
+    }
+
+    /// Checks that a file that changed size is still the one being read: a
+    /// file truncated, or truncated and rewritten past the old position,
+    /// starts a new stream from its beginning.
+    fn rewritten(&mut self, id: (u64, u64), size: u64) -> Result<bool, ReadError> {
+        let fp_bytes = self.config.fingerprint_bytes;
+        let t = self.tracked.get_mut(&id).ok_or_else(gone)?;
+        let Some(ident) = &t.ident else {
+            return Ok(false);
+        };
+        let shrank = size < t.offset;
+        let changed = shrank || {
+            let mut start = vec![0u8; fp_bytes];
+            let n = read_full_at(&t.file, &mut start, 0)?;
+            start.truncate(n);
+            let fp = identity::fingerprint_of(&start, fp_bytes, false);
+            fp.as_deref() != Some(ident.fingerprint.as_str())
+                || tail_of_file(&t.file, t.committed.0, t.committed.1.len)? != Some(t.committed.1)
+        };
+        if !changed {
+            t.verified_size = size;
+            return Ok(false);
+        }
+        info!(source = %self.name, path = %t.path.display(), offset = t.offset, size, "file was truncated or rewritten; reading it again from the start as a new stream");
+        // The checkpoint stays until the new stream's first commit replaces it
+        // (resolve() then names the new stream after the old one). A copy of
+        // the old content (copytruncate) found later must still recognise it,
+        // so it is kept under a key of its own, as a closed file.
+        retire(&self.queue, &ident.key, None)?;
+        t.ident = None;
+        t.offset = 0;
+        t.verified_size = 0;
+        t.cutter.resume(false);
+        Ok(true)
+    }
+
+    /// Emits a multiline record whose timeout passed; true if one was.
+    fn flush_stale(&mut self, id: (u64, u64)) -> Result<bool, ReadError> {
+        let t = self.tracked.get_mut(&id).ok_or_else(gone)?;
+        if !t.cutter.has_open_record() {
+            return Ok(false);
+        }
+        self.events.clear();
+        let read_at = Timestamp::now();
+        let Tracked {
+            cutter,
+            parser,
+            ident,
+            ..
+        } = t;
+        let stream = ident
+            .as_ref()
+            .map(|i| i.stream.as_str())
+            .unwrap_or_default();
+        let events = &mut self.events;
+        let parse_stats = &mut self.parse_stats;
+        let stats = &self.stats;
+        let flushed = cutter.flush_if_stale(&mut |line| {
+            handle_line(
+                line,
+                stream,
+                read_at,
+                parser.as_mut(),
+                events,
+                parse_stats,
+                stats,
+            )
+        });
+        if flushed {
+            self.commit(id)?;
+        }
+        Ok(flushed)
+    }
+
+    /// Cuts `buf` (file bytes at the file's offset) into records, parses them
+    /// and commits the events with the new checkpoint.
+    fn cut_and_commit(
+        &mut self,
+        id: (u64, u64),
+        buf: &[u8],
+        at_end: bool,
+    ) -> Result<Progress, ReadError> {
+        let t = self.tracked.get_mut(&id).ok_or_else(gone)?;
+        self.events.clear();
+        let read_at = Timestamp::now();
+        let base = t.offset;
+        let Tracked {
+            cutter,
+            parser,
+            ident,
+            ..
+        } = t;
+        let stream = ident
+            .as_ref()
+            .map(|i| i.stream.as_str())
+            .unwrap_or_default();
+        let events = &mut self.events;
+        let parse_stats = &mut self.parse_stats;
+        let stats = &self.stats;
+        let truncated_before = cutter.stats.truncated;
+        let consumed = cutter.feed(buf, base, at_end, &mut |line| {
+            handle_line(
+                line,
+                stream,
+                read_at,
+                parser.as_mut(),
+                events,
+                parse_stats,
+                stats,
+            )
+        });
+        let truncated = cutter.stats.truncated - truncated_before;
+        if truncated > 0 {
+            self.stats
+                .truncated_lines
+                .fetch_add(truncated, Ordering::Relaxed);
+        }
+        if consumed == 0 && self.events.is_empty() {
+            return self
+                .flush_stale(id)
+                .map(|f| if f { Progress::Read } else { Progress::Idle });
+        }
+        t.offset += consumed as u64;
+        self.stats
+            .bytes_read
+            .fetch_add(consumed as u64, Ordering::Relaxed);
+        self.commit(id)?;
+        Ok(Progress::Read)
+    }
+
+    /// Commits the events in `self.events` with the file's checkpoint.
+    fn commit(&mut self, id: (u64, u64)) -> Result<(), ReadError> {
+        let t = self.tracked.get_mut(&id).ok_or_else(gone)?;
+        let Some(ident) = &t.ident else {
+            return Ok(());
+        };
+        let position = t.cutter.safe_position(t.offset);
+        let tail = match &t.gz {
+            // A compressed file is never rewritten in place: no tail needed.
+            Some(_) => Tail::default(),
+            None => tail_of_file(&t.file, position, TAIL_BYTES as u16)?.unwrap_or_default(),
+        };
+        let complete = t.gz.as_ref().is_some_and(|g| g.done);
+        let cp = Checkpoint {
+            offset: position,
+            skipping: t.cutter.skipping(),
+            complete,
+            tail,
+            stream: ident.stream.clone(),
+            closed_at: 0,
+            disk_size: if complete { t.size } else { 0 },
+            path: t.path.clone(),
+            parser_state: t.parser.save_state(),
+        };
+        self.queue.commit(&self.events, &ident.key, &cp.encode())?;
+        t.committed = (position, tail);
+        self.stats.commits.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut p) = self.stats.parse.lock() {
+            *p = self.parse_stats.clone();
+        }
+        Ok(())
+    }
+
+    /// Reads a compressed file: recognised by the fingerprint of its
+    /// decompressed start, so a rotated copy of a file already read is not
+    /// read again; a `.gz` never seen before is read whole (backfill).
+    fn read_gz(&mut self, id: (u64, u64), size: u64) -> Result<Progress, ReadError> {
+        let fp_bytes = self.config.fingerprint_bytes;
+        let t = self.tracked.get_mut(&id).ok_or_else(gone)?;
+        let gz = t.gz.as_mut().ok_or_else(gone)?;
+        if gz.done || gz.failed_at_size == Some(size) {
+            return Ok(Progress::Idle);
+        }
+        if t.ident.is_none() {
+            let start = {
+                let mut d = open_gz(&t.file)?;
+                identity::read_start(&mut d, fp_bytes)
+            };
+            let start = match start {
+                Ok(s) => s,
+                Err(e) => return self.gz_failed(id, size, e),
+            };
+            let Some(fp) = identity::fingerprint_of(&start, fp_bytes, start.len() < fp_bytes)
+            else {
+                t.gz.as_mut().ok_or_else(gone)?.done = true;
+                return Ok(Progress::Idle); // empty
+            };
+            let key = identity::checkpoint_key(&self.name, &fp, id.0, id.1);
+            let candidates = candidates(&self.queue, &self.name, &fp)?;
+            let own_complete = candidates.iter().any(|c| {
+                c.dev_ino == Some(id) && c.checkpoint.complete && c.checkpoint.disk_size == size
+            });
+            if own_complete {
+                t.gz.as_mut().ok_or_else(gone)?.done = true;
+                return Ok(Progress::Idle);
+            }
+            let file = &t.file;
+            let mut tail_at = |offset: u64, len: u16| -> std::io::Result<Option<Tail>> {
+                gz_tail(file, offset, len)
+            };
+            let file_id = file_identity(&t.file, id);
+            let resolution =
+                match identity::resolve(&self.name, &fp, id, &file_id, &candidates, &mut tail_at) {
+                    Ok(r) => r,
+                    Err(e) => return self.gz_failed(id, size, e),
+                };
+            let new_stream = match &resolution {
+                Resolution::Resume(cp) => cp.stream.as_str(),
+                Resolution::Fresh { stream } => stream.as_str(),
+            };
+            retire(&self.queue, &key, Some(new_stream))?;
+            let fresh_parser = self.parser.fresh();
+            let t = self.tracked.get_mut(&id).ok_or_else(gone)?;
+            t.parser = fresh_parser;
+            let stream = match resolution {
+                Resolution::Resume(cp) => {
+                    t.offset = cp.offset;
+                    t.cutter.resume(cp.skipping);
+                    t.parser.load_state(&cp.parser_state);
+                    info!(source = %self.name, path = %t.path.display(), offset = cp.offset, "compressed file continues a stream already read; reading only what is new");
+                    cp.stream
+                }
+                Resolution::Fresh { stream } => {
+                    t.offset = 0;
+                    info!(source = %self.name, path = %t.path.display(), "compressed file never read; reading it whole");
+                    stream
+                }
+            };
+            t.ident = Some(Ident {
+                fingerprint: fp,
+                key,
+                stream,
+            });
+        }
+        let t = self.tracked.get_mut(&id).ok_or_else(gone)?;
+        let gz = t.gz.as_mut().ok_or_else(gone)?;
+        if gz.decoder.is_none() {
+            let mut d = Box::new(open_gz(&t.file)?);
+            let skip = t.offset;
+            match std::io::copy(&mut (&mut d).take(skip), &mut std::io::sink()) {
+                Ok(n) if n == skip => {}
+                Ok(_) => {
+                    // Shorter than the checkpoint: nothing new in it.
+                    gz.done = true;
+                    return Ok(Progress::Idle);
+                }
+                Err(e) => return self.gz_failed(id, size, e),
+            }
+            gz.decoder = Some(d);
+            gz.carry.clear();
+        }
+        let mut buf = std::mem::take(&mut gz.carry);
+        let chunk = READ_CHUNK.max(t.cutter.max_line() + 1);
+        let have = buf.len();
+        buf.resize(have + chunk, 0);
+        let decoder = gz.decoder.as_mut().ok_or_else(gone)?;
+        let mut n = 0;
+        let mut at_end = false;
+        while have + n < buf.len() {
+            match decoder.read(&mut buf[have + n..]) {
+                Ok(0) => {
+                    at_end = true;
+                    break;
+                }
+                Ok(r) => n += r,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    buf.truncate(have);
+                    return self.gz_failed(id, size, e);
+                }
+            }
+        }
+        buf.truncate(have + n);
+        if at_end {
+            gz.done = true;
+            gz.decoder = None;
+        }
+        let before = t.offset;
+        let mut result = self.cut_and_commit(id, &buf, at_end);
+        if at_end && matches!(result, Ok(Progress::Idle)) {
+            // Record the file as read whole, so a restart need not decompress it.
+            self.events.clear();
+            result = self.commit(id).map(|()| Progress::Read);
+        }
+        let t = self.tracked.get_mut(&id).ok_or_else(gone)?;
+        let consumed = (t.offset - before) as usize;
+        if let Some(gz) = t.gz.as_mut() {
+            // The unconsumed end (a partial line) waits for the next round.
+            buf.drain(..consumed.min(buf.len()));
+            gz.carry = buf;
+        }
+        result.map(|_| Progress::Read)
+    }
+
+    fn gz_failed(
+        &mut self,
+        id: (u64, u64),
+        size: u64,
+        e: std::io::Error,
+    ) -> Result<Progress, ReadError> {
+        let t = self.tracked.get_mut(&id).ok_or_else(gone)?;
+        debug!(source = %self.name, path = %t.path.display(), error = %e, "cannot decompress (yet); retrying when the file changes");
+        if let Some(gz) = t.gz.as_mut() {
+            gz.decoder = None;
+            gz.carry.clear();
+            gz.failed_at_size = Some(size);
+        }
+        Ok(Progress::Idle)
+    }
+
+    /// Marks checkpoints of files no longer followed with the time they were
+    /// last seen, and forgets those gone longer than `checkpoint_retention`.
+    fn sweep_checkpoints(&mut self) -> Result<(), SourceError> {
+        self.last_sweep = Some(Instant::now());
+        let err = |err| SourceError::Queue {
+            source_name: self.name.clone(),
+            err,
+        };
+        let live: HashSet<&[u8]> = self
+            .tracked
+            .values()
+            .filter_map(|t| t.ident.as_ref().map(|i| i.key.as_slice()))
+            .collect();
+        let now = unix_now();
+        let retention = self.config.checkpoint_retention.as_secs();
+        let all = self
+            .queue
+            .checkpoints_with_prefix(&identity::source_prefix(&self.name))
+            .map_err(err)?;
+        for (key, value) in all {
+            if live.contains(&key[..]) {
+                continue;
+            }
+            let Some(mut cp) = Checkpoint::decode(&value) else {
+                continue;
+            };
+            if cp.closed_at == 0 {
+                // Tracked but not yet identified files have no key in `live`,
+                // and neither do files ignored by age: only mark, never drop.
+                if !self
+                    .tracked
+                    .keys()
+                    .any(|id| identity::key_dev_ino(&key) == Some(*id))
+                {
+                    cp.closed_at = now;
+                    self.queue.put_checkpoint(&key, &cp.encode()).map_err(err)?;
+                }
+            } else if now.saturating_sub(cp.closed_at) > retention {
+                debug!(source = %self.name, key = %String::from_utf8_lossy(&key), "forgetting the checkpoint of a file gone longer than the retention");
+                self.queue.remove_checkpoint(&key).map_err(err)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Hands one record to the parser.
+fn handle_line(
+    line: Line<'_>,
+    stream: &str,
+    read_at: Timestamp,
+    parser: &mut dyn Parser,
+    events: &mut EventBuf,
+    parse_stats: &mut ParseStats,
+    stats: &SourceStats,
+) {
+    let (clean, repaired) = crate::parse::clean_line(line.bytes);
+    if repaired {
+        stats.invalid_utf8_lines.fetch_add(1, Ordering::Relaxed);
+    }
+    let rec = Record {
+        stream,
+        position: line.position,
+        line: &clean,
+        read_at,
+    };
+    parse_counted(parser, &rec, events, parse_stats);
+}
+
+/// Keeps the checkpoint at `key` under a key of its own, as a closed file,
+/// before a new stream of the same file replaces it: a copy of the old
+/// content (copytruncate) found later must still recognise it.
+/// `keep` names the stream about to be written under `key`: a checkpoint of
+/// that same stream stays where it is. (A reused inode gives a new file the
+/// key of a deleted one.)
+fn retire(queue: &Queue, key: &[u8], keep: Option<&str>) -> Result<(), QueueError> {
+    let Some(value) = queue.checkpoint(key)? else {
+        return Ok(());
+    };
+    let Some(mut cp) = Checkpoint::decode(&value) else {
+        return Ok(());
+    };
+    if keep == Some(cp.stream.as_str()) {
+        return Ok(());
+    }
+    let mut retired = key.to_vec();
+    retired.extend_from_slice(
+        format!(".{}", identity::short_hash(&[cp.stream.as_bytes()])).as_bytes(),
+    );
+    cp.closed_at = unix_now();
+    queue.put_checkpoint(&retired, &cp.encode())?;
+    // Closed until the new stream's first commit: were we to stop before it,
+    // the next start must not take the old position for this file's.
+    queue.put_checkpoint(key, &cp.encode())
+}
+
+/// Names a file for as long as it exists: device, inode and, where the file
+/// system records it, birth time (which tells a reused inode apart).
+fn file_identity(file: &File, (dev, ino): (u64, u64)) -> String {
+    let born = file
+        .metadata()
+        .and_then(|m| m.created())
+        .ok()
+        .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+        .map(|d| format!("-{:x}", d.as_nanos()))
+        .unwrap_or_default();
+    format!("{dev:x}-{ino:x}{born}")
+}
+
+fn gone() -> ReadError {
+    ReadError::Io(std::io::Error::other("file no longer tracked"))
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The stored checkpoints of a source's files with this fingerprint.
+fn candidates(queue: &Queue, source: &str, fp: &str) -> Result<Vec<Candidate>, QueueError> {
+    Ok(queue
+        .checkpoints_with_prefix(&identity::key_prefix(source, fp))?
+        .into_iter()
+        .filter_map(|(k, v)| {
+            Some(Candidate {
+                dev_ino: identity::key_dev_ino(&k),
+                checkpoint: Checkpoint::decode(&v)?,
+            })
+        })
+        .collect())
+}
+
+/// Reads until `buf` is full or the file ends; returns the bytes read.
+fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match file.read_at(&mut buf[n..], offset + n as u64) {
+            Ok(0) => break,
+            Ok(r) => n += r,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// Tail of the `len` bytes before `offset`; None if the file is shorter.
+fn tail_of_file(file: &File, offset: u64, len: u16) -> std::io::Result<Option<Tail>> {
+    let len = u64::from(len).min(offset);
+    let mut buf = vec![0u8; len as usize];
+    let n = read_full_at(file, &mut buf, offset - len)?;
+    Ok((n as u64 == len && file_len_at_least(file, offset)?).then(|| Tail::of(&buf)))
+}
+
+fn file_len_at_least(file: &File, offset: u64) -> std::io::Result<bool> {
+    Ok(file.metadata()?.len() >= offset)
+}
+
+/// Tail of the decompressed bytes before `offset`.
+fn gz_tail(file: &File, offset: u64, len: u16) -> std::io::Result<Option<Tail>> {
+    let len = u64::from(len).min(offset);
+    let mut d = open_gz(file)?;
+    let skipped = std::io::copy(&mut (&mut d).take(offset - len), &mut std::io::sink())?;
+    if skipped < offset - len {
+        return Ok(None);
+    }
+    let mut buf = Vec::with_capacity(len as usize);
+    (&mut d).take(len).read_to_end(&mut buf)?;
+    Ok((buf.len() as u64 == len).then(|| Tail::of(&buf)))
+}
+
+fn open_gz(file: &File) -> std::io::Result<MultiGzDecoder<BufReader<File>>> {
+    let f = file.try_clone()?;
+    // try_clone shares the position: read from the start through our own handle.
+    let f = reopen_at_start(f)?;
+    Ok(MultiGzDecoder::new(BufReader::with_capacity(256 << 10, f)))
+}
+
+fn reopen_at_start(mut f: File) -> std::io::Result<File> {
+    use std::io::Seek;
+    f.seek(std::io::SeekFrom::Start(0))?;
+    Ok(f)
+}
+
+fn gzip_magic(file: &File) -> bool {
+    let mut magic = [0u8; 2];
+    matches!(file.read_at(&mut magic, 0), Ok(2)) && magic == [0x1f, 0x8b]
+}
+
+/// Where `start_at = "end"` starts: after the last complete line.
+fn end_of_last_line(file: &File, size: u64) -> std::io::Result<u64> {
+    let window = size.min(64 << 10);
+    let mut buf = vec![0u8; window as usize];
+    let n = read_full_at(file, &mut buf, size - window)?;
+    Ok(match memchr::memrchr(b'\n', &buf[..n]) {
+        Some(i) => size - window + i as u64 + 1,
+        None => size,
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wake {
+    Read,
+    Rescan,
+}

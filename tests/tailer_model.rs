@@ -1,0 +1,476 @@
+//! Model-based test of the file tailer: random sequences of appends,
+//! rotations (rename, copytruncate, into `.gz`), truncate-and-rewrite,
+//! deletions and kill-style restarts, checked against a model of what was
+//! written. The oracle: every line that must arrive is queued, every line
+//! arrives under exactly one event id, no event id names two lines, nothing
+//! is invented, and each file's lines first arrive in the order written.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use proptest::prelude::*;
+use thoth_ingest::config::{Config, Env};
+use thoth_ingest::queue::Queue;
+use thoth_ingest::source::file::FileSource;
+use thoth_ingest::source::SourceStats;
+
+const FILES: usize = 2;
+
+#[derive(Debug, Clone)]
+enum Op {
+    Append { file: usize, lines: usize },
+    Step,
+    RenameRotate { file: usize },
+    CopyTruncate { file: usize },
+    TruncateRewrite { file: usize, lines: usize },
+    Delete { file: usize },
+    GzRotate { file: usize },
+    Restart,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let file = 0..FILES;
+    prop_oneof![
+        6 => (file.clone(), 1..12usize).prop_map(|(file, lines)| Op::Append { file, lines }),
+        5 => Just(Op::Step),
+        1 => file.clone().prop_map(|file| Op::RenameRotate { file }),
+        1 => file.clone().prop_map(|file| Op::CopyTruncate { file }),
+        1 => (file.clone(), 1..12usize).prop_map(|(file, lines)| Op::TruncateRewrite { file, lines }),
+        1 => file.clone().prop_map(|file| Op::Delete { file }),
+        1 => file.clone().prop_map(|file| Op::GzRotate { file }),
+        1 => Just(Op::Restart),
+    ]
+}
+
+/// One generation of one log path: the lines written to it, and whether
+/// their delivery is owed.
+#[derive(Debug, Default)]
+struct Generation {
+    lines: Vec<String>,
+    /// The tailer had the file open (a step ran while it was at its path),
+    /// so its lines are owed even if it is later deleted or renamed away.
+    opened: bool,
+    /// Lines that may be missing: the known copytruncate window, or the file
+    /// left the globs before the tailer ever saw it.
+    may_miss: HashSet<String>,
+    /// Still at a path the globs match (its own, or as a rotated copy).
+    reachable: bool,
+    /// Lines the tailer has certainly read (it read to the end at a step).
+    read: usize,
+}
+
+struct World {
+    dir: tempfile::TempDir,
+    config: Config,
+    queue: Option<Arc<Queue>>,
+    source: Option<FileSource>,
+    /// Current generation index of each path.
+    current: Vec<usize>,
+    generations: BTreeMap<(usize, usize), Generation>,
+    rotated: usize,
+    copies_matched: bool,
+}
+
+fn header() -> String {
+    // Every generation of every file starts with the same line, so all their
+    // fingerprints collide: identity must come from more than the first line.
+    r#"{"event_type":"TOOL_CALL_PRE","tool_name":"header","content":"HEADER"}"#.to_string()
+}
+
+fn line(file: usize, generation: usize, n: usize) -> String {
+    format!(
+        r#"{{"event_type":"TOOL_CALL_PRE","tool_name":"t","content":"f{file}g{generation}n{n}{pad}"}}"#,
+        pad = "x".repeat((file * 7 + n * 13) % 40)
+    )
+}
+
+impl World {
+    fn new(copies_matched: bool) -> World {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("logs")).unwrap();
+        let logs = dir.path().join("logs");
+        let mut include = vec![logs.join("*.log").display().to_string()];
+        if copies_matched {
+            include.push(logs.join("*.log.*").display().to_string());
+        }
+        let toml = format!(
+            r#"
+[api]
+base_url = "http://127.0.0.1:9"
+tenant_id = "acme"
+[state]
+dir = {state:?}
+[[sources]]
+name = "model"
+type = "file"
+include = {include:?}
+parser = "json"
+rotate_wait = "0s"
+"#,
+            state = dir.path().join("state").display().to_string(),
+        );
+        let config = Config::from_toml(&toml, Path::new("(test)"), &Env::default()).unwrap();
+        let mut w = World {
+            dir,
+            config,
+            queue: None,
+            source: None,
+            current: vec![0; FILES],
+            generations: BTreeMap::new(),
+            rotated: 0,
+            copies_matched,
+        };
+        w.start();
+        w
+    }
+
+    fn path(&self, file: usize) -> PathBuf {
+        self.dir.path().join(format!("logs/f{file}.log"))
+    }
+
+    fn start(&mut self) {
+        let queue = Arc::new(Queue::open(&self.config.state.dir, 8 << 20).unwrap());
+        let sc = self.config.sources[0].clone();
+        let parser = thoth_ingest::parse::build(&self.config, &sc);
+        let source = FileSource::new(
+            sc,
+            parser,
+            queue.clone(),
+            Arc::new(SourceStats::default()),
+            Arc::new(AtomicBool::new(false)),
+        )
+        .unwrap();
+        self.queue = Some(queue);
+        self.source = Some(source);
+    }
+
+    /// Like kill -9 between two commits: nothing is flushed on the way out
+    /// that a commit did not already make durable.
+    fn restart(&mut self) {
+        self.source = None;
+        if let Some(q) = self.queue.take() {
+            drop(q);
+        }
+        self.start();
+    }
+
+    fn gen(&mut self, file: usize) -> &mut Generation {
+        let g = self.current[file];
+        self.generations
+            .entry((file, g))
+            .or_insert_with(|| Generation {
+                reachable: true,
+                ..Generation::default()
+            })
+    }
+
+    fn append(&mut self, file: usize, count: usize) {
+        let path = self.path(file);
+        let g = self.current[file];
+        let mut text = String::new();
+        {
+            let gen = self.gen(file);
+            if gen.lines.is_empty() {
+                gen.lines.push(header());
+                text.push_str(&header());
+                text.push('\n');
+            }
+        }
+        for _ in 0..count {
+            let n = self.gen(file).lines.len();
+            let l = line(file, g, n);
+            text.push_str(&l);
+            text.push('\n');
+            self.gen(file).lines.push(l);
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+    }
+
+    fn step(&mut self) {
+        for f in 0..FILES {
+            if self.path(f).exists() {
+                self.gen(f).opened = true;
+            }
+        }
+        // The tailer reads every file it has open to its end, also those
+        // renamed away or deleted since.
+        for gen in self.generations.values_mut() {
+            if gen.opened {
+                gen.read = gen.lines.len();
+            }
+        }
+        // Read until caught up, as the daemon does before it waits.
+        if let Some(s) = self.source.as_mut() {
+            for _ in 0..20 {
+                if !s.step().unwrap() {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Lines of the current generation written since the last step: in the
+    /// copytruncate window when the copy is not followed.
+    fn unread(&mut self, file: usize) -> Vec<String> {
+        let gen = self.gen(file);
+        gen.lines[gen.read..].to_vec()
+    }
+
+    /// A restart closes files that left the globs: what was not read from
+    /// them by then is gone with them.
+    fn lose_unreachable(&mut self) {
+        for gen in self.generations.values_mut() {
+            if !gen.reachable {
+                let lost = gen.lines[gen.read..].to_vec();
+                gen.may_miss.extend(lost);
+            }
+        }
+    }
+
+    /// The path starts a new generation; the old one stays reachable only
+    /// if it now lives at a path the globs match.
+    fn new_generation(&mut self, file: usize, old_reachable: bool) {
+        self.gen(file).reachable = old_reachable;
+        self.current[file] += 1;
+        self.gen(file).reachable = true;
+    }
+
+    fn rotated_name(&mut self, file: usize) -> PathBuf {
+        self.rotated += 1;
+        self.dir
+            .path()
+            .join(format!("logs/f{file}.log.{}", self.rotated))
+    }
+
+    fn apply(&mut self, op: &Op) {
+        match *op {
+            Op::Append { file, lines } => self.append(file, lines),
+            Op::Step => self.step(),
+            Op::Restart => {
+                self.lose_unreachable();
+                for gen in self.generations.values_mut() {
+                    gen.opened = false;
+                }
+                self.restart()
+            }
+            Op::RenameRotate { file } => {
+                if !self.path(file).exists() {
+                    return;
+                }
+                let to = self.rotated_name(file);
+                std::fs::rename(self.path(file), &to).unwrap();
+                if !self.gen(file).opened && !self.copies_matched {
+                    let lines = self.gen(file).lines.clone();
+                    self.gen(file).may_miss.extend(lines);
+                }
+                let reachable = self.copies_matched;
+                self.new_generation(file, reachable);
+            }
+            Op::CopyTruncate { file } => {
+                if !self.path(file).exists() {
+                    return;
+                }
+                let to = self.rotated_name(file);
+                std::fs::copy(self.path(file), &to).unwrap();
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(self.path(file))
+                    .unwrap()
+                    .set_len(0)
+                    .unwrap();
+                if !self.copies_matched {
+                    let window = self.unread(file);
+                    self.gen(file).may_miss.extend(window);
+                }
+                let reachable = self.copies_matched;
+                self.new_generation(file, reachable);
+            }
+            Op::TruncateRewrite { file, lines } => {
+                if !self.path(file).exists() {
+                    return;
+                }
+                // The unavoidable window: what was written since the tailer last looked.
+                let window = self.unread(file);
+                self.gen(file).may_miss.extend(window);
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(self.path(file))
+                    .unwrap()
+                    .set_len(0)
+                    .unwrap();
+                self.new_generation(file, false);
+                self.append(file, lines);
+            }
+            Op::Delete { file } => {
+                if !self.path(file).exists() {
+                    return;
+                }
+                std::fs::remove_file(self.path(file)).unwrap();
+                if !self.gen(file).opened {
+                    let lines = self.gen(file).lines.clone();
+                    self.gen(file).may_miss.extend(lines);
+                }
+                self.new_generation(file, false);
+            }
+            Op::GzRotate { file } => {
+                if !self.path(file).exists() {
+                    return;
+                }
+                let to = self.rotated_name(file);
+                let data = std::fs::read(self.path(file)).unwrap();
+                std::fs::remove_file(self.path(file)).unwrap();
+                let gz = PathBuf::from(format!("{}.gz", to.display()));
+                let mut enc = flate2::write::GzEncoder::new(
+                    std::fs::File::create(&gz).unwrap(),
+                    flate2::Compression::fast(),
+                );
+                enc.write_all(&data).unwrap();
+                enc.finish().unwrap();
+                if !self.gen(file).opened && !self.copies_matched {
+                    let lines = self.gen(file).lines.clone();
+                    self.gen(file).may_miss.extend(lines);
+                }
+                let reachable = self.copies_matched;
+                self.new_generation(file, reachable);
+            }
+        }
+    }
+
+    /// Steps until nothing more is read (rotate_wait is zero, so files that
+    /// went away close at once).
+    fn drain(&mut self) {
+        for _ in 0..50 {
+            let progressed = self.source.as_mut().map(|s| s.step().unwrap());
+            if progressed == Some(false) {
+                let again = self.source.as_mut().map(|s| s.step().unwrap());
+                if again == Some(false) {
+                    return;
+                }
+            }
+        }
+        panic!("the tailer never stopped reading");
+    }
+
+    /// (event_id, content) of every queued event, in queue order.
+    fn queued(&self) -> Vec<(String, String)> {
+        let Some(queue) = &self.queue else {
+            return Vec::new();
+        };
+        let Some(batch) = queue.peek_batch(1_000_000, 1 << 30).unwrap() else {
+            return Vec::new();
+        };
+        let events: Vec<serde_json::Value> = serde_json::from_slice(&batch.body).unwrap();
+        queue.release(&batch);
+        events
+            .iter()
+            .map(|e| {
+                (
+                    e["event_id"].as_str().unwrap().to_string(),
+                    e["content"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect()
+    }
+}
+
+fn check(ops: &[Op], copies_matched: bool) -> Result<(), TestCaseError> {
+    let mut w = World::new(copies_matched);
+    for op in ops {
+        w.apply(op);
+    }
+    w.drain();
+    let queued = w.queued();
+
+    // Which event ids each content arrived under, and the reverse.
+    let mut ids_of: HashMap<&str, HashSet<&str>> = HashMap::new();
+    let mut content_of: HashMap<&str, &str> = HashMap::new();
+    for (id, content) in &queued {
+        ids_of.entry(content.as_str()).or_default().insert(id);
+        if let Some(prev) = content_of.insert(id, content) {
+            prop_assert_eq!(prev, content.as_str(), "event id {} names two lines", id);
+        }
+    }
+    let mut headers_owed = 0usize;
+    let mut headers_may = 0usize;
+    let mut written: HashSet<String> = HashSet::new();
+    for ((file, g), gen) in &w.generations {
+        let mut last_index = None;
+        for (n, l) in gen.lines.iter().enumerate() {
+            let content = serde_json::from_str::<serde_json::Value>(l).unwrap()["content"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            if content == "HEADER" {
+                if gen.may_miss.contains(l) {
+                    headers_may += 1;
+                } else {
+                    headers_owed += 1;
+                }
+                continue;
+            }
+            written.insert(content.clone());
+            match ids_of.get(content.as_str()) {
+                None => prop_assert!(
+                    gen.may_miss.contains(l),
+                    "file {} generation {} line {} ({}) never arrived",
+                    file,
+                    g,
+                    n,
+                    content
+                ),
+                Some(ids) => {
+                    prop_assert_eq!(ids.len(), 1, "{} arrived under {:?}", content, ids);
+                    let first = queued.iter().position(|(_, c)| *c == content);
+                    prop_assert!(
+                        first > last_index,
+                        "file {} generation {}: line {} arrived out of order",
+                        file,
+                        g,
+                        n
+                    );
+                    last_index = first;
+                }
+            }
+        }
+    }
+    for (_, content) in &queued {
+        prop_assert!(
+            content == "HEADER" || written.contains(content),
+            "invented: {}",
+            content
+        );
+    }
+    // Each generation's header is its own event: colliding first lines must
+    // not make two files one stream.
+    let header_ids = ids_of.get("HEADER").map(|s| s.len()).unwrap_or(0);
+    prop_assert!(
+        header_ids >= headers_owed && header_ids <= headers_owed + headers_may,
+        "{} header events for {} generations owed (+{} maybe)",
+        header_ids,
+        headers_owed,
+        headers_may
+    );
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, .. ProptestConfig::default() })]
+
+    #[test]
+    fn every_line_once_rotated_copies_followed(ops in prop::collection::vec(op(), 1..40)) {
+        check(&ops, true)?;
+    }
+
+    #[test]
+    fn every_line_once_rotated_copies_not_followed(ops in prop::collection::vec(op(), 1..40)) {
+        check(&ops, false)?;
+    }
+}

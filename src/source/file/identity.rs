@@ -196,6 +196,15 @@ pub enum Resolution {
     /// Continue from a checkpoint: this file's own, or that of the file it is
     /// a copy or compressed rotation of.
     Resume(Checkpoint),
+    /// The same bytes as another file up to its checkpoint: a copy (or a
+    /// compressed rotation) that continues that stream, unless the other
+    /// file `of` is still being followed and is not rotated away soon (then
+    /// the two merely start the same way, and this one is `fresh`).
+    Copy {
+        checkpoint: Checkpoint,
+        of: Option<(u64, u64)>,
+        fresh: String,
+    },
     /// A new stream under this name, read from `start_at`.
     Fresh { stream: String },
 }
@@ -236,27 +245,40 @@ pub fn resolve(
             continue; // nothing to compare: not evidence of a copy
         }
         if tail_at(cp.offset, cp.tail.len)? == Some(cp.tail) {
-            let mut cp = cp.clone();
-            cp.closed_at = 0;
-            cp.complete = false;
-            return Ok(Resolution::Resume(cp));
+            let mut checkpoint = cp.clone();
+            checkpoint.closed_at = 0;
+            checkpoint.complete = false;
+            return Ok(Resolution::Copy {
+                checkpoint,
+                of: c.dev_ino.filter(|_| cp.closed_at == 0),
+                fresh: fresh_name(source, fingerprint, file_identity, candidates),
+            });
         }
     }
-    // A new stream is named after the file's identity, so that two files
-    // that start the same way (syslog and messages), or a new file on a
-    // reused inode, never share event ids.
-    let name = format!("{source}/{fingerprint}/{}", file_identity);
+    Ok(Resolution::Fresh {
+        stream: fresh_name(source, fingerprint, file_identity, candidates),
+    })
+}
+
+/// The name of a new stream: after the file's identity, so that two files
+/// that start the same way (syslog and messages), or a new file on a reused
+/// inode, never share event ids.
+pub fn fresh_name(
+    source: &str,
+    fingerprint: &str,
+    file_identity: &str,
+    candidates: &[Candidate],
+) -> String {
+    let name = format!("{source}/{fingerprint}/{file_identity}");
     if candidates.iter().all(|c| c.checkpoint.stream != name) {
-        return Ok(Resolution::Fresh { stream: name });
+        return name;
     }
     let mut names: Vec<&[u8]> = candidates
         .iter()
         .map(|c| c.checkpoint.stream.as_bytes())
         .collect();
     names.sort();
-    Ok(Resolution::Fresh {
-        stream: format!("{name}.{}", short_hash(&names)),
-    })
+    format!("{name}.{}", short_hash(&names))
 }
 
 /// Name of the stream that follows `stream` after its file was truncated or
@@ -394,7 +416,14 @@ mod tests {
             &mut tails(b"head\nline one\nmore\n"),
         )
         .unwrap();
-        assert_eq!(r, Resolution::Resume(original.checkpoint.clone()));
+        assert_eq!(
+            r,
+            Resolution::Copy {
+                checkpoint: original.checkpoint.clone(),
+                of: Some((1, 5)),
+                fresh: "s/f/1-6".into()
+            }
+        );
         // Same first line, different content: syslog vs messages.
         let r = resolve(
             "s",

@@ -93,6 +93,8 @@ struct Tracked {
     at_startup: bool,
     /// Order in which files were found.
     seen_order: u64,
+    /// Since when it has waited to see whether it is a copy (see settle_copy).
+    copy_wait_since: Option<Instant>,
     size: u64,
     verified_size: u64,
 }
@@ -424,6 +426,7 @@ impl FileSource {
                             gone_since: None,
                             at_startup: first,
                             seen_order: self.found,
+                            copy_wait_since: None,
                             size: 0,
                             verified_size: 0,
                         },
@@ -609,21 +612,26 @@ impl FileSource {
         let file_id = file_identity(&t.file, id);
         let resolution =
             identity::resolve(&self.name, &fp, id, &file_id, &candidates, &mut tail_at)?;
+        let Some(resolution) = self.settle_copy(id, resolution) else {
+            return Ok(false);
+        };
         let key = identity::checkpoint_key(&self.name, &fp, id.0, id.1);
         // A checkpoint under this key that is not this stream's: the file was
         // rewritten while we were away, or its inode belonged to another file.
         let new_stream = match &resolution {
             Resolution::Resume(cp) => cp.stream.as_str(),
             Resolution::Fresh { stream } => stream.as_str(),
+            Resolution::Copy { .. } => "",
         };
         retire(&self.queue, &key, Some(new_stream))?;
+        let t = self.tracked.get_mut(&id).ok_or_else(gone)?;
         let start_at_end = self.config.start_at == StartAt::End && t.at_startup;
         let fresh_parser = self.parser.fresh();
         let t = self.tracked.get_mut(&id).ok_or_else(gone)?;
         t.parser = fresh_parser;
         t.cutter.resume(false);
         let stream = match resolution {
-            Resolution::Resume(cp) => {
+            Resolution::Resume(cp) | Resolution::Copy { checkpoint: cp, .. } => {
                 t.offset = cp.offset;
                 t.cutter.resume(cp.skipping);
                 t.parser.load_state(&cp.parser_state);
@@ -654,6 +662,45 @@ impl FileSource {
             self.commit(id)?;
         }
         Ok(true)
+    }
+
+    /// A file that looks like a copy of another continues that stream, unless
+    /// the other is still followed at its path: then it waits `rotate_wait`
+    /// (copytruncate truncates the original right after copying, a rotation
+    /// into `.gz` deletes it), and a file whose original is still there after
+    /// that merely starts the same way (syslog and messages): a new stream.
+    /// None while waiting.
+    fn settle_copy(&mut self, id: (u64, u64), resolution: Resolution) -> Option<Resolution> {
+        let Resolution::Copy {
+            checkpoint,
+            of,
+            fresh,
+        } = resolution
+        else {
+            if let Some(t) = self.tracked.get_mut(&id) {
+                t.copy_wait_since = None;
+            }
+            return Some(resolution);
+        };
+        let original_here = of.is_some_and(|o| {
+            o != id
+                && self
+                    .tracked
+                    .get(&o)
+                    .is_some_and(|t| t.gone_since.is_none() && t.ident.is_some())
+        });
+        let t = self.tracked.get_mut(&id)?;
+        if !original_here {
+            t.copy_wait_since = None;
+            return Some(Resolution::Resume(checkpoint));
+        }
+        let since = *t.copy_wait_since.get_or_insert_with(Instant::now);
+        if since.elapsed() < self.config.rotate_wait {
+            return None;
+        }
+        t.copy_wait_since = None;
+        debug!(source = %self.name, path = %t.path.display(), "starts like a file still followed, but is not a rotated copy of it: a stream of its own");
+        Some(Resolution::Fresh { stream: fresh })
     }
 
     /// Checks that a file that changed size is still the one being read: a
@@ -861,16 +908,20 @@ impl FileSource {
                     Ok(r) => r,
                     Err(e) => return self.gz_failed(id, size, e),
                 };
+            let Some(resolution) = self.settle_copy(id, resolution) else {
+                return Ok(Progress::Idle);
+            };
             let new_stream = match &resolution {
                 Resolution::Resume(cp) => cp.stream.as_str(),
                 Resolution::Fresh { stream } => stream.as_str(),
+                Resolution::Copy { .. } => "",
             };
             retire(&self.queue, &key, Some(new_stream))?;
             let fresh_parser = self.parser.fresh();
             let t = self.tracked.get_mut(&id).ok_or_else(gone)?;
             t.parser = fresh_parser;
             let stream = match resolution {
-                Resolution::Resume(cp) => {
+                Resolution::Resume(cp) | Resolution::Copy { checkpoint: cp, .. } => {
                     t.offset = cp.offset;
                     t.cutter.resume(cp.skipping);
                     t.parser.load_state(&cp.parser_state);

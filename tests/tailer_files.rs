@@ -1,0 +1,419 @@
+//! The file tailer on bad and unusual input, driven step by step in-process:
+//! huge lines, binary garbage, invalid UTF-8, empty files, a file replaced by
+//! a directory, symlinks, partial last lines, `start_at`, `ignore_older`,
+//! multiline records and checkpoint retention. The unreadable-file case runs
+//! the real binary as an unprivileged user (root reads anything).
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use thoth_ingest::config::{Config, Env};
+use thoth_ingest::queue::Queue;
+use thoth_ingest::source::file::FileSource;
+use thoth_ingest::source::SourceStats;
+
+struct Tailer {
+    dir: tempfile::TempDir,
+    config: Config,
+    queue: Arc<Queue>,
+    source: FileSource,
+    stats: Arc<SourceStats>,
+}
+
+impl Tailer {
+    fn new(extra: &str) -> Tailer {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("logs")).unwrap();
+        Tailer::in_dir(dir, extra)
+    }
+
+    fn in_dir(dir: tempfile::TempDir, extra: &str) -> Tailer {
+        let toml = format!(
+            r#"
+[api]
+base_url = "http://127.0.0.1:9"
+tenant_id = "acme"
+[state]
+dir = {state:?}
+[[sources]]
+name = "t"
+type = "file"
+include = [{glob:?}]
+parser = "json"
+rotate_wait = "0s"
+{extra}
+"#,
+            state = dir.path().join("state").display().to_string(),
+            glob = dir.path().join("logs/*.log").display().to_string(),
+        );
+        let config = Config::from_toml(&toml, Path::new("(test)"), &Env::default()).unwrap();
+        let queue = Arc::new(Queue::open(&config.state.dir, 8 << 20).unwrap());
+        let sc = config.sources[0].clone();
+        let parser = thoth_ingest::parse::build(&config, &sc);
+        let stats = Arc::new(SourceStats::default());
+        let source = FileSource::new(
+            sc,
+            parser,
+            queue.clone(),
+            stats.clone(),
+            Arc::new(AtomicBool::new(false)),
+        )
+        .unwrap();
+        Tailer {
+            dir,
+            config,
+            queue,
+            source,
+            stats,
+        }
+    }
+
+    /// Stops and starts again on the same state, like a restart.
+    fn restart(self, extra: &str) -> Tailer {
+        let Tailer {
+            dir, queue, source, ..
+        } = self;
+        drop(source);
+        drop(queue);
+        Tailer::in_dir(dir, extra)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join("logs").join(name)
+    }
+
+    fn append(&self, name: &str, bytes: &[u8]) {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path(name))
+            .unwrap()
+            .write_all(bytes)
+            .unwrap();
+    }
+
+    fn drain(&mut self) {
+        for _ in 0..100 {
+            if !self.source.step().unwrap() && !self.source.step().unwrap() {
+                return;
+            }
+        }
+        panic!("the tailer never caught up");
+    }
+
+    /// (event_id, content) of every queued event, in order.
+    fn queued(&self) -> Vec<(String, String)> {
+        let Some(batch) = self.queue.peek_batch(1_000_000, 1 << 30).unwrap() else {
+            return Vec::new();
+        };
+        let events: Vec<serde_json::Value> = serde_json::from_slice(&batch.body).unwrap();
+        self.queue.release(&batch);
+        events
+            .iter()
+            .map(|e| {
+                (
+                    e["event_id"].as_str().unwrap().to_string(),
+                    e["content"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect()
+    }
+
+    fn contents(&self) -> Vec<String> {
+        self.queued().into_iter().map(|(_, c)| c).collect()
+    }
+}
+
+fn ev(content: &str) -> String {
+    format!("{{\"event_type\":\"TOOL_CALL_PRE\",\"tool_name\":\"t\",\"content\":\"{content}\"}}\n")
+}
+
+#[test]
+fn a_10_mib_line_is_cut_counted_and_the_next_lines_arrive() {
+    let mut t = Tailer::new("");
+    t.append("a.log", ev("before").as_bytes());
+    let mut huge = b"{\"event_type\":\"TOOL_CALL_PRE\",\"content\":\"".to_vec();
+    huge.resize(10 << 20, b'y');
+    huge.extend_from_slice(b"\"}\n");
+    t.append("a.log", &huge);
+    t.append("a.log", ev("after").as_bytes());
+    t.drain();
+    assert_eq!(t.contents(), vec!["before", "after"]);
+    assert_eq!(t.stats.truncated_lines.load(Ordering::Relaxed), 1);
+    // The cut line reached the parser as 1 MiB of broken JSON: skipped, counted.
+    assert_eq!(t.stats.snapshot().lines, 3);
+}
+
+#[test]
+fn a_long_line_cut_across_a_restart_is_not_read_as_two() {
+    let mut t = Tailer::new("max_line_bytes = \"64KiB\"");
+    t.append("a.log", ev("first").as_bytes());
+    t.append("a.log", &vec![b'z'; 200 << 10]); // no newline yet
+    t.drain();
+    let mut t = t.restart("max_line_bytes = \"64KiB\"");
+    t.append("a.log", b"zzz-rest-of-the-long-line\n");
+    t.append("a.log", ev("second").as_bytes());
+    t.drain();
+    assert_eq!(t.contents(), vec!["first", "second"]);
+    // Cut before the restart; after it, the rest is skipped, not parsed: the
+    // restarted source parsed one line.
+    assert_eq!(t.stats.snapshot().lines, 1);
+    assert_eq!(t.stats.truncated_lines.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn binary_garbage_and_invalid_utf8_do_not_stop_the_file() {
+    let mut t = Tailer::new("");
+    let mut garbage: Vec<u8> = (0..=255u8).cycle().take(5000).collect();
+    garbage.push(b'\n');
+    t.append("a.log", ev("one").as_bytes());
+    t.append("a.log", &garbage);
+    t.append(
+        "a.log",
+        b"{\"event_type\":\"TOOL_CALL_PRE\",\"content\":\"bad \xff\xfe bytes\"}\n",
+    );
+    t.append(
+        "a.log",
+        b"{\"event_type\":\"TOOL_CALL_PRE\",\"content\":\"nul \\u0000 ok\"}\n",
+    );
+    t.append("a.log", ev("two").as_bytes());
+    t.drain();
+    let got = t.contents();
+    assert_eq!(got.len(), 4, "{got:?}");
+    assert_eq!(got[0], "one");
+    assert_eq!(got[1], "bad \u{fffd}\u{fffd} bytes");
+    assert_eq!(got[2], "nul \u{0} ok");
+    assert_eq!(got[3], "two");
+    assert!(t.stats.invalid_utf8_lines.load(Ordering::Relaxed) >= 2);
+}
+
+#[test]
+fn empty_files_wait_and_do_not_collide() {
+    let mut t = Tailer::new("");
+    std::fs::File::create(t.path("a.log")).unwrap();
+    std::fs::File::create(t.path("b.log")).unwrap();
+    t.drain();
+    assert!(t.contents().is_empty());
+    assert!(t
+        .queue
+        .checkpoints_with_prefix(b"file/t/")
+        .unwrap()
+        .is_empty());
+    // Both get the same first line: still two files, two sets of ids.
+    t.append("a.log", ev("same").as_bytes());
+    t.append("b.log", ev("same").as_bytes());
+    t.drain();
+    let got = t.queued();
+    assert_eq!(got.len(), 2);
+    assert_ne!(got[0].0, got[1].0);
+}
+
+#[test]
+fn a_partial_last_line_waits_for_its_newline_or_the_rotation() {
+    let mut t = Tailer::new("");
+    t.append(
+        "a.log",
+        format!("{}{}", ev("one"), ev("two").trim_end()).as_bytes(),
+    );
+    t.drain();
+    assert_eq!(t.contents(), vec!["one"]);
+    t.append("a.log", b"\n");
+    t.append("a.log", ev("three").trim_end().as_bytes());
+    t.drain();
+    assert_eq!(t.contents(), vec!["one", "two"]);
+    // Rotated away and never finished: emitted once the file is closed.
+    std::fs::rename(t.path("a.log"), t.dir.path().join("logs/a.log.1")).unwrap();
+    t.drain();
+    assert_eq!(t.contents(), vec!["one", "two", "three"]);
+}
+
+#[test]
+fn a_file_replaced_by_a_directory_or_deleted_is_let_go() {
+    let mut t = Tailer::new("");
+    t.append("a.log", ev("one").as_bytes());
+    t.append("b.log", ev("b1").as_bytes());
+    t.drain();
+    std::fs::remove_file(t.path("a.log")).unwrap();
+    std::fs::create_dir(t.path("a.log")).unwrap();
+    t.append("b.log", ev("b2").as_bytes());
+    t.drain();
+    assert_eq!(t.contents(), vec!["one", "b1", "b2"]);
+    assert_eq!(
+        t.stats.files.load(Ordering::Relaxed),
+        1,
+        "the deleted file is closed"
+    );
+}
+
+#[test]
+fn symlinked_files_are_followed_once() {
+    let mut t = Tailer::new("");
+    let outside = t.dir.path().join("elsewhere.log");
+    std::fs::write(&outside, ev("via link")).unwrap();
+    std::os::unix::fs::symlink(&outside, t.path("link.log")).unwrap();
+    std::os::unix::fs::symlink(&outside, t.path("link2.log")).unwrap();
+    t.drain();
+    assert_eq!(t.contents(), vec!["via link"]);
+}
+
+#[test]
+fn start_at_end_skips_what_was_there_but_not_new_files() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("logs")).unwrap();
+    std::fs::write(dir.path().join("logs/old.log"), ev("old")).unwrap();
+    let mut t = Tailer::in_dir(dir, "start_at = \"end\"");
+    t.drain();
+    t.append("old.log", ev("old-new").as_bytes());
+    t.append("fresh.log", ev("fresh").as_bytes());
+    t.drain();
+    let mut got = t.contents();
+    got.sort();
+    assert_eq!(got, vec!["fresh", "old-new"]);
+    // The position at the end was committed: a restart does not move it.
+    let mut t = t.restart("start_at = \"end\"");
+    t.drain();
+    assert_eq!(t.contents().len(), 2);
+}
+
+#[test]
+fn ignore_older_skips_stale_files_until_they_change() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("logs")).unwrap();
+    let stale = dir.path().join("logs/stale.log");
+    std::fs::write(&stale, ev("stale")).unwrap();
+    let old = std::time::SystemTime::now() - Duration::from_secs(3 * 86400);
+    std::fs::File::options()
+        .write(true)
+        .open(&stale)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    let mut t = Tailer::in_dir(dir, "ignore_older = \"1d\"");
+    t.append("live.log", ev("live").as_bytes());
+    t.drain();
+    assert_eq!(t.contents(), vec!["live"]);
+    t.append("stale.log", ev("woke").as_bytes());
+    t.drain();
+    assert_eq!(t.contents(), vec!["live", "stale", "woke"]);
+}
+
+#[test]
+fn multiline_records_join_and_survive_a_restart() {
+    let extra = "[sources.multiline]\nstart_pattern = '^\\{'\ntimeout = \"1h\"";
+    let mut t = Tailer::new(extra);
+    t.append(
+        "a.log",
+        b"{\"event_type\":\"TOOL_CALL_PRE\",\n \"content\": \"pretty\"\n}\n{\"event_type\":\"TOOL_CALL_PRE\",\n",
+    );
+    t.drain();
+    assert_eq!(t.contents(), vec!["pretty"]);
+    // The open record is not checkpointed past its start: a restart rebuilds it.
+    let mut t = t.restart(extra);
+    t.append(
+        "a.log",
+        b" \"content\": \"second\"}\n{\"event_type\":\"TOOL_CALL_PRE\",\"content\":\"third\"}\n",
+    );
+    t.drain();
+    assert_eq!(t.contents(), vec!["pretty", "second"]);
+    // The last record closes with the file.
+    std::fs::remove_file(t.path("a.log")).unwrap();
+    t.drain();
+    assert_eq!(t.contents(), vec!["pretty", "second", "third"]);
+}
+
+#[test]
+fn checkpoints_of_files_gone_longer_than_the_retention_are_forgotten() {
+    let extra = "checkpoint_retention = \"1s\"";
+    let mut t = Tailer::new(extra);
+    t.append("a.log", ev("a").as_bytes());
+    t.append("b.log", ev("b").as_bytes());
+    t.drain();
+    assert_eq!(
+        t.queue.checkpoints_with_prefix(b"file/t/").unwrap().len(),
+        2
+    );
+    std::fs::remove_file(t.path("a.log")).unwrap();
+    t.drain();
+    std::thread::sleep(Duration::from_millis(2100));
+    t.drain();
+    let left = t.queue.checkpoints_with_prefix(b"file/t/").unwrap();
+    assert_eq!(left.len(), 1, "only b.log's checkpoint stays");
+    assert!(t.stats.lag_bytes.load(Ordering::Relaxed) == 0);
+    let _ = &t.config;
+}
+
+#[test]
+fn an_unreadable_file_is_logged_once_and_read_when_it_becomes_readable() {
+    use common::*;
+    let setpriv = Path::new("/usr/bin/setpriv");
+    assert!(
+        setpriv.exists(),
+        "this test needs setpriv (util-linux) to run the daemon as an unprivileged user"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = ReceiverProc::start(dir.path(), &[]);
+    let config = write_config(dir.path(), &receiver.addr, "");
+    let logs = dir.path().join("logs");
+    std::fs::write(logs.join("open.jsonl"), line(1)).unwrap();
+    std::fs::write(logs.join("closed.jsonl"), line(2)).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        logs.join("closed.jsonl"),
+        std::fs::Permissions::from_mode(0o000),
+    )
+    .unwrap();
+    for p in [dir.path().to_path_buf(), logs.clone(), config.clone()] {
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    std::fs::set_permissions(
+        logs.join("open.jsonl"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.path().join("state")).unwrap();
+    std::fs::set_permissions(
+        dir.path().join("state"),
+        std::fs::Permissions::from_mode(0o777),
+    )
+    .unwrap();
+    let stderr = dir.path().join("daemon.err");
+    let mut child = std::process::Command::new(setpriv)
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_thoth-ingest"))
+        .arg("--config")
+        .arg(&config)
+        .arg("run")
+        .env("THOTH_API_KEY", KEY)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    let seqs = wait_seqs(&receiver, 1, Duration::from_secs(20));
+    assert_eq!(seqs.into_iter().collect::<Vec<_>>(), vec![1]);
+    std::thread::sleep(Duration::from_secs(3)); // a few scans
+    std::fs::set_permissions(
+        logs.join("closed.jsonl"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let seqs = wait_seqs(&receiver, 2, Duration::from_secs(20));
+    assert_eq!(seqs.into_iter().collect::<Vec<_>>(), vec![1, 2]);
+    let status = terminate(&mut child);
+    assert!(status.success(), "{status}");
+    let log = std::fs::read_to_string(&stderr).unwrap();
+    let warnings = log.matches("cannot open file").count();
+    assert_eq!(
+        warnings, 1,
+        "one warning for the unreadable file, not one per scan:\n{log}"
+    );
+    assert!(
+        log.contains("closed.jsonl") && log.contains("ermission denied"),
+        "{log}"
+    );
+}

@@ -518,7 +518,7 @@ enum Fields<'a> {
         locs: &'a CaptureLocations,
     },
     Json {
-        text: &'a str,
+        line: &'a [u8],
         values: &'a [Option<&'a RawValue>],
     },
 }
@@ -526,9 +526,8 @@ enum Fields<'a> {
 impl<'a> Fields<'a> {
     fn get(&self, id: FieldId) -> Option<Cow<'a, str>> {
         match (self, id) {
-            (Fields::Regex { text, .. } | Fields::Json { text, .. }, FieldId::Line) => {
-                Some(Cow::Borrowed(*text))
-            }
+            (Fields::Regex { text, .. }, FieldId::Line) => Some(Cow::Borrowed(*text)),
+            (Fields::Json { line, .. }, FieldId::Line) => Some(String::from_utf8_lossy(line)),
             (Fields::Regex { text, locs }, FieldId::Group(g)) => {
                 let (start, end) = locs.get(g)?;
                 text.get(start..end).map(Cow::Borrowed)
@@ -706,7 +705,6 @@ impl RulesParser {
 
 impl Parser for RulesParser {
     fn parse(&mut self, rec: &Record<'_>, out: &mut EventBuf) -> Result<usize, Skip> {
-        let text: Cow<'_, str> = String::from_utf8_lossy(rec.line);
         match self.set.format {
             Format::Json => {
                 let line = rec.line.trim_ascii();
@@ -725,7 +723,7 @@ impl Parser for RulesParser {
                     .read(line, &mut values)
                     .map_err(|_| Skip::InvalidJson)?;
                 let fields = Fields::Json {
-                    text: &text,
+                    line: rec.line,
                     values: &values,
                 };
                 for rule in &self.set.rules {
@@ -736,6 +734,10 @@ impl Parser for RulesParser {
                 Err(Skip::NoRuleMatched)
             }
             Format::Regex => {
+                let text = match std::str::from_utf8(rec.line) {
+                    Ok(s) => Cow::Borrowed(s),
+                    Err(_) => String::from_utf8_lossy(rec.line),
+                };
                 // Each pattern runs at most once a line, when a rule first needs it.
                 self.state.clear();
                 self.state.resize(self.set.patterns.len(), Match::Untried);

@@ -97,30 +97,47 @@ struct Walk<'t, 'v, 'de> {
 }
 
 impl<'de> Walk<'_, '_, 'de> {
-    /// Takes the value of `child` from `next` (a map value or a sequence
-    /// element), descending where the trie goes on below it.
-    fn take<E: serde::de::Error>(&mut self, child: usize, raw: &'de RawValue) -> Result<(), E> {
-        let node = &self.trie.nodes[child];
-        if let Some(slot) = node.slot {
+    /// The raw value of `child`, which both ends a path and goes on below:
+    /// kept, then read again for the paths below it.
+    fn take_and_descend<E: serde::de::Error>(
+        &mut self,
+        child: usize,
+        raw: &'de RawValue,
+    ) -> Result<(), E> {
+        if let Some(slot) = self.trie.nodes[child].slot {
             if let Some(v) = self.values.get_mut(slot) {
                 *v = Some(raw);
             }
         }
-        if !node.children.is_empty() {
-            let first = raw.get().as_bytes().first();
-            if matches!(first, Some(b'{' | b'[')) {
-                let mut de = serde_json::Deserializer::from_str(raw.get());
-                Walk {
-                    trie: self.trie,
-                    node: child,
-                    values: self.values,
-                }
-                .deserialize(&mut de)
-                .map_err(E::custom)?;
+        if matches!(raw.get().as_bytes().first(), Some(b'{' | b'[')) {
+            let mut de = serde_json::Deserializer::from_str(raw.get());
+            Walk {
+                trie: self.trie,
+                node: child,
+                values: &mut *self.values,
             }
+            .deserialize(&mut de)
+            .map_err(E::custom)?;
         }
         Ok(())
     }
+
+    /// How the value of `child` is read: kept whole (a path ends there),
+    /// walked (paths go on below it), or both.
+    fn kind(&self, child: usize) -> Take {
+        let node = &self.trie.nodes[child];
+        match (node.slot, node.children.is_empty()) {
+            (Some(slot), true) => Take::Keep(slot),
+            (None, _) => Take::Walk,
+            (Some(_), false) => Take::Both,
+        }
+    }
+}
+
+enum Take {
+    Keep(usize),
+    Walk,
+    Both,
 }
 
 impl<'de> DeserializeSeed<'de> for Walk<'_, '_, 'de> {
@@ -144,10 +161,21 @@ impl<'de> Visitor<'de> for Walk<'_, '_, 'de> {
                 .iter()
                 .find(|(k, _, _)| *k == key.0)
                 .map(|(_, _, c)| *c);
-            match child {
-                Some(c) => {
+            match child.map(|c| (c, self.kind(c))) {
+                Some((_, Take::Keep(slot))) => {
                     let raw: &'de RawValue = map.next_value()?;
-                    self.take(c, raw)?;
+                    if let Some(v) = self.values.get_mut(slot) {
+                        *v = Some(raw);
+                    }
+                }
+                Some((c, Take::Walk)) => map.next_value_seed(Walk {
+                    trie: self.trie,
+                    node: c,
+                    values: &mut *self.values,
+                })?,
+                Some((c, Take::Both)) => {
+                    let raw: &'de RawValue = map.next_value()?;
+                    self.take_and_descend(c, raw)?;
                 }
                 None => {
                     map.next_value::<IgnoredAny>()?;
@@ -165,16 +193,34 @@ impl<'de> Visitor<'de> for Walk<'_, '_, 'de> {
                 .iter()
                 .find(|(_, idx, _)| *idx == Some(i))
                 .map(|(_, _, c)| *c);
-            match child {
-                Some(c) => match seq.next_element::<&'de RawValue>()? {
-                    Some(raw) => self.take(c, raw)?,
-                    None => break,
-                },
-                None => {
-                    if seq.next_element::<IgnoredAny>()?.is_none() {
-                        break;
+            let more = match child.map(|c| (c, self.kind(c))) {
+                Some((_, Take::Keep(slot))) => match seq.next_element::<&'de RawValue>()? {
+                    Some(raw) => {
+                        if let Some(v) = self.values.get_mut(slot) {
+                            *v = Some(raw);
+                        }
+                        true
                     }
-                }
+                    None => false,
+                },
+                Some((c, Take::Walk)) => seq
+                    .next_element_seed(Walk {
+                        trie: self.trie,
+                        node: c,
+                        values: &mut *self.values,
+                    })?
+                    .is_some(),
+                Some((c, Take::Both)) => match seq.next_element::<&'de RawValue>()? {
+                    Some(raw) => {
+                        self.take_and_descend(c, raw)?;
+                        true
+                    }
+                    None => false,
+                },
+                None => seq.next_element::<IgnoredAny>()?.is_some(),
+            };
+            if !more {
+                break;
             }
             i += 1;
         }
@@ -198,6 +244,9 @@ impl<'de> Visitor<'de> for Walk<'_, '_, 'de> {
         Ok(())
     }
     fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_none<E>(self) -> Result<(), E> {
         Ok(())
     }
 }
@@ -229,7 +278,9 @@ mod tests {
                     "a",
                     "missing.x",
                     "q.r",
-                    "items.7"
+                    "items.7",
+                    "p.z.y",
+                    "p.tool.x.0"
                 ],
                 line
             ),
@@ -241,6 +292,8 @@ mod tests {
                 None,
                 None,
                 None,
+                None,
+                Some("1".into()),
             ]
         );
     }

@@ -175,6 +175,49 @@ fn redaction_and_the_content_bound_apply_to_rules() {
         .all(|e| !e.contains("hunter2") && !e.contains("s3cret")));
 }
 
+#[test]
+fn hostile_lines_are_skipped_not_panicked_on() {
+    let mut parsers = all_parsers();
+    let deep = format!(
+        r#"{{"kind":"tool_start","ctx":{}}}"#,
+        "[".repeat(100_000) + &"]".repeat(100_000)
+    );
+    let deep_path = format!(
+        r#"{{"payload":{{"tool":{}1{}}}}}"#,
+        r#"{"name":"#.repeat(5_000),
+        "}".repeat(5_000)
+    );
+    let long = format!(
+        "2026-03-13T12:00:00Z pre bash id=c session=s {}",
+        "x".repeat(4 << 20)
+    );
+    let cases: Vec<Vec<u8>> = vec![
+        deep.into_bytes(),
+        deep_path.into_bytes(),
+        long.into_bytes(),
+        br#"{"t":1e400,"kind":"tool_start","ctx":{"session":1e400},"payload":{"tool":{"name":1e400}}}"#.to_vec(),
+        br#"{"t":18446744073709551616999,"kind":"tool_end","ctx":{"session":"s"},"payload":{"tool":{"name":"x"}}}"#.to_vec(),
+        b"2026-03-13T12:00:00Z pre b\xffash id=c session=s \xfe\xfe".to_vec(),
+        b"\0\0\0".to_vec(),
+        br#"{"ctx":{"session":"s"},"ctx":"dup","kind":"refused","payload":{"tool":{"name":"x"}},"t":1}"#.to_vec(),
+    ];
+    for line in &cases {
+        parse_everywhere(&mut parsers, line);
+    }
+    // The long line's content is cut to the bound.
+    let config = config();
+    let mut p = parser(&config, "my-agent-logs");
+    let mut buf = EventBuf::default();
+    let rec = Record {
+        stream: "t",
+        position: 0,
+        line: &cases[2],
+        read_at: Timestamp::from_unix_micros(0),
+    };
+    assert_eq!(p.parse(&rec, &mut buf), Ok(1));
+    assert!(buf.get(0).len() < 6000);
+}
+
 /// Arbitrary JSON values, nested a few levels.
 fn arb_json() -> impl Strategy<Value = serde_json::Value> {
     use serde_json::Value;

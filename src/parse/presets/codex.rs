@@ -325,8 +325,9 @@ impl Parser for Codex {
 /// The uuid that ends a rollout's file name
 /// (`rollout-2026-03-13T10-00-00-<uuid>.jsonl`), in its canonical spelling.
 pub fn session_of_file_name(path: &std::path::Path) -> Option<String> {
-    let stem = path.file_name()?.to_str()?;
-    let stem = stem.strip_suffix(".jsonl").unwrap_or(stem);
+    let name = path.file_name()?.to_str()?;
+    // A rotated or compressed copy (`.jsonl.1`, `.jsonl.gz`) keeps its session.
+    let stem = name.split(".jsonl").next().unwrap_or(name);
     let tail = stem.get(stem.len().checked_sub(36)?..)?;
     uuid::Uuid::try_parse(tail)
         .ok()
@@ -345,6 +346,13 @@ mod tests {
         );
         assert_eq!(
             session_of_file_name(p).as_deref(),
+            Some("0199a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b")
+        );
+        assert_eq!(
+            session_of_file_name(Path::new(
+                "rollout-2026-03-13T10-00-00-0199a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b.jsonl.1"
+            ))
+            .as_deref(),
             Some("0199a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b")
         );
         assert_eq!(session_of_file_name(Path::new("rollout.jsonl")), None);

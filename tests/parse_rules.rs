@@ -5,7 +5,10 @@
 //! (tests/parse_cli.rs runs the binary on the same files). Arbitrary input
 //! never panics.
 
+mod common;
+
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use proptest::prelude::*;
 use thoth_ingest::config::{Config, Env};
@@ -216,6 +219,50 @@ fn hostile_lines_are_skipped_not_panicked_on() {
     };
     assert_eq!(p.parse(&rec, &mut buf), Ok(1));
     assert!(buf.get(0).len() < 6000);
+}
+
+/// The daemon itself: a file source whose parser is a `[parsers.NAME]`
+/// delivers what `parse` shows, with the source's own event ids.
+#[test]
+fn the_daemon_runs_a_rules_parser() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = common::ReceiverProc::start(dir.path(), &[]);
+    let config = common::write_config(dir.path(), &receiver.addr, "");
+    let fixture = std::fs::read_to_string(self::dir().join("config.toml")).unwrap();
+    let parsers = &fixture[fixture.find("[parsers.json-agent]").unwrap()..];
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("parser = \"json\"", "parser = \"json-agent\"");
+    std::fs::write(&config, format!("{text}\n{parsers}")).unwrap();
+    std::fs::copy(
+        self::dir().join("json-agent.jsonl"),
+        dir.path().join("logs/agent.jsonl"),
+    )
+    .unwrap();
+    let mut daemon = common::start_daemon(&config);
+    receiver.wait_unique(5, Duration::from_secs(30));
+    assert!(common::terminate(&mut daemon).success());
+
+    let strip = |mut e: serde_json::Value| {
+        for k in ["event_id", "tenant_id", "user_id"] {
+            e.as_object_mut().unwrap().remove(k);
+        }
+        e
+    };
+    let mut got: Vec<serde_json::Value> = receiver.stored().into_iter().map(strip).collect();
+    got.sort_by_key(|e| e["occurred_at"].as_str().unwrap().to_string());
+    let want: Vec<serde_json::Value> =
+        std::fs::read_to_string(self::dir().join("json-agent.golden.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| strip(serde_json::from_str(l).unwrap()))
+            .collect();
+    assert_eq!(got, want);
+    assert!(receiver
+        .stored()
+        .iter()
+        .all(|e| e["tenant_id"] == "it-tenant"
+            && e["event_id"].as_str().unwrap().starts_with("it-tenant:")));
 }
 
 /// Arbitrary JSON values, nested a few levels.

@@ -20,7 +20,8 @@ use crate::config::{Config, SourceConfig};
 use crate::event::{EnforcementMode, Event, MetadataBuilder, Timestamp};
 use redact::{RedactedJson, Redactor};
 
-/// Names accepted by `parser = "..."` on a source.
+/// The built-in parsers, accepted by `parser = "..."` on a source beside the
+/// `[parsers.NAME]` of the config.
 pub const PARSER_NAMES: &[&str] = &[
     "json",
     "claude-code",

@@ -577,7 +577,11 @@ impl Config {
     pub fn from_toml(text: &str, path: &Path, env: &Env) -> Result<Config, ConfigError> {
         let de = toml::Deserializer::new(text);
         let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
-            let key = e.path().to_string();
+            // A `Spanned` table shows in the path as serde's private field.
+            let key = e
+                .path()
+                .to_string()
+                .replace(".$__serde_spanned_private_value", "");
             let inner = e.into_inner();
             let (line, column) = inner
                 .span()

@@ -1085,7 +1085,12 @@ occurred_at = { field = "ts", format = "rfc3339" }
             (
                 r#"tool_name = "${tool}""#,
                 r#"tool_nam = "${tool}""#,
-                "unknown field `tool_nam`",
+                "config.toml:18:1: `parsers.my-agent.rules[1].tool_nam`: unknown field `tool_nam`",
+            ),
+            (
+                r#"equals = "heartbeat""#,
+                r#"equal = "heartbeat""#,
+                "`parsers.my-agent.rules[0].when.equal`: unknown field `equal`, expected one of",
             ),
         ];
         for (from, to, want) in cases {

@@ -3,18 +3,36 @@
 //! and message ids made unique per repetition so state behaves as in a real
 //! log. Criterion reports MB/s; lines/s is printed beside it as the line
 //! count of the input (lines/s = MB/s / mean line size).
+//!
+//! `rules-regex` and `rules-json` are the rules parsers of
+//! `tests/fixtures/rules/config.toml` on their fixture logs (every rule kind,
+//! skips included), through the config's redaction.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use thoth_ingest::config::JsonFields;
+use thoth_ingest::config::{Config, Env};
 use thoth_ingest::event::Timestamp;
-use thoth_ingest::parse::{build_named, EventBuf, EventContext, Record, Redaction};
+use thoth_ingest::parse::{build, build_named, EventBuf, EventContext, Parser, Record, Redaction};
 
 const TARGET_BYTES: usize = 4 << 20;
 
+/// Rules parsers: bench name, source of the fixture config, log file.
+const RULES: [(&str, &str, &str); 2] = [
+    ("rules-regex", "my-agent-logs", "my-agent.log"),
+    ("rules-json", "json-agent-logs", "json-agent.jsonl"),
+];
+
+fn rules_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/rules")
+}
+
 fn fixture(preset: &str) -> String {
+    if let Some((_, _, log)) = RULES.iter().find(|(name, _, _)| *name == preset) {
+        return std::fs::read_to_string(rules_dir().join(log)).expect("rules fixture");
+    }
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
         .join(preset);
@@ -58,6 +76,8 @@ fn bench(c: &mut Criterion) {
         "mcp-claude-desktop",
         "otel-genai",
         "json",
+        "rules-regex",
+        "rules-json",
     ] {
         let text = if preset == "json" {
             input("otel-genai")
@@ -80,10 +100,7 @@ fn bench(c: &mut Criterion) {
             lines.len(),
             text.len() as f64 / lines.len() as f64
         );
-        let ctx = EventContext::preview("bench", "bench");
-        let red = Arc::new(Redaction::builtin(ctx.content_max_bytes));
-        let mut parser =
-            build_named(preset, ctx, red, &JsonFields::default()).expect("known preset");
+        let mut parser = parser(preset);
         let mut out = EventBuf::default();
         group.throughput(Throughput::Bytes(text.len() as u64));
         group.bench_function(preset, |b| {
@@ -105,6 +122,22 @@ fn bench(c: &mut Criterion) {
         });
     }
     group.finish();
+}
+
+fn parser(name: &str) -> Box<dyn Parser> {
+    if let Some((_, source, _)) = RULES.iter().find(|(n, _, _)| *n == name) {
+        let config =
+            Config::load(&rules_dir().join("config.toml"), &Env::default()).expect("config");
+        let source = config
+            .sources
+            .iter()
+            .find(|s| s.name.get_ref() == source)
+            .expect("source");
+        return build(&config, source);
+    }
+    let ctx = EventContext::preview("bench", "bench");
+    let red = Arc::new(Redaction::builtin(ctx.content_max_bytes));
+    build_named(name, ctx, red, &JsonFields::default()).expect("known preset")
 }
 
 criterion_group!(benches, bench);

@@ -4,8 +4,10 @@
 //! Every error names the file, the key and, where the key is in the file, its
 //! line, because it is read by an operator fixing a broken deploy.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -60,6 +62,12 @@ pub struct Config {
     pub sources: Vec<SourceConfig>,
     #[serde(default)]
     pub redaction: RedactionConfig,
+    /// Rules parsers for in-house formats (`[parsers.NAME]`), by name.
+    #[serde(default)]
+    pub parsers: BTreeMap<String, crate::parse::rules::spec::ParserSpec>,
+    /// `parsers`, checked and compiled when the file is loaded.
+    #[serde(skip)]
+    pub rule_sets: BTreeMap<String, Arc<crate::parse::rules::RuleSet>>,
     /// Where the file was read from, for messages.
     #[serde(skip)]
     pub path: PathBuf,
@@ -629,7 +637,11 @@ impl Config {
     pub fn from_toml(text: &str, path: &Path, env: &Env) -> Result<Config, ConfigError> {
         let de = toml::Deserializer::new(text);
         let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
-            let key = e.path().to_string();
+            // A `Spanned` table shows in the path as serde's private field.
+            let key = e
+                .path()
+                .to_string()
+                .replace(".$__serde_spanned_private_value", "");
             let inner = e.into_inner();
             let (line, column) = inner
                 .span()
@@ -652,7 +664,43 @@ impl Config {
             config.api.base_url = Spanned::new(0..0, url.clone());
         }
         config.validate(text)?;
+        config.compile_parsers(text)?;
         Ok(config)
+    }
+
+    /// The compiled rules parser `name`, if the config defines one.
+    pub fn rule_set(&self, name: &str) -> Option<Arc<crate::parse::rules::RuleSet>> {
+        self.rule_sets.get(name).cloned()
+    }
+
+    /// Whether `parser = "name"` names a preset or a `[parsers.NAME]`.
+    pub fn knows_parser(&self, name: &str) -> bool {
+        crate::parse::PARSER_NAMES.contains(&name) || self.parsers.contains_key(name)
+    }
+
+    /// Compiles every `[parsers.NAME]`; an error names the parser, the rule
+    /// and the line the rule starts on.
+    fn compile_parsers(&mut self, text: &str) -> Result<(), ConfigError> {
+        for (name, spec) in &self.parsers {
+            let set = crate::parse::rules::compile(name, spec).map_err(|e| {
+                // A parser's table may be implicit (only `[[parsers.NAME.rules]]`
+                // written), so it has no span of its own: its pattern's or its
+                // first rule's line stands in.
+                let span = match e.rule {
+                    Some(i) => spec.rules.get(i).map(|r| r.span()),
+                    None => spec.pattern.as_ref().map(|p| p.span()),
+                }
+                .or_else(|| spec.rules.first().map(|r| r.span()));
+                let key = if e.key.is_empty() {
+                    format!("parsers.{name}")
+                } else {
+                    format!("parsers.{name}.{}", e.key)
+                };
+                self.invalid(text, span.unwrap_or(0..0), &key, e.message)
+            })?;
+            self.rule_sets.insert(name.clone(), Arc::new(set));
+        }
+        Ok(())
     }
 
     fn invalid(
@@ -780,15 +828,21 @@ impl Config {
                     ));
                 }
             }
-            if !crate::parse::PARSER_NAMES.contains(&source.parser.get_ref().as_str()) {
+            if !self.knows_parser(source.parser.get_ref()) {
+                let known: Vec<&str> = crate::parse::PARSER_NAMES
+                    .iter()
+                    .copied()
+                    .chain(self.parsers.keys().map(|k| k.as_str()))
+                    .collect();
                 return Err(self.invalid(
                     text,
                     source.parser.span(),
                     &key("parser"),
                     format!(
-                        "unknown parser `{}`; known: {}",
+                        "unknown parser `{}`; known: {} (or define [parsers.{}])",
                         source.parser.get_ref(),
-                        crate::parse::PARSER_NAMES.join(", ")
+                        known.join(", "),
+                        source.parser.get_ref(),
                     ),
                 ));
             }

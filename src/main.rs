@@ -67,7 +67,7 @@ enum DeadLetterCmd {
 }
 
 #[derive(clap::Args)]
-#[command(group(clap::ArgGroup::new("parser").required(true).args(["preset", "source"])))]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["preset", "source", "parser"])))]
 struct ParseCmdArgs {
     /// A built-in parser: json, claude-code, codex, mcp-claude-desktop, otel-genai.
     #[arg(long)]
@@ -75,6 +75,10 @@ struct ParseCmdArgs {
     /// A source of the config file: its parser, redaction and defaults.
     #[arg(long)]
     source: Option<String>,
+    /// A rules parser of the config file ([parsers.NAME]), with the config's
+    /// tenant, defaults and redaction; for writing rules before a source uses them.
+    #[arg(long)]
+    parser: Option<String>,
     /// On stderr, list the lines that made no event, with the reason.
     #[arg(long)]
     explain: bool,
@@ -260,6 +264,7 @@ fn parse_preview(config: &Path, args: ParseCmdArgs) -> anyhow::Result<ExitCode> 
     let args = thoth_ingest::parse::cli::ParseArgs {
         preset: args.preset,
         source: args.source,
+        parser: args.parser,
         config: config.to_path_buf(),
         input: args.file,
         explain: args.explain,

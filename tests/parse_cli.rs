@@ -174,3 +174,125 @@ fn parse_refuses_an_unknown_preset() {
         "{err}"
     );
 }
+
+/// `parse --source NAME --explain` on each rules fixture: the golden events
+/// on stdout, the skipped lines with their reasons on stderr.
+#[test]
+fn parse_a_rules_source_with_explain_gives_the_golden_output() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/rules");
+    for (source, log, golden) in [
+        ("my-agent-logs", "my-agent.log", "my-agent"),
+        ("json-agent-logs", "json-agent.jsonl", "json-agent"),
+    ] {
+        let out = thoth()
+            .args(["parse", "--explain", "--source", source, "--config"])
+            .arg(dir.join("config.toml"))
+            .arg(dir.join(log))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{source}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let want = std::fs::read_to_string(dir.join(format!("{golden}.golden.jsonl"))).unwrap();
+        assert_eq!(String::from_utf8(out.stdout).unwrap(), want, "{source}");
+        let want = std::fs::read_to_string(dir.join(format!("{golden}.explain.txt"))).unwrap();
+        assert_eq!(String::from_utf8(out.stderr).unwrap(), want, "{source}");
+    }
+    let explain = std::fs::read_to_string(dir.join("my-agent.explain.txt")).unwrap();
+    assert!(
+        explain.contains("line 6 (byte 406): rule `shells`: no value for `session` (session_id)")
+    );
+    assert!(explain.contains("13 lines, 7 events, 6 lines skipped"));
+}
+
+/// `--parser NAME` previews a `[parsers.NAME]` that no source uses yet.
+#[test]
+fn parse_with_a_named_rules_parser() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/rules");
+    let out = thoth()
+        .args(["parse", "--parser", "json-agent", "--config"])
+        .arg(dir.join("config.toml"))
+        .arg(dir.join("json-agent.jsonl"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let events: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(events.len(), 5);
+    assert_eq!(events[0]["tool_name"], "read_file");
+
+    let out = thoth()
+        .args(["parse", "--parser", "yaml-agent", "--config"])
+        .arg(dir.join("config.toml"))
+        .arg(dir.join("json-agent.jsonl"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no parser `yaml-agent`") && err.contains("json-agent, my-agent"),
+        "{err}"
+    );
+}
+
+/// `thoth-ingest validate` refuses a rule that names a capture group the
+/// pattern lacks: exit 1, and the message names the file, line, parser and rule.
+#[test]
+fn validate_names_the_rule_of_a_bad_template() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/rules/config.toml"),
+    )
+    .unwrap()
+    .replacen("tool_name = \"${tool}\"", "tool_name = \"${tol}\"", 1);
+    std::fs::write(&config, text).unwrap();
+    let out = thoth()
+        .args(["validate", "--config"])
+        .arg(&config)
+        .env("THOTH_API_KEY", "thoth_test_abc")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "invalid: {}:54: `parsers.my-agent.rules[3]`: rule `calls`: `tool_name`: \
+             template ${{tol}}: no capture group named `tol` (the pattern has: ts, phase, tool, \
+             id, session, rest; `_line` is the whole line)",
+            config.display()
+        )),
+        "{err}"
+    );
+}
+
+/// `parse` tells the parser the input's path, as the file source does: a
+/// Codex rollout without `session_meta` gets the uuid of its file name.
+#[test]
+fn parse_gives_codex_the_session_of_the_file_name() {
+    let uuid = "0199a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b";
+    let log = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!(
+        "tests/fixtures/codex-file-session/rollout-2026-03-13T09-00-00-{uuid}.jsonl"
+    ));
+    let out = thoth()
+        .args(["parse", "--preset", "codex"])
+        .arg(&log)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(stdout.lines().count(), 13);
+    for line in stdout.lines() {
+        let e: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(e["session_id"], uuid);
+    }
+}

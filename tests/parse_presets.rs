@@ -201,6 +201,65 @@ fn a_restart_at_any_line_gives_the_uninterrupted_events() {
     }
 }
 
+/// A Codex rollout whose `session_meta` line is missing (cut off, or a
+/// version that wrote none) takes its session from the uuid of its file name,
+/// which the source gives with `set_origin`, also after a restart.
+#[test]
+fn codex_session_from_the_file_name_when_no_session_meta_says() {
+    let uuid = "0199a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b";
+    let log = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!(
+        "tests/fixtures/codex-file-session/rollout-2026-03-13T09-00-00-{uuid}.jsonl"
+    ));
+    let text = std::fs::read(&log).unwrap();
+    let all = lines(&text);
+    let sessions = |out: &[String]| -> Vec<String> {
+        out.iter()
+            .map(|l| {
+                let e: serde_json::Value = serde_json::from_str(l).unwrap();
+                e["session_id"].as_str().unwrap().to_string()
+            })
+            .collect()
+    };
+    // Without an origin: the context's default session.
+    let mut out = Vec::new();
+    run(parser("codex").as_mut(), &all, &mut out);
+    assert!(!out.is_empty());
+    assert!(sessions(&out).iter().all(|s| s == "preview"));
+
+    let mut p = parser("codex");
+    p.set_origin(&log);
+    let mut expected = Vec::new();
+    run(p.as_mut(), &all, &mut expected);
+    assert_eq!(expected.len(), out.len());
+    assert!(
+        sessions(&expected).iter().all(|s| s == uuid),
+        "{expected:?}"
+    );
+    for split in 0..=all.len() {
+        let mut first = parser("codex");
+        first.set_origin(&log);
+        let mut out = Vec::new();
+        run(first.as_mut(), &all[..split], &mut out);
+        let state = first.save_state();
+        let mut second = parser("codex").fresh();
+        second.load_state(&state);
+        second.set_origin(&log);
+        run(second.as_mut(), &all[split..], &mut out);
+        assert_eq!(out, expected, "restart after line {split}");
+    }
+
+    // A session_meta line wins over the file name.
+    let mut p = parser("codex");
+    p.set_origin(&log);
+    let mut out = Vec::new();
+    run(
+        p.as_mut(),
+        &lines(&std::fs::read(fixture_log("codex")).unwrap()),
+        &mut out,
+    );
+    assert_eq!(out, golden("codex"));
+}
+
 #[test]
 fn damaged_state_costs_names_not_the_parser() {
     for preset in PRESETS {

@@ -1,5 +1,6 @@
 //! `thoth-ingest parse`: shows an operator what each line of a log becomes,
-//! with a preset or a configured source's parser, before anything is deployed.
+//! with a preset, a configured source's parser, or a `[parsers.NAME]` of the
+//! config, before anything is deployed.
 //!
 //! Events go to `out` as JSON lines, exactly as they would be queued. With
 //! `explain`, each line that made no event, and a tally by reason, go to
@@ -24,6 +25,9 @@ pub struct ParseArgs {
     pub preset: Option<String>,
     /// A source of the config file, with its parser and context.
     pub source: Option<String>,
+    /// A rules parser of the config file (`[parsers.NAME]`), with the
+    /// config's tenant, defaults and redaction.
+    pub parser: Option<String>,
     pub config: PathBuf,
     /// The log to read; stdin when None.
     pub input: Option<PathBuf>,
@@ -32,8 +36,14 @@ pub struct ParseArgs {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ParseCliError {
-    #[error("give either --preset or --source")]
+    #[error("give one of --preset, --source or --parser")]
     NeedOneParser,
+    #[error("no parser `{name}` in {path}; its [parsers] define: {known}")]
+    UnknownParser {
+        name: String,
+        path: PathBuf,
+        known: String,
+    },
     #[error("unknown preset `{0}`; known: {known}", known = super::PARSER_NAMES.join(", "))]
     UnknownPreset(String),
     #[error(transparent)]
@@ -55,15 +65,15 @@ pub fn run(
     out: &mut dyn Write,
     notes: &mut dyn Write,
 ) -> Result<ParseStats, ParseCliError> {
-    let (mut parser, stream) = match (&args.preset, &args.source) {
-        (Some(name), None) => {
+    let (mut parser, stream) = match (&args.preset, &args.source, &args.parser) {
+        (Some(name), None, None) => {
             let ctx = EventContext::preview("preview", "preview");
             let redaction = Arc::new(Redaction::builtin(ctx.content_max_bytes));
             let parser = build_named(name, ctx, redaction, &JsonFields::default())
                 .ok_or_else(|| ParseCliError::UnknownPreset(name.clone()))?;
             (parser, "preview".to_string())
         }
-        (None, Some(name)) => {
+        (None, Some(name), None) => {
             let config = Config::load(&args.config, &Env::from_process())?;
             let source = config
                 .sources
@@ -75,8 +85,35 @@ pub fn run(
                 })?;
             (build(&config, source), format!("{name}/preview"))
         }
+        (None, None, Some(name)) => {
+            let config = Config::load(&args.config, &Env::from_process())?;
+            let set = config
+                .rule_set(name)
+                .ok_or_else(|| ParseCliError::UnknownParser {
+                    name: name.clone(),
+                    path: args.config.clone(),
+                    known: if config.parsers.is_empty() {
+                        "none".to_string()
+                    } else {
+                        config
+                            .parsers
+                            .keys()
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    },
+                })?;
+            let ctx = EventContext::for_config(&config, name);
+            let redaction = Arc::new(Redaction::from_config(&config));
+            let parser: Box<dyn super::Parser> =
+                Box::new(super::rules::RulesParser::new(set, ctx, redaction));
+            (parser, format!("{name}/preview"))
+        }
         _ => return Err(ParseCliError::NeedOneParser),
     };
+    if let Some(path) = &args.input {
+        parser.set_origin(path);
+    }
 
     let input_name = args
         .input

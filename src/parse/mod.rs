@@ -8,6 +8,7 @@ pub mod cli;
 pub mod json;
 pub mod presets;
 pub mod redact;
+pub mod rules;
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -19,7 +20,8 @@ use crate::config::{Config, SourceConfig};
 use crate::event::{EnforcementMode, Event, MetadataBuilder, Timestamp};
 use redact::{RedactedJson, Redactor};
 
-/// Names accepted by `parser = "..."` on a source.
+/// The built-in parsers, accepted by `parser = "..."` on a source beside the
+/// `[parsers.NAME]` of the config.
 pub const PARSER_NAMES: &[&str] = &[
     "json",
     "claude-code",
@@ -59,6 +61,12 @@ pub struct EventContext {
 
 impl EventContext {
     pub fn for_source(config: &Config, source: &SourceConfig) -> EventContext {
+        EventContext::for_config(config, source.name.get_ref())
+    }
+
+    /// The config's tenant and defaults; `session` is the session of events
+    /// whose line names none, unless `defaults.session_id` is set.
+    pub fn for_config(config: &Config, session: &str) -> EventContext {
         EventContext {
             tenant_id: config.api.tenant_id.get_ref().clone(),
             user_id: config.defaults.user_id.clone(),
@@ -67,7 +75,7 @@ impl EventContext {
                 .defaults
                 .session_id
                 .clone()
-                .unwrap_or_else(|| source.name.get_ref().clone()),
+                .unwrap_or_else(|| session.to_string()),
             enforcement_mode: config.defaults.enforcement_mode,
             ttl_secs: config.defaults.ttl.as_secs() as i64,
             content_max_bytes: usize::try_from(config.redaction.content_max_bytes.0)
@@ -378,6 +386,13 @@ pub enum Skip {
     UnmappedOperation,
     /// Known fields are present but of the wrong JSON type.
     UnexpectedShape,
+    /// A rules parser: no rule's pattern matched the line.
+    NoPatternMatch,
+    /// A rules parser: a pattern matched, but no rule's conditions held.
+    NoRuleMatched,
+    /// A rules parser: what the chosen rule made of the line (dropped it, or
+    /// found no value for a field it needs), naming the rule and the field.
+    Rule(&'static str),
 }
 
 impl Skip {
@@ -402,6 +417,9 @@ impl Skip {
                 "GenAI operation without an event type (embeddings, agents, ...)"
             }
             Skip::UnexpectedShape => "known fields of the wrong JSON type",
+            Skip::NoPatternMatch => "no rule's pattern matches the line",
+            Skip::NoRuleMatched => "no rule matches the line",
+            Skip::Rule(reason) => reason,
         }
     }
 }
@@ -450,6 +468,13 @@ pub trait Parser: Send {
     fn take_evictions(&mut self) -> u64 {
         0
     }
+
+    /// Tells the parser the path of the file its records come from. A source
+    /// calls it on every parser it makes for a file (after [`Parser::fresh`],
+    /// before or after [`Parser::load_state`]: the order does not matter),
+    /// since some formats name things only in the file name (the session id
+    /// of a Codex rollout). Not part of the saved state.
+    fn set_origin(&mut self, _path: &std::path::Path) {}
 }
 
 /// Builds the parser named `name` (one of [`PARSER_NAMES`]).
@@ -470,11 +495,15 @@ pub fn build_named(
     })
 }
 
-/// Builds the parser a source names.
+/// Builds the parser a source names: a preset, or a `[parsers.NAME]` of
+/// the config.
 pub fn build(config: &Config, source: &SourceConfig) -> Box<dyn Parser> {
     let ctx = EventContext::for_source(config, source);
     let redaction = Arc::new(Redaction::from_config(config));
-    // Config validation admits only names in PARSER_NAMES.
+    if let Some(set) = config.rule_set(source.parser.get_ref()) {
+        return Box::new(rules::RulesParser::new(set, ctx, redaction));
+    }
+    // Config validation admits only names in PARSER_NAMES and [parsers].
     build_named(
         source.parser.get_ref(),
         ctx.clone(),

@@ -4,6 +4,9 @@
 //! Every line is `{"timestamp", "type", "payload"}`. The session id comes from
 //! the file's `session_meta` line and the model from `turn_context` lines, so
 //! both are parser state, as are the tool names of calls awaiting output.
+//! A rollout without `session_meta` takes its session from the uuid at the
+//! end of its file name (`rollout-<timestamp>-<uuid>.jsonl`), given by
+//! [`Parser::set_origin`].
 
 use std::borrow::Cow;
 
@@ -89,6 +92,8 @@ pub struct Codex {
     model: Option<String>,
     cwd: Option<String>,
     calls: BoundedMap<String>,
+    /// The uuid of the file name: the session when no `session_meta` says.
+    file_session: Option<String>,
 }
 
 impl Codex {
@@ -100,6 +105,7 @@ impl Codex {
             model: None,
             cwd: None,
             calls: BoundedMap::new(STATE_MAX_ENTRIES),
+            file_session: None,
         }
     }
 
@@ -116,7 +122,7 @@ impl Codex {
     ) -> crate::event::Event<'s> {
         let at = timestamp(line.timestamp).unwrap_or(rec.read_at);
         let mut e = self.ctx.base_event(rec, 0, event_type, at);
-        if let Some(s) = &self.session_id {
+        if let Some(s) = self.session_id.as_ref().or(self.file_session.as_ref()) {
             e.session_id = Cow::Borrowed(s);
         }
         e
@@ -309,5 +315,51 @@ impl Parser for Codex {
 
     fn take_evictions(&mut self) -> u64 {
         self.calls.take_evictions()
+    }
+
+    fn set_origin(&mut self, path: &std::path::Path) {
+        self.file_session = session_of_file_name(path);
+    }
+}
+
+/// The uuid that ends a rollout's file name
+/// (`rollout-2026-03-13T10-00-00-<uuid>.jsonl`), in its canonical spelling.
+pub fn session_of_file_name(path: &std::path::Path) -> Option<String> {
+    let name = path.file_name()?.to_str()?;
+    // A rotated or compressed copy (`.jsonl.1`, `.jsonl.gz`) keeps its session.
+    let stem = name.split(".jsonl").next().unwrap_or(name);
+    let tail = stem.get(stem.len().checked_sub(36)?..)?;
+    uuid::Uuid::try_parse(tail)
+        .ok()
+        .map(|u| u.hyphenated().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn session_from_the_file_name() {
+        let p = Path::new(
+            "/home/dev/.codex/sessions/2026/03/13/rollout-2026-03-13T10-00-00-0199a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b.jsonl",
+        );
+        assert_eq!(
+            session_of_file_name(p).as_deref(),
+            Some("0199a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b")
+        );
+        assert_eq!(
+            session_of_file_name(Path::new(
+                "rollout-2026-03-13T10-00-00-0199a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b.jsonl.1"
+            ))
+            .as_deref(),
+            Some("0199a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b")
+        );
+        assert_eq!(session_of_file_name(Path::new("rollout.jsonl")), None);
+        assert_eq!(
+            session_of_file_name(Path::new("x-not-a-uuid-at-all-but-36-chars-long.jsonl")),
+            None
+        );
+        assert_eq!(session_of_file_name(Path::new("é")), None);
     }
 }

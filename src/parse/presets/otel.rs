@@ -7,6 +7,11 @@
 //! `text_completion` record is an LLM_INVOCATION, an `execute_tool` record a
 //! TOOL_CALL_POST; the session is `gen_ai.conversation.id`. The conventions
 //! are still in development, so names are matched as they stand today.
+//!
+//! A line may also be a whole OTLP/JSON export (what the collector's file
+//! exporter writes): `resourceSpans[].scopeSpans[].spans[]` or
+//! `resourceLogs[].scopeLogs[].logRecords[]`. Each record in it is read as
+//! above, and the line gives one event per GenAI record, in order.
 
 use std::borrow::Cow;
 
@@ -101,10 +106,56 @@ fn put(meta: &mut MetaWriter<'_>, key: &str, attrs: &Attributes<'_>, name: &str)
     meta.opt_raw(key, attrs.raw(name));
 }
 
-impl Parser for OtelGenAi {
-    fn parse(&mut self, rec: &Record<'_>, out: &mut EventBuf) -> Result<usize, Skip> {
-        let Entries(top) = parse_object(rec.line)?;
-        let attrs = Attributes::collect(&top);
+/// One resource of an OTLP/JSON export, with its scopes.
+#[derive(Deserialize)]
+struct Resource<'a> {
+    #[serde(borrow, rename = "scopeSpans")]
+    scope_spans: Option<Vec<Scope<'a>>>,
+    #[serde(borrow, rename = "scopeLogs")]
+    scope_logs: Option<Vec<Scope<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct Scope<'a> {
+    #[serde(borrow)]
+    spans: Option<Vec<&'a RawValue>>,
+    #[serde(borrow, rename = "logRecords")]
+    log_records: Option<Vec<&'a RawValue>>,
+}
+
+/// The records of an OTLP/JSON export line, in order; None if `top` is not one.
+fn exported_records<'a>(top: &[(Cow<'a, str>, &'a RawValue)]) -> Option<Vec<&'a RawValue>> {
+    let resources = top
+        .iter()
+        .filter(|(k, _)| k == "resourceSpans" || k == "resourceLogs")
+        .map(|(_, v)| *v)
+        .collect::<Vec<_>>();
+    if resources.is_empty() {
+        return None;
+    }
+    let mut records = Vec::new();
+    for raw in resources {
+        for resource in field::<Vec<Resource>>(Some(raw)).unwrap_or_default() {
+            let scopes = resource.scope_spans.into_iter().flatten();
+            for scope in scopes.chain(resource.scope_logs.into_iter().flatten()) {
+                records.extend(scope.spans.into_iter().flatten());
+                records.extend(scope.log_records.into_iter().flatten());
+            }
+        }
+    }
+    Some(records)
+}
+
+impl OtelGenAi {
+    /// The event of one record (its top-level entries), as event `index` of the line.
+    fn record(
+        &self,
+        rec: &Record<'_>,
+        index: u32,
+        top: &[(Cow<'_, str>, &RawValue)],
+        out: &mut EventBuf,
+    ) -> Result<(), Skip> {
+        let attrs = Attributes::collect(top);
         let top_raw = |name: &str| top.iter().find(|(k, _)| k == name).map(|(_, v)| *v);
         let operation = attrs
             .text("gen_ai.operation.name")
@@ -118,7 +169,7 @@ impl Parser for OtelGenAi {
             .iter()
             .find_map(|k| timestamp(top_raw(k)))
             .unwrap_or(rec.read_at);
-        let mut e = self.ctx.base_event(rec, 0, event_type, at);
+        let mut e = self.ctx.base_event(rec, index, event_type, at);
         if let Some(s) = attrs
             .text("gen_ai.conversation.id")
             .or_else(|| attrs.text("mcp.session.id"))
@@ -170,10 +221,87 @@ impl Parser for OtelGenAi {
         meta.opt_raw("span_name", top_raw("name"));
         e.metadata = meta.finish();
         out.push(&e);
-        Ok(1)
+        Ok(())
+    }
+}
+
+impl Parser for OtelGenAi {
+    fn parse(&mut self, rec: &Record<'_>, out: &mut EventBuf) -> Result<usize, Skip> {
+        let Entries(top) = parse_object(rec.line)?;
+        let Some(records) = exported_records(&top) else {
+            self.record(rec, 0, &top, out)?;
+            return Ok(1);
+        };
+        // An export: one event per GenAI record; the line is skipped, with
+        // the first record's reason, only when none makes one.
+        let mut made = 0u32;
+        let mut first_skip = None;
+        for raw in records {
+            let result = match field::<Entries>(Some(raw)) {
+                Some(Entries(record)) => self.record(rec, made, &record, out),
+                None => Err(Skip::UnexpectedShape),
+            };
+            match result {
+                Ok(()) => made += 1,
+                Err(skip) => {
+                    first_skip.get_or_insert(skip);
+                }
+            }
+        }
+        match made {
+            0 => Err(first_skip.unwrap_or(Skip::NoGenAiOperation)),
+            n => Ok(n as usize),
+        }
     }
 
     fn fresh(&self) -> Box<dyn Parser> {
         Box::new(OtelGenAi::new(self.ctx.clone(), self.red.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Timestamp;
+
+    fn parse(line: &str) -> Result<Vec<serde_json::Value>, Skip> {
+        let ctx = EventContext::preview("t", "s");
+        let red = Arc::new(Redaction::builtin(ctx.content_max_bytes));
+        let mut p = OtelGenAi::new(ctx, red);
+        let mut out = EventBuf::default();
+        let rec = Record {
+            stream: "x",
+            position: 0,
+            line: line.as_bytes(),
+            read_at: Timestamp::from_unix_micros(0),
+        };
+        let n = p.parse(&rec, &mut out)?;
+        assert_eq!(n, out.len());
+        Ok(out
+            .iter()
+            .map(|e| serde_json::from_slice(e).unwrap())
+            .collect())
+    }
+
+    #[test]
+    fn an_otlp_export_gives_one_event_per_genai_record_with_distinct_ids() {
+        let chat =
+            r#"{"attributes":[{"key":"gen_ai.operation.name","value":{"stringValue":"chat"}}]}"#;
+        let tool =
+            r#"{"attributes":{"gen_ai.operation.name":"execute_tool","gen_ai.tool.name":"t"}}"#;
+        let line = format!(
+            r#"{{"resourceSpans":[{{"scopeSpans":[{{"spans":[{chat},{{"name":"x"}},7]}}]}},{{"scopeSpans":[{{"spans":[{tool}]}}]}}]}}"#
+        );
+        let events = parse(&line).unwrap();
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[0]["event_type"], "LLM_INVOCATION");
+        assert_eq!(events[1]["tool_name"], "t");
+        assert_ne!(events[0]["event_id"], events[1]["event_id"]);
+        let none = r#"{"resourceLogs":[{"scopeLogs":[{"logRecords":[{"body":{}}]}]}]}"#;
+        assert_eq!(parse(none).unwrap_err(), Skip::NoGenAiOperation);
+        assert_eq!(
+            parse(r#"{"resourceSpans":7}"#).unwrap_err(),
+            Skip::NoGenAiOperation
+        );
     }
 }

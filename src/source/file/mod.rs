@@ -629,6 +629,8 @@ impl FileSource {
         let fresh_parser = self.parser.fresh();
         let t = self.tracked.get_mut(&id).ok_or_else(gone)?;
         t.parser = fresh_parser;
+        // Formats that name the session in the file name (Codex) read it here.
+        t.parser.set_origin(&t.path);
         t.cutter.resume(false);
         let stream = match resolution {
             Resolution::Resume(cp) | Resolution::Copy { checkpoint: cp, .. } => {
@@ -920,6 +922,7 @@ impl FileSource {
             let fresh_parser = self.parser.fresh();
             let t = self.tracked.get_mut(&id).ok_or_else(gone)?;
             t.parser = fresh_parser;
+            t.parser.set_origin(&t.path);
             let stream = match resolution {
                 Resolution::Resume(cp) | Resolution::Copy { checkpoint: cp, .. } => {
                     t.offset = cp.offset;

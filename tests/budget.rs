@@ -54,7 +54,6 @@ fn backlog_drains_at_the_budget_without_429() {
 }
 
 #[test]
-#[ignore = "flaky: 0 429s of 114 requests in one run, 18 of 138 in another; issue 4 stays open for it. Run with --ignored"]
 fn two_daemons_share_one_tenant_budget() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let dir = tempfile::tempdir().unwrap();
@@ -74,10 +73,14 @@ fn two_daemons_share_one_tenant_budget() {
     let from_a = seqs.iter().filter(|s| **s < 100_000).count();
     let from_b = seqs.len() - from_a;
     let limited = stats.status.get(&429).copied().unwrap_or(0);
+    let accepted = stats.status.get(&202).copied().unwrap_or(0);
     eprintln!(
-        "two daemons: a {from_a}, b {from_b} events; {limited} 429s of {} requests",
+        "two daemons: a {from_a}, b {from_b} events; {accepted} accepted and {limited} 429s of {} requests",
         stats.requests
     );
+    // The receiver refuses what is over the limit, so the sum stays within
+    // it by construction; 30 s from the first request touch at most 7 windows.
+    assert!(accepted <= 7 * 20, "{stats:?}");
     assert!(
         limited * 50 <= stats.requests,
         "429s above 2% of requests: {stats:?}"

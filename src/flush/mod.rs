@@ -3,6 +3,7 @@
 //! and the API's answers, and nothing of logs.
 
 pub mod budget;
+pub mod share;
 
 use std::collections::VecDeque;
 use std::io::Write as _;
@@ -19,6 +20,7 @@ use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use self::budget::Budget;
+use self::share::{Advice, Observation, Share};
 use crate::config::{ApiKey, Compression, Config};
 use crate::event::Timestamp;
 use crate::queue::{Batch, DeadReason, Queue, QueueError};
@@ -27,8 +29,6 @@ pub const BATCH_PATH: &str = "/v1/events/batch";
 /// How long to wait before trying again after 401/403: a fixed key may be
 /// installed at any time, but hammering a refusing endpoint helps no one.
 const AUTH_RETRY: Duration = Duration::from_secs(15);
-/// Requests of a shared window left unused, see `follow_rate_headers`.
-const SHARED_RESERVE: u64 = 2;
 /// A refused key is reported at most this often.
 const AUTH_LOG_EVERY: Duration = Duration::from_secs(300);
 
@@ -73,9 +73,11 @@ enum Outcome {
 #[derive(Debug)]
 struct Reply {
     outcome: Outcome,
-    /// `X-RateLimit-Remaining` and `X-RateLimit-Reset` (Unix seconds).
+    /// `X-RateLimit-Remaining`, `X-RateLimit-Reset` (Unix seconds) and
+    /// `X-RateLimit-Limit`.
     remaining: Option<u64>,
     reset: Option<u64>,
+    limit: Option<u64>,
 }
 
 /// What sending needs, shared by the request tasks.
@@ -101,15 +103,15 @@ pub struct Flusher {
     retry: VecDeque<Batch>,
     /// No request starts before this (Retry-After, backoff, a refused key).
     not_before: Instant,
-    /// Least gap between request starts while the tenant's shared budget runs low.
+    /// Least gap between request starts while the tenant's budget is shared.
     pace_gap: Option<Duration>,
     last_start: Option<Instant>,
-    /// Our own budget: requests per window.
-    own_budget: (u32, Duration),
-    /// Until when other clients are known to share the tenant's budget.
-    shared_until: Option<Instant>,
+    /// What the rate headers say about others drawing on the tenant's budget.
+    share: Share,
     consecutive_failures: u32,
     last_auth_log: Option<Instant>,
+    /// Requests started and not yet answered.
+    outstanding: usize,
 }
 
 impl Flusher {
@@ -176,10 +178,10 @@ impl Flusher {
             not_before: Instant::now(),
             pace_gap: None,
             last_start: None,
-            own_budget: (requests, per),
-            shared_until: None,
+            share: Share::new(requests, per),
             consecutive_failures: 0,
             last_auth_log: None,
+            outstanding: 0,
         })
     }
 
@@ -197,8 +199,8 @@ impl Flusher {
                 .store(in_flight.len(), Ordering::SeqCst);
             let now = Instant::now();
             let gate = self.next_start(now);
-            // While pacing, one request at a time: its answer sets the next gap.
-            let max_in_flight = if self.pace_gap.is_some() {
+            // While sharing, one request at a time: its answer sets the next gap.
+            let max_in_flight = if self.pace_gap.is_some() || self.share.shared(now) {
                 1
             } else {
                 self.max_in_flight
@@ -237,6 +239,7 @@ impl Flusher {
             self.budget.record(now);
             self.last_start = Some(now);
             self.stats.requests.fetch_add(1, Ordering::Relaxed);
+            self.outstanding += 1;
             let sender = self.sender.clone();
             in_flight.spawn(async move {
                 let reply = sender.send(&batch).await;
@@ -305,6 +308,7 @@ impl Flusher {
         &mut self,
         done: Result<(Batch, Reply), tokio::task::JoinError>,
     ) -> Result<(), FlushError> {
+        self.outstanding = self.outstanding.saturating_sub(1);
         let (batch, reply) = match done {
             Ok(d) => d,
             // A request task cannot panic short of a bug; its batch is still
@@ -314,8 +318,11 @@ impl Flusher {
                 return Ok(());
             }
         };
-        self.follow_rate_headers(&reply);
         let now = Instant::now();
+        if !matches!(reply.outcome, Outcome::Unauthorized(..)) {
+            // (A refused key has no tenant: its headers describe no budget.)
+            self.follow_rate_headers(&reply, now);
+        }
         match reply.outcome {
             Outcome::Delivered => {
                 self.queue.ack(&batch)?;
@@ -414,12 +421,8 @@ impl Flusher {
         Ok(())
     }
 
-    /// Shares the tenant's budget with its other clients: when the server's
-    /// remaining budget is below what our own budget would still let us send,
-    /// others are drawing on it too, so we spread what remains evenly over the
-    /// time to its reset. Each client doing so leaves the budget draining more
-    /// slowly as it runs low, instead of a storm of 429s at its end.
-    fn follow_rate_headers(&mut self, reply: &Reply) {
+    /// Shares the tenant's budget with its other clients (see `share`).
+    fn follow_rate_headers(&mut self, reply: &Reply, now: Instant) {
         let (Some(remaining), Some(reset)) = (reply.remaining, reply.reset) else {
             return;
         };
@@ -427,31 +430,29 @@ impl Flusher {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs_f64();
-        let left = reset as f64 - now_unix;
-        if left <= 0.0 {
-            self.pace_gap = None;
-            return;
-        }
-        let now = Instant::now();
-        // The reset is given in whole seconds, rounded up: assume the middle.
-        let left = (left - 0.5).max(0.05);
-        let (limit, per) = self.own_budget;
-        let own_rate = f64::from(limit) / per.as_secs_f64();
-        let server_rate = remaining as f64 / left;
-        // Others drawing on the budget show as a remaining budget that would
-        // last us less than half our own pace; alone, we never get there
-        // before our own budget stops us.
-        if server_rate < own_rate * 0.5 {
-            self.shared_until = Some(now + per);
-        }
-        let shared = self.shared_until.is_some_and(|t| t > now);
-        if remaining == 0 || (shared && remaining <= SHARED_RESERVE) {
-            self.not_before = self.not_before.max(now + Duration::from_secs_f64(left));
-            self.pace_gap = None;
-        } else if shared {
-            self.pace_gap = Some(Duration::from_secs_f64(left / remaining as f64));
-        } else {
-            self.pace_gap = None;
+        let observation = Observation {
+            remaining,
+            reset,
+            limit: reply.limit,
+            counted: !matches!(reply.outcome, Outcome::RateLimited(_)),
+            other_in_flight: self.outstanding,
+        };
+        let advice = self.share.observe(now, now_unix, observation);
+        debug!(
+            remaining,
+            reset,
+            others = self.share.others_in_window(),
+            reserve = self.share.reserve(),
+            ?advice,
+            "rate headers"
+        );
+        match advice {
+            Advice::Free => self.pace_gap = None,
+            Advice::Pace(gap) => self.pace_gap = Some(gap),
+            Advice::WaitUntil(at) => {
+                self.pace_gap = None;
+                self.not_before = self.not_before.max(at);
+            }
         }
     }
 }
@@ -476,6 +477,7 @@ impl Sender {
                     outcome: Outcome::Transient(without_url(&e)),
                     remaining: None,
                     reset: None,
+                    limit: None,
                 }
             }
         };
@@ -492,6 +494,7 @@ impl Sender {
         };
         let remaining = header_u64("x-ratelimit-remaining");
         let reset = header_u64("x-ratelimit-reset");
+        let limit = header_u64("x-ratelimit-limit");
         let outcome = match status {
             200..=299 => Outcome::Delivered,
             429 => Outcome::RateLimited(
@@ -518,6 +521,7 @@ impl Sender {
             outcome,
             remaining,
             reset,
+            limit,
         }
     }
 }

@@ -37,6 +37,13 @@ impl Budget {
         }
     }
 
+    /// A new limit or window; the requests already sent still count.
+    pub fn reconfigure(&mut self, limit: u32, window: Duration) {
+        let sent = std::mem::take(&mut self.sent);
+        *self = Budget::new(limit, window);
+        self.sent = sent;
+    }
+
     pub fn per_minute(limit: u32) -> Budget {
         Budget::new(limit, Duration::from_secs(60))
     }

@@ -101,8 +101,10 @@ pub struct Flusher {
     /// Batches already taken from the queue that must be sent again (after a
     /// failure, or as halves of a refused batch) before new ones.
     retry: VecDeque<Batch>,
-    /// No request starts before this (Retry-After, backoff, a refused key).
+    /// No request starts before this (Retry-After, a spent shared window).
     not_before: Instant,
+    /// Nor before this: a refused key or a backoff; a reload ends it.
+    hold_until: Option<Instant>,
     /// Least gap between request starts while the tenant's budget is shared.
     pace_gap: Option<Duration>,
     last_start: Option<Instant>,
@@ -112,15 +114,46 @@ pub struct Flusher {
     last_auth_log: Option<Instant>,
     /// Requests started and not yet answered.
     outstanding: usize,
+    /// The configured budget, to see whether a reload changes it.
+    budget_config: (u32, Duration),
+    reloads: ReloadSlot,
 }
 
-impl Flusher {
-    pub fn new(
-        config: &Config,
-        key: &ApiKey,
-        queue: Arc<Queue>,
-        stats: Arc<FlushStats>,
-    ) -> Result<Flusher, FlushError> {
+/// The settings a reload (SIGHUP) may change while the daemon runs: the key,
+/// `[api]` (URL, CA file, timeout) and `[delivery]`.
+pub struct Reload {
+    sender: Sender,
+    budget: (u32, Duration),
+    batch_max_events: usize,
+    batch_max_bytes: usize,
+    linger: Duration,
+    max_backoff: Duration,
+    max_in_flight: usize,
+    shutdown_timeout: Duration,
+}
+
+/// Where a reload waits for the flusher to pick it up (within 200 ms).
+pub type ReloadSlot = Arc<std::sync::Mutex<Option<Reload>>>;
+
+impl Reload {
+    /// Builds the HTTP client and reads the delivery settings; fails on a
+    /// key that cannot be a header or an unusable `ca_file`.
+    pub fn new(config: &Config, key: &ApiKey) -> Result<Reload, FlushError> {
+        Ok(Reload {
+            sender: Sender::new(config, key)?,
+            budget: config.delivery.budget(),
+            batch_max_events: config.delivery.batch_max_events,
+            batch_max_bytes: config.delivery.batch_max_bytes.0 as usize,
+            linger: config.delivery.linger,
+            max_backoff: config.delivery.max_backoff,
+            max_in_flight: config.delivery.max_in_flight,
+            shutdown_timeout: config.delivery.shutdown_timeout,
+        })
+    }
+}
+
+impl Sender {
+    fn new(config: &Config, key: &ApiKey) -> Result<Sender, FlushError> {
         let mut headers = HeaderMap::new();
         let mut bearer = HeaderValue::from_str(&format!("Bearer {}", key.expose()))
             .map_err(|_| FlushError::KeyHeader)?;
@@ -133,6 +166,8 @@ impl Flusher {
         if config.delivery.compression == Compression::Gzip {
             headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
         }
+        // reqwest follows HTTPS_PROXY / HTTP_PROXY / ALL_PROXY and NO_PROXY
+        // from the environment by default.
         let mut builder = reqwest::Client::builder()
             .default_headers(headers)
             .timeout(config.api.timeout)
@@ -155,34 +190,83 @@ impl Flusher {
         }
         let client = builder.build()?;
         let base = config.api.base_url.get_ref().trim_end_matches('/');
-        let (requests, per) = config.delivery.budget();
-        // Our window is a little longer than the server's: ours starts when a
-        // request leaves, the server's when it arrives.
-        let margin = (per / 100).max(Duration::from_millis(50));
+        Ok(Sender {
+            client,
+            url: format!("{base}{BATCH_PATH}"),
+            compression: config.delivery.compression,
+        })
+    }
+}
+
+/// Our window is a little longer than the server's: ours starts when a
+/// request leaves, the server's when it arrives.
+fn with_margin(per: Duration) -> Duration {
+    per + (per / 100).max(Duration::from_millis(50))
+}
+
+impl Flusher {
+    pub fn new(
+        config: &Config,
+        key: &ApiKey,
+        queue: Arc<Queue>,
+        stats: Arc<FlushStats>,
+    ) -> Result<Flusher, FlushError> {
+        let settings = Reload::new(config, key)?;
+        let (requests, per) = settings.budget;
         Ok(Flusher {
-            sender: Arc::new(Sender {
-                client,
-                url: format!("{base}{BATCH_PATH}"),
-                compression: config.delivery.compression,
-            }),
+            sender: Arc::new(settings.sender),
             queue,
-            budget: Budget::new(requests, per + margin),
-            batch_max_events: config.delivery.batch_max_events,
-            batch_max_bytes: config.delivery.batch_max_bytes.0 as usize,
-            linger: config.delivery.linger,
-            max_backoff: config.delivery.max_backoff,
-            max_in_flight: config.delivery.max_in_flight,
-            shutdown_timeout: config.delivery.shutdown_timeout,
+            budget: Budget::new(requests, with_margin(per)),
+            batch_max_events: settings.batch_max_events,
+            batch_max_bytes: settings.batch_max_bytes,
+            linger: settings.linger,
+            max_backoff: settings.max_backoff,
+            max_in_flight: settings.max_in_flight,
+            shutdown_timeout: settings.shutdown_timeout,
             stats,
             retry: VecDeque::new(),
             not_before: Instant::now(),
+            hold_until: None,
             pace_gap: None,
             last_start: None,
             share: Share::new(requests, per),
             consecutive_failures: 0,
             last_auth_log: None,
             outstanding: 0,
+            budget_config: (requests, per),
+            reloads: Arc::default(),
         })
+    }
+
+    /// Where [`Pipeline`](crate::pipeline::Pipeline) puts a reload.
+    pub fn reload_slot(&self) -> ReloadSlot {
+        self.reloads.clone()
+    }
+
+    /// Applies a reload. A request held back by a refused key or a backoff
+    /// is tried at once (the fix may be what was reloaded); a server's
+    /// Retry-After and the budget still hold.
+    fn apply(&mut self, r: Reload) {
+        self.sender = Arc::new(r.sender);
+        if r.budget != self.budget_config {
+            let (requests, per) = r.budget;
+            self.budget.reconfigure(requests, with_margin(per));
+            self.share = Share::new(requests, per);
+            self.pace_gap = None;
+            self.budget_config = r.budget;
+        }
+        self.batch_max_events = r.batch_max_events;
+        self.batch_max_bytes = r.batch_max_bytes;
+        self.linger = r.linger;
+        self.max_backoff = r.max_backoff;
+        self.max_in_flight = r.max_in_flight;
+        self.shutdown_timeout = r.shutdown_timeout;
+        self.consecutive_failures = 0;
+        if self.hold_until.take().is_some_and(|t| t > Instant::now()) {
+            info!("configuration reloaded; retrying delivery now");
+        } else {
+            info!("configuration reloaded");
+        }
     }
 
     /// Delivers until `shutdown` is set, then waits for requests in flight up
@@ -191,6 +275,14 @@ impl Flusher {
         let mut in_flight: JoinSet<(Batch, Reply)> = JoinSet::new();
         let stop = || shutdown.load(Ordering::SeqCst);
         while !stop() {
+            let reload = self
+                .reloads
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            if let Some(r) = reload {
+                self.apply(r);
+            }
             while let Some(done) = in_flight.try_join_next() {
                 self.completed(done)?;
             }
@@ -275,6 +367,9 @@ impl Flusher {
     /// The earliest time the next request may start.
     fn next_start(&mut self, now: Instant) -> Instant {
         let mut at = self.not_before.max(now + self.budget.wait_time(now));
+        if let Some(hold) = self.hold_until {
+            at = at.max(hold);
+        }
         if let (Some(gap), Some(last)) = (self.pace_gap, self.last_start) {
             at = at.max(last + gap);
         }
@@ -406,7 +501,7 @@ impl Flusher {
                     );
                     self.last_auth_log = Some(now);
                 }
-                self.not_before = self.not_before.max(now + AUTH_RETRY);
+                self.hold_until = Some(now + AUTH_RETRY);
                 self.retry.push_front(batch);
             }
             Outcome::Transient(why) => {
@@ -414,7 +509,7 @@ impl Flusher {
                 self.consecutive_failures = self.consecutive_failures.saturating_add(1);
                 let wait = backoff(self.consecutive_failures, self.max_backoff);
                 warn!(error = %why, retry_in_ms = wait.as_millis() as u64, "delivery failed; will retry");
-                self.not_before = self.not_before.max(now + wait);
+                self.hold_until = Some(now + wait);
                 self.retry.push_front(batch);
             }
         }

@@ -124,6 +124,12 @@ struct ReceiverArgs {
     /// Refuse (400) events whose content contains this text.
     #[arg(long)]
     reject_content: Option<String>,
+    /// Serve HTTPS with this certificate (PEM, the chain); needs --tls-key.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -340,6 +346,7 @@ async fn receiver(args: ReceiverArgs) -> anyhow::Result<ExitCode> {
         max_body: args.max_body,
         refuse_keys_for: args.refuse_keys_for,
         reject_content: args.reject_content,
+        tls: args.tls_cert.zip(args.tls_key),
     };
     let mut signals = ops::StopSignals::install().context("cannot install signal handlers")?;
     let (server, handle) = Receiver::bind(config.clone())

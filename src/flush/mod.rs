@@ -501,7 +501,7 @@ impl Flusher {
                     );
                     self.last_auth_log = Some(now);
                 }
-                self.hold_until = Some(now + AUTH_RETRY);
+                self.hold(now + AUTH_RETRY);
                 self.retry.push_front(batch);
             }
             Outcome::Transient(why) => {
@@ -509,11 +509,16 @@ impl Flusher {
                 self.consecutive_failures = self.consecutive_failures.saturating_add(1);
                 let wait = backoff(self.consecutive_failures, self.max_backoff);
                 warn!(error = %why, retry_in_ms = wait.as_millis() as u64, "delivery failed; will retry");
-                self.hold_until = Some(now + wait);
+                self.hold(now + wait);
                 self.retry.push_front(batch);
             }
         }
         Ok(())
+    }
+
+    /// Holds requests back until `until` (or longer, if already held).
+    fn hold(&mut self, until: Instant) {
+        self.hold_until = Some(self.hold_until.map_or(until, |h| h.max(until)));
     }
 
     /// Shares the tenant's budget with its other clients (see `share`).

@@ -713,7 +713,9 @@ pub fn backoff(attempt: u32, cap: Duration) -> Duration {
 fn without_url(e: &reqwest::Error) -> String {
     let mut msg = e.to_string();
     if let Some(url) = e.url() {
-        msg = msg.replace(url.as_str(), "");
+        msg = msg
+            .replace(&format!(" for url ({url})"), "")
+            .replace(url.as_str(), "");
     }
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {

@@ -13,7 +13,7 @@ use thoth_ingest::ops;
 use thoth_ingest::pipeline::Pipeline;
 use thoth_ingest::receiver::{Receiver, ReceiverConfig};
 use thoth_ingest::source::file::FileMatcher;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 #[derive(Parser)]
 #[command(
@@ -128,6 +128,12 @@ struct ReceiverArgs {
     /// Refuse (400) events whose content contains this text.
     #[arg(long)]
     reject_content: Option<String>,
+    /// Serve HTTPS with this certificate (PEM, the chain); needs --tls-key.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -241,23 +247,75 @@ fn validate(path: &Path) -> anyhow::Result<ExitCode> {
 
 async fn run(path: &Path) -> anyhow::Result<ExitCode> {
     let mut signals = ops::StopSignals::install().context("cannot install signal handlers")?;
+    let mut hups = ops::ReloadSignals::install().context("cannot install signal handlers")?;
     let env = Env::from_process();
     let config = Config::load(path, &env)?;
     let (key, origin) = config.resolve_api_key(&env)?;
     info!(key_from = %origin, "configuration loaded from {}", path.display());
     let mut pipeline = Pipeline::start(&config, &key)?;
-    let outcome = tokio::select! {
-        signal = signals.recv() => {
-            info!(signal, "stopping");
-            Ok(())
+    let restart_only = restart_only_tables(path);
+    let outcome = loop {
+        tokio::select! {
+            signal = signals.recv() => {
+                info!(signal, "stopping");
+                break Ok(());
+            }
+            () = hups.recv() => reload(path, &pipeline, &restart_only),
+            e = pipeline.failed() => break Err(e),
         }
-        e = pipeline.failed() => Err(e),
     };
     // The flusher gives requests in flight shutdown_timeout; this is the backstop.
     pipeline
         .stop(config.delivery.shutdown_timeout + Duration::from_secs(5))
         .await?;
     outcome.map(|()| ExitCode::SUCCESS)
+}
+
+/// The parts of the config file a reload does not apply, as written.
+fn restart_only_tables(path: &Path) -> Vec<(&'static str, Option<toml::Value>)> {
+    let doc: Option<toml::Table> = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| t.parse().ok());
+    let get = |name: &str| -> Option<toml::Value> {
+        let doc = doc.as_ref()?;
+        match name {
+            "api.tenant_id" => doc.get("api")?.get("tenant_id").cloned(),
+            other => doc.get(other).cloned(),
+        }
+    };
+    ["sources", "state", "defaults", "redaction", "api.tenant_id"]
+        .into_iter()
+        .map(|name| (name, get(name)))
+        .collect()
+}
+
+/// SIGHUP: reads the config file and the key again and applies what can
+/// change while running (see `Pipeline::reload`). A config or key that does
+/// not load changes nothing.
+fn reload(path: &Path, pipeline: &Pipeline, restart_only: &[(&'static str, Option<toml::Value>)]) {
+    let env = Env::from_process();
+    let loaded = Config::load(path, &env).and_then(|c| {
+        let key = c.resolve_api_key(&env)?;
+        Ok((c, key))
+    });
+    let (config, (key, origin)) = match loaded {
+        Ok(x) => x,
+        Err(e) => {
+            error!("reload refused, the running configuration stays: {e}");
+            return;
+        }
+    };
+    if let Err(e) = pipeline.reload(&config, &key) {
+        error!("reload refused, the running configuration stays: {e:#}");
+        return;
+    }
+    let now = restart_only_tables(path);
+    for ((name, before), (_, after)) in restart_only.iter().zip(&now) {
+        if before != after {
+            warn!("`{name}` changed: it takes effect at the next restart");
+        }
+    }
+    info!(key_from = %origin, "reloaded {}", path.display());
 }
 
 fn parse_preview(config: &Path, args: ParseCmdArgs) -> anyhow::Result<ExitCode> {
@@ -293,6 +351,7 @@ async fn receiver(args: ReceiverArgs) -> anyhow::Result<ExitCode> {
         max_body: args.max_body,
         refuse_keys_for: args.refuse_keys_for,
         reject_content: args.reject_content,
+        tls: args.tls_cert.zip(args.tls_key),
     };
     let mut signals = ops::StopSignals::install().context("cannot install signal handlers")?;
     let (server, handle) = Receiver::bind(config.clone())

@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use tracing::info;
 
 use crate::config::{ApiKey, Config};
-use crate::flush::{FlushStats, Flusher};
+use crate::flush::{FlushStats, Flusher, Reload, ReloadSlot};
 use crate::queue::Queue;
 use crate::source::file::FileSource;
 use crate::source::SourceStats;
@@ -23,6 +23,7 @@ pub struct Pipeline {
     flusher: tokio::task::JoinHandle<()>,
     shutdown: Arc<AtomicBool>,
     failures: mpsc::UnboundedReceiver<anyhow::Error>,
+    reload: ReloadSlot,
 }
 
 impl Pipeline {
@@ -64,6 +65,7 @@ impl Pipeline {
         }
         let flush_stats = Arc::new(FlushStats::default());
         let flusher = Flusher::new(config, key, queue.clone(), flush_stats.clone())?;
+        let reload = flusher.reload_slot();
         let flag = shutdown.clone();
         let flusher = tokio::spawn(async move {
             if let Err(e) = flusher.run(flag).await {
@@ -84,7 +86,22 @@ impl Pipeline {
             flusher,
             shutdown,
             failures,
+            reload,
         })
+    }
+
+    /// Applies a reloaded configuration to what can change while running:
+    /// the key, `[api]`'s URL, CA file and timeout, `[delivery]`, and the
+    /// queue's bound. Sources, parsers and the state directory keep their
+    /// start-up configuration. On an error nothing changes.
+    pub fn reload(&self, config: &Config, key: &ApiKey) -> anyhow::Result<()> {
+        let settings = Reload::new(config, key)?;
+        self.queue.set_bound(
+            config.queue.max_bytes.0,
+            config.queue.when_full == crate::config::WhenFull::DropOldest,
+        );
+        *self.reload.lock().unwrap_or_else(|p| p.into_inner()) = Some(settings);
+        Ok(())
     }
 
     /// True when every source has read all it can see and every event it

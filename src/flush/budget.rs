@@ -1,5 +1,14 @@
 //! The request budget: never more than N requests in any window of the
-//! configured length (design invariant 5).
+//! configured length (design invariant 5), and never faster than twice the
+//! budget's average rate.
+//!
+//! The second rule keeps a backlog from spending a whole window in one burst
+//! at its start. Alone, that costs nothing (the window is still spent long
+//! before it ends). With others on the same tenant's budget, it leaves them
+//! room to be counted early in the window, which is how we learn they are
+//! there (see `share`): a burst that spends the window before another client
+//! wakes would starve it, and that client's 429s are not counted, so the
+//! burster would never learn of it.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -13,6 +22,8 @@ use tokio::time::Instant;
 pub struct Budget {
     limit: usize,
     window: Duration,
+    /// Least gap between two request starts: half the average spacing.
+    min_gap: Duration,
     sent: VecDeque<Instant>,
 }
 
@@ -21,8 +32,16 @@ impl Budget {
         Budget {
             limit: limit.max(1) as usize,
             window,
+            min_gap: window / limit.max(1) / 2,
             sent: VecDeque::with_capacity(limit as usize),
         }
+    }
+
+    /// A new limit or window; the requests already sent still count.
+    pub fn reconfigure(&mut self, limit: u32, window: Duration) {
+        let sent = std::mem::take(&mut self.sent);
+        *self = Budget::new(limit, window);
+        self.sent = sent;
     }
 
     pub fn per_minute(limit: u32) -> Budget {
@@ -42,11 +61,16 @@ impl Budget {
     /// How long until a request may start (zero if one may start now).
     pub fn wait_time(&mut self, now: Instant) -> Duration {
         self.expire(now);
+        let spaced = self.sent.back().map_or(Duration::ZERO, |&last| {
+            (last + self.min_gap).saturating_duration_since(now)
+        });
         if self.sent.len() < self.limit {
-            return Duration::ZERO;
+            return spaced;
         }
         let oldest = self.sent[self.sent.len() - self.limit];
-        (oldest + self.window).saturating_duration_since(now)
+        (oldest + self.window)
+            .saturating_duration_since(now)
+            .max(spaced)
     }
 
     pub fn window(&self) -> Duration {
@@ -105,6 +129,10 @@ mod tests {
         }
         // And the budget is used: 3 per 10 s over 60 s.
         assert_eq!(starts.len(), 18);
+        // Not in one burst: at most twice the average rate.
+        for pair in starts.windows(2) {
+            assert!(pair[1] - pair[0] >= Duration::from_millis(1666));
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! and the API's answers, and nothing of logs.
 
 pub mod budget;
+pub mod share;
 
 use std::collections::VecDeque;
 use std::io::Write as _;
@@ -19,6 +20,7 @@ use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use self::budget::Budget;
+use self::share::{Advice, Observation, Share};
 use crate::config::{ApiKey, Compression, Config};
 use crate::event::Timestamp;
 use crate::queue::{Batch, DeadReason, Queue, QueueError};
@@ -27,8 +29,6 @@ pub const BATCH_PATH: &str = "/v1/events/batch";
 /// How long to wait before trying again after 401/403: a fixed key may be
 /// installed at any time, but hammering a refusing endpoint helps no one.
 const AUTH_RETRY: Duration = Duration::from_secs(15);
-/// Requests of a shared window left unused, see `follow_rate_headers`.
-const SHARED_RESERVE: u64 = 2;
 /// A refused key is reported at most this often.
 const AUTH_LOG_EVERY: Duration = Duration::from_secs(300);
 
@@ -73,9 +73,11 @@ enum Outcome {
 #[derive(Debug)]
 struct Reply {
     outcome: Outcome,
-    /// `X-RateLimit-Remaining` and `X-RateLimit-Reset` (Unix seconds).
+    /// `X-RateLimit-Remaining`, `X-RateLimit-Reset` (Unix seconds) and
+    /// `X-RateLimit-Limit`.
     remaining: Option<u64>,
     reset: Option<u64>,
+    limit: Option<u64>,
 }
 
 /// What sending needs, shared by the request tasks.
@@ -99,26 +101,59 @@ pub struct Flusher {
     /// Batches already taken from the queue that must be sent again (after a
     /// failure, or as halves of a refused batch) before new ones.
     retry: VecDeque<Batch>,
-    /// No request starts before this (Retry-After, backoff, a refused key).
+    /// No request starts before this (Retry-After, a spent shared window).
     not_before: Instant,
-    /// Least gap between request starts while the tenant's shared budget runs low.
+    /// Nor before this: a refused key or a backoff; a reload ends it.
+    hold_until: Option<Instant>,
+    /// Least gap between request starts while the tenant's budget is shared.
     pace_gap: Option<Duration>,
     last_start: Option<Instant>,
-    /// Our own budget: requests per window.
-    own_budget: (u32, Duration),
-    /// Until when other clients are known to share the tenant's budget.
-    shared_until: Option<Instant>,
+    /// What the rate headers say about others drawing on the tenant's budget.
+    share: Share,
     consecutive_failures: u32,
     last_auth_log: Option<Instant>,
+    /// Requests started and not yet answered.
+    outstanding: usize,
+    /// The configured budget, to see whether a reload changes it.
+    budget_config: (u32, Duration),
+    reloads: ReloadSlot,
 }
 
-impl Flusher {
-    pub fn new(
-        config: &Config,
-        key: &ApiKey,
-        queue: Arc<Queue>,
-        stats: Arc<FlushStats>,
-    ) -> Result<Flusher, FlushError> {
+/// The settings a reload (SIGHUP) may change while the daemon runs: the key,
+/// `[api]` (URL, CA file, timeout) and `[delivery]`.
+pub struct Reload {
+    sender: Sender,
+    budget: (u32, Duration),
+    batch_max_events: usize,
+    batch_max_bytes: usize,
+    linger: Duration,
+    max_backoff: Duration,
+    max_in_flight: usize,
+    shutdown_timeout: Duration,
+}
+
+/// Where a reload waits for the flusher to pick it up (within 200 ms).
+pub type ReloadSlot = Arc<std::sync::Mutex<Option<Reload>>>;
+
+impl Reload {
+    /// Builds the HTTP client and reads the delivery settings; fails on a
+    /// key that cannot be a header or an unusable `ca_file`.
+    pub fn new(config: &Config, key: &ApiKey) -> Result<Reload, FlushError> {
+        Ok(Reload {
+            sender: Sender::new(config, key)?,
+            budget: config.delivery.budget(),
+            batch_max_events: config.delivery.batch_max_events,
+            batch_max_bytes: config.delivery.batch_max_bytes.0 as usize,
+            linger: config.delivery.linger,
+            max_backoff: config.delivery.max_backoff,
+            max_in_flight: config.delivery.max_in_flight,
+            shutdown_timeout: config.delivery.shutdown_timeout,
+        })
+    }
+}
+
+impl Sender {
+    fn new(config: &Config, key: &ApiKey) -> Result<Sender, FlushError> {
         let mut headers = HeaderMap::new();
         let mut bearer = HeaderValue::from_str(&format!("Bearer {}", key.expose()))
             .map_err(|_| FlushError::KeyHeader)?;
@@ -131,6 +166,8 @@ impl Flusher {
         if config.delivery.compression == Compression::Gzip {
             headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
         }
+        // reqwest follows HTTPS_PROXY / HTTP_PROXY / ALL_PROXY and NO_PROXY
+        // from the environment by default.
         let mut builder = reqwest::Client::builder()
             .default_headers(headers)
             .timeout(config.api.timeout)
@@ -153,34 +190,83 @@ impl Flusher {
         }
         let client = builder.build()?;
         let base = config.api.base_url.get_ref().trim_end_matches('/');
-        let (requests, per) = config.delivery.budget();
-        // Our window is a little longer than the server's: ours starts when a
-        // request leaves, the server's when it arrives.
-        let margin = (per / 100).max(Duration::from_millis(50));
+        Ok(Sender {
+            client,
+            url: format!("{base}{BATCH_PATH}"),
+            compression: config.delivery.compression,
+        })
+    }
+}
+
+/// Our window is a little longer than the server's: ours starts when a
+/// request leaves, the server's when it arrives.
+fn with_margin(per: Duration) -> Duration {
+    per + (per / 100).max(Duration::from_millis(50))
+}
+
+impl Flusher {
+    pub fn new(
+        config: &Config,
+        key: &ApiKey,
+        queue: Arc<Queue>,
+        stats: Arc<FlushStats>,
+    ) -> Result<Flusher, FlushError> {
+        let settings = Reload::new(config, key)?;
+        let (requests, per) = settings.budget;
         Ok(Flusher {
-            sender: Arc::new(Sender {
-                client,
-                url: format!("{base}{BATCH_PATH}"),
-                compression: config.delivery.compression,
-            }),
+            sender: Arc::new(settings.sender),
             queue,
-            budget: Budget::new(requests, per + margin),
-            batch_max_events: config.delivery.batch_max_events,
-            batch_max_bytes: config.delivery.batch_max_bytes.0 as usize,
-            linger: config.delivery.linger,
-            max_backoff: config.delivery.max_backoff,
-            max_in_flight: config.delivery.max_in_flight,
-            shutdown_timeout: config.delivery.shutdown_timeout,
+            budget: Budget::new(requests, with_margin(per)),
+            batch_max_events: settings.batch_max_events,
+            batch_max_bytes: settings.batch_max_bytes,
+            linger: settings.linger,
+            max_backoff: settings.max_backoff,
+            max_in_flight: settings.max_in_flight,
+            shutdown_timeout: settings.shutdown_timeout,
             stats,
             retry: VecDeque::new(),
             not_before: Instant::now(),
+            hold_until: None,
             pace_gap: None,
             last_start: None,
-            own_budget: (requests, per),
-            shared_until: None,
+            share: Share::new(requests, per),
             consecutive_failures: 0,
             last_auth_log: None,
+            outstanding: 0,
+            budget_config: (requests, per),
+            reloads: Arc::default(),
         })
+    }
+
+    /// Where [`Pipeline`](crate::pipeline::Pipeline) puts a reload.
+    pub fn reload_slot(&self) -> ReloadSlot {
+        self.reloads.clone()
+    }
+
+    /// Applies a reload. A request held back by a refused key or a backoff
+    /// is tried at once (the fix may be what was reloaded); a server's
+    /// Retry-After and the budget still hold.
+    fn apply(&mut self, r: Reload) {
+        self.sender = Arc::new(r.sender);
+        if r.budget != self.budget_config {
+            let (requests, per) = r.budget;
+            self.budget.reconfigure(requests, with_margin(per));
+            self.share = Share::new(requests, per);
+            self.pace_gap = None;
+            self.budget_config = r.budget;
+        }
+        self.batch_max_events = r.batch_max_events;
+        self.batch_max_bytes = r.batch_max_bytes;
+        self.linger = r.linger;
+        self.max_backoff = r.max_backoff;
+        self.max_in_flight = r.max_in_flight;
+        self.shutdown_timeout = r.shutdown_timeout;
+        self.consecutive_failures = 0;
+        if self.hold_until.take().is_some_and(|t| t > Instant::now()) {
+            info!("configuration reloaded; retrying delivery now");
+        } else {
+            info!("configuration reloaded");
+        }
     }
 
     /// Delivers until `shutdown` is set, then waits for requests in flight up
@@ -189,6 +275,14 @@ impl Flusher {
         let mut in_flight: JoinSet<(Batch, Reply)> = JoinSet::new();
         let stop = || shutdown.load(Ordering::SeqCst);
         while !stop() {
+            let reload = self
+                .reloads
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            if let Some(r) = reload {
+                self.apply(r);
+            }
             while let Some(done) = in_flight.try_join_next() {
                 self.completed(done)?;
             }
@@ -197,8 +291,8 @@ impl Flusher {
                 .store(in_flight.len(), Ordering::SeqCst);
             let now = Instant::now();
             let gate = self.next_start(now);
-            // While pacing, one request at a time: its answer sets the next gap.
-            let max_in_flight = if self.pace_gap.is_some() {
+            // While sharing, one request at a time: its answer sets the next gap.
+            let max_in_flight = if self.pace_gap.is_some() || self.share.shared(now) {
                 1
             } else {
                 self.max_in_flight
@@ -237,6 +331,7 @@ impl Flusher {
             self.budget.record(now);
             self.last_start = Some(now);
             self.stats.requests.fetch_add(1, Ordering::Relaxed);
+            self.outstanding += 1;
             let sender = self.sender.clone();
             in_flight.spawn(async move {
                 let reply = sender.send(&batch).await;
@@ -272,6 +367,9 @@ impl Flusher {
     /// The earliest time the next request may start.
     fn next_start(&mut self, now: Instant) -> Instant {
         let mut at = self.not_before.max(now + self.budget.wait_time(now));
+        if let Some(hold) = self.hold_until {
+            at = at.max(hold);
+        }
         if let (Some(gap), Some(last)) = (self.pace_gap, self.last_start) {
             at = at.max(last + gap);
         }
@@ -305,6 +403,7 @@ impl Flusher {
         &mut self,
         done: Result<(Batch, Reply), tokio::task::JoinError>,
     ) -> Result<(), FlushError> {
+        self.outstanding = self.outstanding.saturating_sub(1);
         let (batch, reply) = match done {
             Ok(d) => d,
             // A request task cannot panic short of a bug; its batch is still
@@ -314,8 +413,11 @@ impl Flusher {
                 return Ok(());
             }
         };
-        self.follow_rate_headers(&reply);
         let now = Instant::now();
+        if !matches!(reply.outcome, Outcome::Unauthorized(..)) {
+            // (A refused key has no tenant: its headers describe no budget.)
+            self.follow_rate_headers(&reply, now);
+        }
         match reply.outcome {
             Outcome::Delivered => {
                 self.queue.ack(&batch)?;
@@ -399,7 +501,7 @@ impl Flusher {
                     );
                     self.last_auth_log = Some(now);
                 }
-                self.not_before = self.not_before.max(now + AUTH_RETRY);
+                self.hold(now + AUTH_RETRY);
                 self.retry.push_front(batch);
             }
             Outcome::Transient(why) => {
@@ -407,19 +509,20 @@ impl Flusher {
                 self.consecutive_failures = self.consecutive_failures.saturating_add(1);
                 let wait = backoff(self.consecutive_failures, self.max_backoff);
                 warn!(error = %why, retry_in_ms = wait.as_millis() as u64, "delivery failed; will retry");
-                self.not_before = self.not_before.max(now + wait);
+                self.hold(now + wait);
                 self.retry.push_front(batch);
             }
         }
         Ok(())
     }
 
-    /// Shares the tenant's budget with its other clients: when the server's
-    /// remaining budget is below what our own budget would still let us send,
-    /// others are drawing on it too, so we spread what remains evenly over the
-    /// time to its reset. Each client doing so leaves the budget draining more
-    /// slowly as it runs low, instead of a storm of 429s at its end.
-    fn follow_rate_headers(&mut self, reply: &Reply) {
+    /// Holds requests back until `until` (or longer, if already held).
+    fn hold(&mut self, until: Instant) {
+        self.hold_until = Some(self.hold_until.map_or(until, |h| h.max(until)));
+    }
+
+    /// Shares the tenant's budget with its other clients (see `share`).
+    fn follow_rate_headers(&mut self, reply: &Reply, now: Instant) {
         let (Some(remaining), Some(reset)) = (reply.remaining, reply.reset) else {
             return;
         };
@@ -427,31 +530,29 @@ impl Flusher {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs_f64();
-        let left = reset as f64 - now_unix;
-        if left <= 0.0 {
-            self.pace_gap = None;
-            return;
-        }
-        let now = Instant::now();
-        // The reset is given in whole seconds, rounded up: assume the middle.
-        let left = (left - 0.5).max(0.05);
-        let (limit, per) = self.own_budget;
-        let own_rate = f64::from(limit) / per.as_secs_f64();
-        let server_rate = remaining as f64 / left;
-        // Others drawing on the budget show as a remaining budget that would
-        // last us less than half our own pace; alone, we never get there
-        // before our own budget stops us.
-        if server_rate < own_rate * 0.5 {
-            self.shared_until = Some(now + per);
-        }
-        let shared = self.shared_until.is_some_and(|t| t > now);
-        if remaining == 0 || (shared && remaining <= SHARED_RESERVE) {
-            self.not_before = self.not_before.max(now + Duration::from_secs_f64(left));
-            self.pace_gap = None;
-        } else if shared {
-            self.pace_gap = Some(Duration::from_secs_f64(left / remaining as f64));
-        } else {
-            self.pace_gap = None;
+        let observation = Observation {
+            remaining,
+            reset,
+            limit: reply.limit,
+            counted: !matches!(reply.outcome, Outcome::RateLimited(_)),
+            other_in_flight: self.outstanding,
+        };
+        let advice = self.share.observe(now, now_unix, observation);
+        debug!(
+            remaining,
+            reset,
+            others = self.share.others_in_window(),
+            reserve = self.share.reserve(),
+            ?advice,
+            "rate headers"
+        );
+        match advice {
+            Advice::Free => self.pace_gap = None,
+            Advice::Pace(gap) => self.pace_gap = Some(gap),
+            Advice::WaitUntil(at) => {
+                self.pace_gap = None;
+                self.not_before = self.not_before.max(at);
+            }
         }
     }
 }
@@ -476,6 +577,7 @@ impl Sender {
                     outcome: Outcome::Transient(without_url(&e)),
                     remaining: None,
                     reset: None,
+                    limit: None,
                 }
             }
         };
@@ -492,6 +594,7 @@ impl Sender {
         };
         let remaining = header_u64("x-ratelimit-remaining");
         let reset = header_u64("x-ratelimit-reset");
+        let limit = header_u64("x-ratelimit-limit");
         let outcome = match status {
             200..=299 => Outcome::Delivered,
             429 => Outcome::RateLimited(
@@ -518,6 +621,7 @@ impl Sender {
             outcome,
             remaining,
             reset,
+            limit,
         }
     }
 }
@@ -609,7 +713,9 @@ pub fn backoff(attempt: u32, cap: Duration) -> Duration {
 fn without_url(e: &reqwest::Error) -> String {
     let mut msg = e.to_string();
     if let Some(url) = e.url() {
-        msg = msg.replace(url.as_str(), "");
+        msg = msg
+            .replace(&format!(" for url ({url})"), "")
+            .replace(url.as_str(), "");
     }
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {

@@ -1,4 +1,4 @@
-//! Operating the daemon: signals and logging set-up.
+//! Operating the daemon: signals (stop, reload) and logging set-up.
 
 use tracing_subscriber::EnvFilter;
 
@@ -28,5 +28,22 @@ impl StopSignals {
     pub async fn recv(&mut self) -> i32 {
         use futures::StreamExt;
         self.0.next().await.unwrap_or(signal_hook::consts::SIGTERM)
+    }
+}
+
+/// SIGHUP: reload the configuration.
+pub struct ReloadSignals(signal_hook_tokio::Signals);
+
+impl ReloadSignals {
+    pub fn install() -> std::io::Result<ReloadSignals> {
+        signal_hook_tokio::Signals::new([signal_hook::consts::SIGHUP]).map(ReloadSignals)
+    }
+
+    /// Resolves at the next SIGHUP.
+    pub async fn recv(&mut self) {
+        use futures::StreamExt;
+        if self.0.next().await.is_none() {
+            std::future::pending::<()>().await;
+        }
     }
 }

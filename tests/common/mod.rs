@@ -156,19 +156,37 @@ impl Drop for Daemon {
 }
 
 pub fn start_daemon(config: &Path) -> Daemon {
-    let child = Command::new(BIN)
-        .arg("--config")
+    start_daemon_cmd(config, |c| {
+        c.env("THOTH_API_KEY", KEY);
+    })
+}
+
+/// Starts a daemon; `setup` adds to its command (environment, mostly). No
+/// key is passed unless `setup` passes one.
+pub fn start_daemon_cmd(config: &Path, setup: impl FnOnce(&mut Command)) -> Daemon {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--config")
         .arg(config)
         .arg("run")
-        .env("THOTH_API_KEY", KEY)
+        .env_remove("THOTH_API_KEY")
+        .env_remove("THOTH_API_KEY_FILE")
+        .env_remove("CREDENTIALS_DIRECTORY")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start daemon");
+        .stderr(Stdio::inherit());
+    setup(&mut cmd);
+    let child = cmd.spawn().expect("start daemon");
     // Signal handlers are installed first thing, but not before exec.
     std::thread::sleep(Duration::from_millis(50));
     Daemon(child)
+}
+
+/// Sends `signal` to a child.
+pub fn signal(child: &Child, signal: i32) {
+    // SAFETY: kill(2) on a pid we own; no memory is involved.
+    unsafe {
+        libc::kill(child.id() as i32, signal);
+    }
 }
 
 /// SIGTERM, then the exit status.

@@ -417,3 +417,19 @@ fn an_unreadable_file_is_logged_once_and_read_when_it_becomes_readable() {
         "{log}"
     );
 }
+
+#[test]
+fn exclude_globs_leave_files_out() {
+    let mut t = Tailer::new(&format!(
+        "exclude = [{:?}]",
+        std::env::temp_dir()
+            .join("**/skip-*.log")
+            .display()
+            .to_string()
+    ));
+    t.append("keep.log", ev("kept").as_bytes());
+    t.append("skip-me.log", ev("skipped").as_bytes());
+    t.drain();
+    assert_eq!(t.contents(), vec!["kept"]);
+    assert_eq!(t.stats.files.load(Ordering::Relaxed), 1);
+}

@@ -740,12 +740,14 @@ impl FileSource {
         Ok(true)
     }
 
-    /// Emits a multiline record whose timeout passed; true if one was.
-    fn flush_stale(&mut self, id: (u64, u64)) -> Result<bool, ReadError> {
+    /// Runs `f` with the file's line cutter and a sink that parses each
+    /// record it emits into `self.events` (cleared first).
+    fn cut_with<R>(
+        &mut self,
+        id: (u64, u64),
+        f: impl FnOnce(&mut LineCutter, &mut dyn FnMut(Line<'_>)) -> R,
+    ) -> Result<R, ReadError> {
         let t = self.tracked.get_mut(&id).ok_or_else(gone)?;
-        if !t.cutter.has_open_record() {
-            return Ok(false);
-        }
         self.events.clear();
         let read_at = Timestamp::now();
         let Tracked {
@@ -758,10 +760,8 @@ impl FileSource {
             .as_ref()
             .map(|i| i.stream.as_str())
             .unwrap_or_default();
-        let events = &mut self.events;
-        let parse_stats = &mut self.parse_stats;
-        let stats = &self.stats;
-        let flushed = cutter.flush_if_stale(&mut |line| {
+        let (events, parse_stats, stats) = (&mut self.events, &mut self.parse_stats, &self.stats);
+        let mut sink = |line: Line<'_>| {
             handle_line(
                 line,
                 stream,
@@ -771,7 +771,17 @@ impl FileSource {
                 parse_stats,
                 stats,
             )
-        });
+        };
+        Ok(f(cutter, &mut sink))
+    }
+
+    /// Emits a multiline record whose timeout passed; true if one was.
+    fn flush_stale(&mut self, id: (u64, u64)) -> Result<bool, ReadError> {
+        let t = self.tracked.get_mut(&id).ok_or_else(gone)?;
+        if !t.cutter.has_open_record() {
+            return Ok(false);
+        }
+        let flushed = self.cut_with(id, |cutter, sink| cutter.flush_if_stale(sink))?;
         if flushed {
             self.commit(id)?;
         }
@@ -786,36 +796,12 @@ impl FileSource {
         buf: &[u8],
         at_end: bool,
     ) -> Result<Progress, ReadError> {
-        let t = self.tracked.get_mut(&id).ok_or_else(gone)?;
-        self.events.clear();
-        let read_at = Timestamp::now();
-        let base = t.offset;
-        let Tracked {
-            cutter,
-            parser,
-            ident,
-            ..
-        } = t;
-        let stream = ident
-            .as_ref()
-            .map(|i| i.stream.as_str())
-            .unwrap_or_default();
-        let events = &mut self.events;
-        let parse_stats = &mut self.parse_stats;
-        let stats = &self.stats;
-        let truncated_before = cutter.stats.truncated;
-        let consumed = cutter.feed(buf, base, at_end, &mut |line| {
-            handle_line(
-                line,
-                stream,
-                read_at,
-                parser.as_mut(),
-                events,
-                parse_stats,
-                stats,
-            )
-        });
-        let truncated = cutter.stats.truncated - truncated_before;
+        let base = self.tracked.get(&id).ok_or_else(gone)?.offset;
+        let (consumed, truncated) = self.cut_with(id, |cutter, sink| {
+            let before = cutter.stats.truncated;
+            let consumed = cutter.feed(buf, base, at_end, sink);
+            (consumed, cutter.stats.truncated - before)
+        })?;
         if truncated > 0 {
             self.stats
                 .truncated_lines
@@ -826,7 +812,7 @@ impl FileSource {
                 .flush_stale(id)
                 .map(|f| if f { Progress::Read } else { Progress::Idle });
         }
-        t.offset += consumed as u64;
+        self.tracked.get_mut(&id).ok_or_else(gone)?.offset += consumed as u64;
         self.stats
             .bytes_read
             .fetch_add(consumed as u64, Ordering::Relaxed);

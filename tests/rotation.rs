@@ -195,6 +195,25 @@ fn run(rotation: Rotation, kills: usize) -> (u64, Vec<u64>, usize) {
     (total, missing, multi)
 }
 
+fn assert_writer_kept_pace(total: u64) {
+    assert!(
+        total >= LINES_PER_SEC * seconds() * 9 / 10,
+        "writer too slow: {total}"
+    );
+}
+
+/// Every line written arrived, under one event id.
+fn assert_all_once(total: u64, missing: &[u64], multi: usize) {
+    assert_writer_kept_pace(total);
+    assert!(
+        missing.is_empty(),
+        "{} lines lost, first {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    assert_eq!(multi, 0, "lines delivered under two event ids");
+}
+
 #[test]
 fn rename_rotation_every_second_with_kill_9_loses_nothing() {
     let kills = std::env::var("THOTH_ROTATION_KILLS")
@@ -202,42 +221,19 @@ fn rename_rotation_every_second_with_kill_9_loses_nothing() {
         .and_then(|k| k.parse().ok())
         .unwrap_or(2);
     let (total, missing, multi) = run(Rotation::RenameCreate, kills);
-    assert!(
-        total >= LINES_PER_SEC * seconds() * 9 / 10,
-        "writer too slow: {total}"
-    );
-    assert!(
-        missing.is_empty(),
-        "{} lines lost, first {:?}",
-        missing.len(),
-        &missing[..missing.len().min(10)]
-    );
-    assert_eq!(multi, 0, "lines delivered under two event ids");
+    assert_all_once(total, &missing, multi);
 }
 
 #[test]
 fn rotation_into_gz_every_second_with_kill_9_reads_nothing_twice() {
     let (total, missing, multi) = run(Rotation::RenameGz, 2);
-    assert!(
-        total >= LINES_PER_SEC * seconds() * 9 / 10,
-        "writer too slow: {total}"
-    );
-    assert!(
-        missing.is_empty(),
-        "{} lines lost, first {:?}",
-        missing.len(),
-        &missing[..missing.len().min(10)]
-    );
-    assert_eq!(multi, 0, "lines delivered under two event ids");
+    assert_all_once(total, &missing, multi);
 }
 
 #[test]
 fn copytruncate_every_second_loses_only_the_window() {
     let (total, missing, multi) = run(Rotation::CopyTruncate, 0);
-    assert!(
-        total >= LINES_PER_SEC * seconds() * 9 / 10,
-        "writer too slow: {total}"
-    );
+    assert_writer_kept_pace(total);
     assert_eq!(multi, 0, "lines delivered under two event ids");
     // The window between the copy and the truncate, 30 times: lines the
     // copy has and the tailer had not read yet. Bounded, and reported.

@@ -52,7 +52,7 @@ rotate_wait = "0s"
             glob = dir.path().join("logs/*.log").display().to_string(),
         );
         let config = Config::from_toml(&toml, Path::new("(test)"), &Env::default()).unwrap();
-        let queue = Arc::new(open_queue(&config.state.dir));
+        let queue = Arc::new(common::open_queue(&config.state.dir));
         let sc = config.sources[0].clone();
         let parser = thoth_ingest::parse::build(&config, &sc);
         let stats = Arc::new(SourceStats::default());
@@ -432,21 +432,4 @@ fn exclude_globs_leave_files_out() {
     t.drain();
     assert_eq!(t.contents(), vec!["kept"]);
     assert_eq!(t.stats.files.load(Ordering::Relaxed), 1);
-}
-
-/// Opens the queue; a restart right after a drop may find sled's background
-/// threads still letting go of the previous handle's lock.
-fn open_queue(dir: &Path) -> Queue {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        match Queue::open(dir, 8 << 20) {
-            Ok(q) => return q,
-            Err(thoth_ingest::queue::QueueError::Locked { .. })
-                if std::time::Instant::now() < deadline =>
-            {
-                std::thread::sleep(std::time::Duration::from_millis(20))
-            }
-            Err(e) => panic!("cannot open the queue: {e}"),
-        }
-    }
 }

@@ -5,6 +5,8 @@
 //! arrives under exactly one event id, no event id names two lines, nothing
 //! is invented, and each file's lines first arrive in the order written.
 
+mod common;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -132,7 +134,7 @@ rotate_wait = "0s"
     }
 
     fn start(&mut self) {
-        let queue = Arc::new(open_queue(&self.config.state.dir));
+        let queue = Arc::new(common::open_queue(&self.config.state.dir));
         let sc = self.config.sources[0].clone();
         let parser = thoth_ingest::parse::build(&self.config, &sc);
         let source = FileSource::new(
@@ -472,22 +474,5 @@ proptest! {
     #[test]
     fn every_line_once_rotated_copies_not_followed(ops in prop::collection::vec(op(), 1..40)) {
         check(&ops, false)?;
-    }
-}
-
-/// Opens the queue; a restart right after a drop may find sled's background
-/// threads still letting go of the previous handle's lock.
-fn open_queue(dir: &Path) -> Queue {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        match Queue::open(dir, 8 << 20) {
-            Ok(q) => return q,
-            Err(thoth_ingest::queue::QueueError::Locked { .. })
-                if std::time::Instant::now() < deadline =>
-            {
-                std::thread::sleep(std::time::Duration::from_millis(20))
-            }
-            Err(e) => panic!("cannot open the queue: {e}"),
-        }
     }
 }

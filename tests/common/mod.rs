@@ -268,3 +268,20 @@ pub fn ids_by_seq(events: &[serde_json::Value]) -> BTreeMap<u64, BTreeSet<String
     }
     map
 }
+
+/// Opens the queue; a restart right after a drop may find sled's background
+/// threads still letting go of the previous handle's lock.
+pub fn open_queue(dir: &Path) -> thoth_ingest::queue::Queue {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match thoth_ingest::queue::Queue::open(dir, 8 << 20) {
+            Ok(q) => return q,
+            Err(thoth_ingest::queue::QueueError::Locked { .. })
+                if std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            Err(e) => panic!("cannot open the queue: {e}"),
+        }
+    }
+}

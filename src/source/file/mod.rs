@@ -1158,11 +1158,9 @@ fn tail_of_file(file: &File, offset: u64, len: u16) -> std::io::Result<Option<Ta
     let len = u64::from(len).min(offset);
     let mut buf = vec![0u8; len as usize];
     let n = read_full_at(file, &mut buf, offset - len)?;
-    Ok((n as u64 == len && file_len_at_least(file, offset)?).then(|| Tail::of(&buf)))
-}
-
-fn file_len_at_least(file: &File, offset: u64) -> std::io::Result<bool> {
-    Ok(file.metadata()?.len() >= offset)
+    // A full read reaches `offset`; only an empty tail needs the size.
+    let long_enough = n as u64 == len && (len > 0 || file.metadata()?.len() >= offset);
+    Ok(long_enough.then(|| Tail::of(&buf)))
 }
 
 /// Tail of the decompressed bytes before `offset`.

@@ -463,8 +463,16 @@ fn check(ops: &[Op], copies_matched: bool) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+fn model_cases() -> u32 {
+    std::env::var("THOTH_MODEL_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(96)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 96, .. ProptestConfig::default() })]
+    // THOTH_MODEL_CASES runs a longer search than CI's 96 cases.
+    #![proptest_config(ProptestConfig { cases: model_cases(), .. ProptestConfig::default() })]
 
     #[test]
     fn every_line_once_rotated_copies_followed(ops in prop::collection::vec(op(), 1..40)) {

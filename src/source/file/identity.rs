@@ -185,6 +185,7 @@ impl<'a> Cursor<'a> {
 }
 
 /// A stored checkpoint that shares a new file's fingerprint.
+#[derive(Clone)]
 pub struct Candidate {
     pub dev_ino: Option<(u64, u64)>,
     pub checkpoint: Checkpoint,
@@ -225,19 +226,26 @@ pub fn resolve(
     // rewritten (then it is a new generation of the stream).
     let own = candidates
         .iter()
-        .find(|c| c.dev_ino == Some(dev_ino) && c.checkpoint.closed_at == 0);
-    if let Some(c) = own {
-        let cp = &c.checkpoint;
+        .position(|c| c.dev_ino == Some(dev_ino) && c.checkpoint.closed_at == 0);
+    let mut rewritten = None;
+    if let Some(i) = own {
+        let cp = &candidates[i].checkpoint;
         if tail_at(cp.offset, cp.tail.len)? == Some(cp.tail) {
             return Ok(Resolution::Resume(cp.clone()));
         }
-        return Ok(Resolution::Fresh {
-            stream: next_generation(source, fingerprint, &cp.stream, cp.offset),
-        });
+        rewritten = Some(next_generation(source, fingerprint, &cp.stream, cp.offset));
     }
     // A copy, a compressed rotation, a file moved across file systems, or a
     // reused inode: the same bytes up to a checkpoint mean the same stream.
-    let mut by_offset: Vec<&Candidate> = candidates.iter().collect();
+    // This holds even when the inode still has an open checkpoint of its
+    // own: its file may have been deleted while we were stopped, and the
+    // copy made since (copytruncate) took the freed inode.
+    let mut by_offset: Vec<&Candidate> = candidates
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| Some(*i) != own)
+        .map(|(_, c)| c)
+        .collect();
     by_offset.sort_by_key(|c| std::cmp::Reverse(c.checkpoint.offset));
     for c in by_offset {
         let cp = &c.checkpoint;
@@ -256,7 +264,8 @@ pub fn resolve(
         }
     }
     Ok(Resolution::Fresh {
-        stream: fresh_name(source, fingerprint, file_identity, candidates),
+        stream: rewritten
+            .unwrap_or_else(|| fresh_name(source, fingerprint, file_identity, candidates)),
     })
 }
 
@@ -444,6 +453,50 @@ mod tests {
             r,
             Resolution::Fresh {
                 stream: "s/f/1-8".into()
+            }
+        );
+    }
+
+    #[test]
+    fn a_copy_on_the_inode_of_a_file_deleted_while_stopped_continues_the_original() {
+        // f1 was deleted while the daemon was stopped (its checkpoint still
+        // open), then copytruncate copied f0 into the freed inode.
+        let deleted = Candidate {
+            dev_ino: Some((1, 5)),
+            checkpoint: cp(14, b"head\nother one\n", "s/f1", false),
+        };
+        let original = Candidate {
+            dev_ino: Some((1, 6)),
+            checkpoint: cp(14, b"head\nline one\n", "s/f0", false),
+        };
+        let r = resolve(
+            "s",
+            "f",
+            (1, 5),
+            "1-5",
+            &[deleted.clone(), original.clone()],
+            &mut tails(b"head\nline one\nmore\n"),
+        )
+        .unwrap();
+        let Resolution::Copy { checkpoint, of, .. } = r else {
+            panic!("expected the copy of f0, got {r:?}")
+        };
+        assert_eq!(checkpoint.stream, "s/f0");
+        assert_eq!(of, Some((1, 6)));
+        // Neither matches: still the next generation of the inode's stream.
+        let r = resolve(
+            "s",
+            "f",
+            (1, 5),
+            "1-5",
+            &[deleted, original],
+            &mut tails(b"head\nnew content\n"),
+        )
+        .unwrap();
+        assert_eq!(
+            r,
+            Resolution::Fresh {
+                stream: next_generation("s", "f", "s/f1", 14)
             }
         );
     }

@@ -1,7 +1,7 @@
 //! A full disk pauses reading and is retried; it neither loses nor
 //! duplicates events, and the daemon does not exit. The state directory is a
 //! small tmpfs, filled up by this test; mounting needs root (CAP_SYS_ADMIN),
-//! so without it the test says so and passes without checking anything.
+//! so without it the test fails and says so.
 
 mod common;
 

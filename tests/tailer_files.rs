@@ -433,3 +433,60 @@ fn exclude_globs_leave_files_out() {
     assert_eq!(t.contents(), vec!["kept"]);
     assert_eq!(t.stats.files.load(Ordering::Relaxed), 1);
 }
+
+#[test]
+fn at_the_inotify_watch_limit_one_warning_and_the_rest_is_polled() {
+    use common::*;
+    // The limit is per user namespace (Linux >= 5.11), so a namespace of the
+    // daemon's own can lower it without touching the machine's setting.
+    let unshare = Path::new("/usr/bin/unshare");
+    assert!(
+        unshare.exists(),
+        "this test needs unshare (util-linux) to lower the inotify watch limit for the daemon alone"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = ReceiverProc::start(dir.path(), &[]);
+    let config = write_config(dir.path(), &receiver.addr, "");
+    let logs = dir.path().join("logs");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        &format!("{}/*.jsonl", logs.display()),
+        &format!("{}/*/*.jsonl", logs.display()),
+    );
+    std::fs::write(&config, text).unwrap();
+    for sub in ["a", "b", "c"] {
+        std::fs::create_dir_all(logs.join(sub)).unwrap();
+    }
+    append_lines(&logs.join("a/x.jsonl"), 0..10);
+    append_lines(&logs.join("b/x.jsonl"), 10..20);
+    let stderr = dir.path().join("daemon.err");
+    let mut child = std::process::Command::new(unshare)
+        .args(["--user", "--map-root-user", "--", "sh", "-c"])
+        // One watch: the base directory gets it, the three below do not.
+        .arg(r#"echo 1 > /proc/sys/user/max_inotify_watches && exec "$0" "$@""#)
+        .arg(env!("CARGO_BIN_EXE_thoth-ingest"))
+        .arg("--config")
+        .arg(&config)
+        .arg("run")
+        .env("THOTH_API_KEY", KEY)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    wait_seqs(&receiver, 20, Duration::from_secs(20));
+    // Appends, a new file in a watched-less directory, and a new directory.
+    append_lines(&logs.join("a/x.jsonl"), 20..30);
+    append_lines(&logs.join("c/y.jsonl"), 30..40);
+    std::fs::create_dir_all(logs.join("d")).unwrap();
+    append_lines(&logs.join("d/z.jsonl"), 40..50);
+    let seqs = wait_seqs(&receiver, 50, Duration::from_secs(20));
+    assert_eq!(seqs, (0..50).collect());
+    let status = terminate(&mut child);
+    let log = std::fs::read_to_string(&stderr).unwrap();
+    assert!(status.success(), "{status}\n{log}");
+    assert_eq!(
+        log.matches("inotify watch limit reached").count(),
+        1,
+        "one warning when the limit is reached, not one per directory or scan:\n{log}"
+    );
+}

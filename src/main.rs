@@ -252,23 +252,72 @@ async fn run(path: &Path) -> anyhow::Result<ExitCode> {
     let config = Config::load(path, &env)?;
     let (key, origin) = config.resolve_api_key(&env)?;
     info!(key_from = %origin, "configuration loaded from {}", path.display());
-    let mut pipeline = Pipeline::start(&config, &key)?;
     let restart_only = restart_only_tables(path);
-    let outcome = loop {
+    loop {
+        let Some(mut pipeline) = start_when_disk_has_room(&config, &key, &mut signals).await?
+        else {
+            return Ok(ExitCode::SUCCESS);
+        };
+        let outcome = loop {
+            tokio::select! {
+                signal = signals.recv() => {
+                    info!(signal, "stopping");
+                    break Ok(());
+                }
+                () = hups.recv() => reload(path, &pipeline, &restart_only),
+                e = pipeline.failed() => break Err(e),
+            }
+        };
+        // The flusher gives requests in flight shutdown_timeout; this is the backstop.
+        let stopped = pipeline
+            .stop(config.delivery.shutdown_timeout + Duration::from_secs(5))
+            .await;
+        match outcome {
+            Ok(()) => return stopped.map(|()| ExitCode::SUCCESS),
+            // sled met the full disk before the reserve check did (another
+            // process took the space): start again from what is durable
+            // rather than exit into a restart loop.
+            Err(e) if is_disk_full(&e) && stopped.as_ref().err().is_none_or(is_disk_full) => {
+                error!("disk full: {e:#}; starting again once there is room")
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Whether an error comes from a full disk under the state directory.
+fn is_disk_full(e: &anyhow::Error) -> bool {
+    e.chain().any(thoth_ingest::queue::is_disk_full)
+}
+
+/// Starts the pipeline, waiting while the state's disk is too full to open
+/// the queue (a crash would only have systemd start us into the same full
+/// disk again). None if a stop signal came first.
+async fn start_when_disk_has_room(
+    config: &Config,
+    key: &config::ApiKey,
+    signals: &mut ops::StopSignals,
+) -> anyhow::Result<Option<Pipeline>> {
+    let mut warned = false;
+    loop {
+        match Pipeline::start(config, key) {
+            Ok(p) => return Ok(Some(p)),
+            Err(e) if is_disk_full(&e) => {
+                if !warned {
+                    error!("disk full: {e}; retrying every 5 s until space is freed");
+                    warned = true;
+                }
+            }
+            Err(e) => return Err(e),
+        }
         tokio::select! {
             signal = signals.recv() => {
                 info!(signal, "stopping");
-                break Ok(());
+                return Ok(None);
             }
-            () = hups.recv() => reload(path, &pipeline, &restart_only),
-            e = pipeline.failed() => break Err(e),
+            () = tokio::time::sleep(Duration::from_secs(5)) => {}
         }
-    };
-    // The flusher gives requests in flight shutdown_timeout; this is the backstop.
-    pipeline
-        .stop(config.delivery.shutdown_timeout + Duration::from_secs(5))
-        .await?;
-    outcome.map(|()| ExitCode::SUCCESS)
+    }
 }
 
 /// The parts of the config file a reload does not apply, as written.

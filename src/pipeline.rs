@@ -135,8 +135,11 @@ impl Pipeline {
         .await
         .ok();
         // The flusher has its own shutdown_timeout for requests in flight.
-        if tokio::time::timeout(grace, self.flusher).await.is_err() {
+        let mut flusher = self.flusher;
+        if tokio::time::timeout(grace, &mut flusher).await.is_err() {
             info!("a request was still in flight at shutdown; its events stay queued");
+            // Its hold on the queue ends with it, so the state can be opened again.
+            flusher.abort();
         }
         self.queue.close()?;
         info!("pipeline stopped");

@@ -76,6 +76,55 @@ pub enum QueueError {
     Closing,
 }
 
+impl QueueError {
+    /// The file system holding the state is full (ENOSPC), whether the
+    /// segment files or sled's log met it: a pause, not a failure.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            QueueError::Io { source, .. } => is_io_disk_full(source),
+            QueueError::Storage { source, .. } => is_disk_full(source),
+            _ => false,
+        }
+    }
+}
+
+/// Whether an error, or a link of a chain of errors, is a full disk under
+/// the state directory. Wrappers that forward `source()` (`transparent`)
+/// skip the QueueError itself, so sled's and the OS's errors count too.
+pub fn is_disk_full(e: &(dyn std::error::Error + 'static)) -> bool {
+    if let Some(q) = e.downcast_ref::<QueueError>() {
+        return q.is_disk_full();
+    }
+    if let Some(sled::Error::Io(io)) = e.downcast_ref::<sled::Error>() {
+        return is_io_disk_full(io);
+    }
+    e.downcast_ref::<std::io::Error>()
+        .is_some_and(is_io_disk_full)
+}
+
+fn is_io_disk_full(e: &std::io::Error) -> bool {
+    // sled wraps the OS error in one of its own, which keeps the kind.
+    e.raw_os_error() == Some(libc::ENOSPC) || e.kind() == std::io::ErrorKind::StorageFull
+}
+
+/// Space kept free on the state's file system: commits pause below it, so
+/// that sled's log (pointers, checkpoints, acks) meets a full disk after the
+/// segment files do, and deliveries can still be acknowledged.
+pub const DISK_RESERVE_BYTES: u64 = 4 << 20;
+
+/// Bytes available to an unprivileged writer on the file system of `dir`.
+fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs writes only into the struct it is given.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is NUL-terminated and `st` is a valid out-pointer.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
 /// Why the server refused an event, as the API's error body says.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DeadReason {
@@ -740,6 +789,20 @@ impl Queue {
         }
     }
 
+    /// One second's pause of a commit on a full disk, logged once per commit.
+    fn pause_on_full_disk(&self, warned: &mut bool, free: Option<u64>) -> Result<(), QueueError> {
+        if self.is_closing() {
+            return Err(QueueError::Closing);
+        }
+        if !*warned {
+            tracing::error!(dir = %self.dir.display(), free_bytes = free, reserve_bytes = DISK_RESERVE_BYTES,
+                "disk full: reading paused until space is freed");
+            *warned = true;
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        Ok(())
+    }
+
     fn drop_oldest_chunk(&self) -> Result<(), QueueError> {
         let Some((k, v)) = self.chunks.first().map_err(|e| self.storage(e))? else {
             return Ok(());
@@ -821,48 +884,53 @@ impl Queue {
             total += u64::from(len);
         }
         self.wait_for_room(total)?;
-        let mut segments = self.segments.lock().unwrap_or_else(|p| p.into_inner());
-        if segments.current_len >= SEGMENT_MAX_BYTES {
-            let old = segments.current;
-            if segments.live.get(&old).copied().unwrap_or(0) == 0 {
-                // Its pointers' removal must be durable before its bytes go, or
-                // a power cut could bring back pointers into a reused file.
-                self.sync()?;
-                segments.retire(old).map_err(|e| self.io(e))?;
+        let mut warned = false;
+        // The segment lock is not held while the disk is full, so deliveries
+        // (and their acknowledgements, which free space) go on meanwhile.
+        let (mut segments, segment, offset) = loop {
+            // Segments reused in place need no new blocks, but sled's log
+            // does: keep its reserve.
+            let free = free_bytes(&self.dir);
+            if free.is_some_and(|f| f < DISK_RESERVE_BYTES.saturating_add(total)) {
+                self.pause_on_full_disk(&mut warned, free)?;
+                continue;
             }
-            segments.start_new(old + 1).map_err(|e| self.io(e))?;
-        }
-        let segment = segments.current;
-        let offset = segments.current_len;
-        if total > 0 {
-            let slices: Vec<std::io::IoSlice<'_>> = headers
-                .iter()
-                .zip(&data)
-                .flat_map(|(h, d)| [std::io::IoSlice::new(h), std::io::IoSlice::new(d)])
-                .collect();
-            let file = &segments.files[&segment];
-            let mut warned = false;
-            loop {
+            let mut segments = self.segments.lock().unwrap_or_else(|p| p.into_inner());
+            if segments.current_len >= SEGMENT_MAX_BYTES {
+                let old = segments.current;
+                if segments.live.get(&old).copied().unwrap_or(0) == 0 {
+                    // Its pointers' removal must be durable before its bytes go, or
+                    // a power cut could bring back pointers into a reused file.
+                    self.sync()?;
+                    segments.retire(old).map_err(|e| self.io(e))?;
+                }
+                segments.start_new(old + 1).map_err(|e| self.io(e))?;
+            }
+            let segment = segments.current;
+            let offset = segments.current_len;
+            if total > 0 {
+                let slices: Vec<std::io::IoSlice<'_>> = headers
+                    .iter()
+                    .zip(&data)
+                    .flat_map(|(h, d)| [std::io::IoSlice::new(h), std::io::IoSlice::new(d)])
+                    .collect();
+                let file = &segments.files[&segment];
                 let written = write_all_vectored_at(file, &mut slices.clone(), offset)
                     .and_then(|()| file.sync_data());
                 match written {
-                    Ok(()) => break,
-                    // A full disk pauses the pipeline; the bytes past the
-                    // segment's end are rewritten on the next try.
+                    Ok(()) => {}
+                    // Another writer took the space since the check: the bytes
+                    // past the segment's end are rewritten on the next try.
                     Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => {
-                        if self.is_closing() {
-                            return Err(QueueError::Closing);
-                        }
-                        if !warned {
-                            tracing::error!(dir = %self.dir.display(), "disk full: reading paused until space is freed");
-                            warned = true;
-                        }
-                        std::thread::sleep(std::time::Duration::from_secs(1));
+                        drop(segments);
+                        self.pause_on_full_disk(&mut warned, free)?;
+                        continue;
                     }
                     Err(e) => return Err(self.io(e)),
                 }
             }
-        }
+            break (segments, segment, offset);
+        };
         let first_seq = self.next_seq.load(Ordering::SeqCst);
         let pointers: Vec<[u8; POINTER_LEN]> = spans
             .iter()

@@ -66,16 +66,20 @@ fn fill(path: &Path) -> u64 {
     written
 }
 
-#[test]
-fn a_full_disk_pauses_and_resumes_without_loss() {
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    let _tmpfs = match Tmpfs::mount(&state, "32m") {
+fn mount_state(state: &Path) -> Tmpfs {
+    match Tmpfs::mount(state, "32m") {
         Ok(m) => m,
         Err(e) => panic!(
             "this test needs root (CAP_SYS_ADMIN) to mount a tmpfs as the state directory: {e}"
         ),
-    };
+    }
+}
+
+#[test]
+fn a_full_disk_pauses_and_resumes_without_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let _tmpfs = mount_state(&state);
     let receiver = ReceiverProc::start(dir.path(), &[]);
     let config = write_config(dir.path(), &receiver.addr, "");
     let log = dir.path().join("logs/a.jsonl");
@@ -98,6 +102,93 @@ fn a_full_disk_pauses_and_resumes_without_loss() {
     std::fs::remove_file(&filler).unwrap();
     let seqs = wait_seqs(&receiver, 6000, Duration::from_secs(30));
     assert_eq!(seqs, (0..6000).collect());
+    assert!(terminate(&mut daemon).success());
+    let ids = ids_by_seq(&receiver.stored());
+    assert!(
+        ids.values().all(|i| i.len() == 1),
+        "an event changed its id"
+    );
+}
+
+#[test]
+fn a_daemon_started_on_a_full_disk_waits_for_room_instead_of_exiting() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let _tmpfs = mount_state(&state);
+    let receiver = ReceiverProc::start(dir.path(), &[]);
+    let config = write_config(dir.path(), &receiver.addr, "");
+    let log = dir.path().join("logs/a.jsonl");
+    // A first run leaves a queue and checkpoints for the second to open.
+    append_lines(&log, 0..1000);
+    let mut daemon = start_daemon(&config);
+    wait_seqs(&receiver, 1000, Duration::from_secs(30));
+    assert!(terminate(&mut daemon).success());
+
+    let filler = state.join("filler");
+    fill(&filler);
+    append_lines(&log, 1000..3000);
+    let stderr = dir.path().join("daemon.err");
+    let err_file = std::fs::File::create(&stderr).unwrap();
+    let mut daemon = start_daemon_cmd(&config, |c| {
+        c.env("THOTH_API_KEY", KEY).stderr(err_file);
+    });
+    std::thread::sleep(Duration::from_secs(4));
+    let text = std::fs::read_to_string(&stderr).unwrap();
+    assert!(
+        daemon.try_wait().unwrap().is_none(),
+        "the daemon exited on a full disk:\n{text}"
+    );
+    assert!(
+        text.contains("disk full"),
+        "no disk-full error logged:\n{text}"
+    );
+    let while_full = stored_seqs(&receiver).len();
+    eprintln!("started on a full disk: {while_full} of 3000 lines delivered\n{text}");
+
+    std::fs::remove_file(&filler).unwrap();
+    let seqs = wait_seqs(&receiver, 3000, Duration::from_secs(30));
+    assert_eq!(seqs, (0..3000).collect());
+    assert!(terminate(&mut daemon).success());
+    let ids = ids_by_seq(&receiver.stored());
+    assert!(
+        ids.values().all(|i| i.len() == 1),
+        "an event changed its id"
+    );
+}
+
+#[test]
+fn a_disk_that_fills_while_deliveries_are_acknowledged_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let _tmpfs = mount_state(&state);
+    // A slow receiver and small batches: acknowledgements (sled writes) keep
+    // coming while the disk is full.
+    let receiver = ReceiverProc::start(dir.path(), &["--latency", "100ms"]);
+    let config = write_config_with(dir.path(), &receiver.addr, "batch_max_events = 50");
+    let log = dir.path().join("logs/a.jsonl");
+    append_lines(&log, 0..6000);
+    let stderr = dir.path().join("daemon.err");
+    let err_file = std::fs::File::create(&stderr).unwrap();
+    let mut daemon = start_daemon_cmd(&config, |c| {
+        c.env("THOTH_API_KEY", KEY).stderr(err_file);
+    });
+    wait_seqs(&receiver, 200, Duration::from_secs(30));
+    let filler = state.join("filler");
+    fill(&filler);
+    append_lines(&log, 6000..8000);
+    std::thread::sleep(Duration::from_secs(5));
+    let text = std::fs::read_to_string(&stderr).unwrap();
+    assert!(
+        daemon.try_wait().unwrap().is_none(),
+        "the daemon exited on a full disk:\n{text}"
+    );
+    let while_full = stored_seqs(&receiver).len();
+    eprintln!(
+        "disk filled during delivery: {while_full} of 8000 lines delivered while full\n{text}"
+    );
+    std::fs::remove_file(&filler).unwrap();
+    let seqs = wait_seqs(&receiver, 8000, Duration::from_secs(60));
+    assert_eq!(seqs, (0..8000).collect());
     assert!(terminate(&mut daemon).success());
     let ids = ids_by_seq(&receiver.stored());
     assert!(

@@ -65,6 +65,30 @@ fn input(preset: &str) -> String {
     out
 }
 
+/// Lines shaped like `benches/gen_lines.py`'s (the end-to-end benchmark's):
+/// an agent's own JSON log with no secret and no escape in it, the common
+/// case the json parser's whole-line redaction screen is for.
+fn plain_lines() -> String {
+    let tools = ["bash", "read_file", "write_file", "web_search", "query_db"];
+    let mut out = String::with_capacity(TARGET_BYTES + 512);
+    let mut seq = 0u64;
+    while out.len() < TARGET_BYTES {
+        let tool = tools[(seq % 5) as usize];
+        out.push_str(&format!(
+            r#"{{"timestamp":"2026-11-28T10:{:02}:{:02}.{:03}Z","agent":"bench-agent","session_id":"5d0c1f5e-7c2a-4a51-a0a4-{:012}","user":"alice@example.com","event_type":"{}","tool":"{tool}","content":"ran {tool} with arguments for step {seq}","cwd":"/srv/agents/bench","seq":{seq},"pad":"{}"}}"#,
+            (seq / 60000) % 60,
+            (seq / 1000) % 60,
+            seq % 1000,
+            seq / 1000,
+            if seq % 2 == 0 { "TOOL_CALL_PRE" } else { "TOOL_CALL_POST" },
+            "x".repeat(60),
+        ));
+        out.push('\n');
+        seq += 1;
+    }
+    out
+}
+
 fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("parse");
     group.sample_size(10);
@@ -76,13 +100,14 @@ fn bench(c: &mut Criterion) {
         "mcp-claude-desktop",
         "otel-genai",
         "json",
+        "json-plain",
         "rules-regex",
         "rules-json",
     ] {
-        let text = if preset == "json" {
-            input("otel-genai")
-        } else {
-            input(preset)
+        let text = match preset {
+            "json" => input("otel-genai"),
+            "json-plain" => plain_lines(),
+            _ => input(preset),
         };
         let lines: Vec<(u64, &[u8])> = {
             let mut pos = 0u64;
@@ -137,6 +162,7 @@ fn parser(name: &str) -> Box<dyn Parser> {
     }
     let ctx = EventContext::preview("bench", "bench");
     let red = Arc::new(Redaction::builtin(ctx.content_max_bytes));
+    let name = if name == "json-plain" { "json" } else { name };
     build_named(name, ctx, red, &JsonFields::default()).expect("known preset")
 }
 

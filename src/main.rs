@@ -249,10 +249,10 @@ async fn run(path: &Path) -> anyhow::Result<ExitCode> {
     let mut signals = ops::StopSignals::install().context("cannot install signal handlers")?;
     let mut hups = ops::ReloadSignals::install().context("cannot install signal handlers")?;
     let env = Env::from_process();
-    let config = Config::load(path, &env)?;
-    let (key, origin) = config.resolve_api_key(&env)?;
+    let mut config = Config::load(path, &env)?;
+    let (mut key, origin) = config.resolve_api_key(&env)?;
     info!(key_from = %origin, "configuration loaded from {}", path.display());
-    let restart_only = restart_only_tables(path);
+    let mut restart_only = restart_only_tables(path);
     loop {
         let Some(mut pipeline) = start_when_disk_has_room(&config, &key, &mut signals).await?
         else {
@@ -278,7 +278,23 @@ async fn run(path: &Path) -> anyhow::Result<ExitCode> {
             // process took the space): start again from what is durable
             // rather than exit into a restart loop.
             Err(e) if is_disk_full(&e) && stopped.as_ref().err().is_none_or(is_disk_full) => {
-                error!("disk full: {e:#}; starting again once there is room")
+                error!("disk full: {e:#}; starting again once there is room");
+                // Like a restart, the new start reads the config file again
+                // (so what SIGHUP applied is not undone).
+                let env = Env::from_process();
+                match Config::load(path, &env).and_then(|c| {
+                    let (k, _) = c.resolve_api_key(&env)?;
+                    Ok((c, k))
+                }) {
+                    Ok((c, k)) => {
+                        config = c;
+                        key = k;
+                        restart_only = restart_only_tables(path);
+                    }
+                    Err(err) => {
+                        warn!("config not read again for the new start: {err}; keeping the one in use")
+                    }
+                }
             }
             Err(e) => return Err(e),
         }

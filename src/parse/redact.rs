@@ -3,9 +3,9 @@
 //! `[REDACTED:<kind>]` before the event is written anywhere.
 //!
 //! Most text holds no secret, so the cost that matters is the miss. One
-//! Aho-Corasick scan looks for the trigger substrings every built-in detector
-//! needs (`AKIA`, `ghp_`, `eyJ`, `://`, `password`, ...); only the detectors
-//! whose triggers occur run their regex. User patterns have no triggers and
+//! Aho-Corasick scan of the lowercased text looks for the trigger substrings
+//! every built-in detector needs (`akia`, `ghp_`, `eyj`, `://`, `passw`,
+//! ...); only the detectors whose triggers occur run their regex. User patterns have no triggers and
 //! are screened by one `RegexSet` before any of them replaces.
 
 use std::borrow::Cow;
@@ -101,6 +101,25 @@ const BUILTINS: &[Builtin] = &[
     },
 ];
 
+/// Runs `f` on `s` with ASCII letters lowercased, in a buffer reused by
+/// the thread (redaction runs once per copied string).
+fn with_lowercase<R>(s: &str, f: impl FnOnce(&[u8]) -> R) -> R {
+    thread_local! {
+        static LOWER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    LOWER.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        buf.clear();
+        buf.extend_from_slice(s.as_bytes());
+        buf.make_ascii_lowercase();
+        let result = f(&buf);
+        if buf.capacity() > 1 << 20 {
+            *buf = Vec::new(); // a huge line does not pin its size for good
+        }
+        result
+    })
+}
+
 /// A user-defined pattern: every match is replaced by `[REDACTED:<name>]`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -115,6 +134,9 @@ struct Detector {
 }
 
 pub struct Redactor {
+    /// Whether any trigger occurs: the fast test most text stops at.
+    screen: AhoCorasick,
+    /// Which triggers occur (overlapping matches), once the screen hit.
     triggers: AhoCorasick,
     /// For each trigger pattern, the built-in detector it belongs to.
     trigger_owner: Vec<usize>,
@@ -160,14 +182,26 @@ impl Redactor {
                 replace: b.replace.to_string(),
             });
         }
-        let triggers = match AhoCorasickBuilder::new()
-            .ascii_case_insensitive(true)
-            .match_kind(MatchKind::Standard)
-            .build(&trigger_words)
+        // Both automata run on ASCII-lowercased text (see `with_lowercase`).
+        // The screen is case-sensitive and leftmost-first, which keeps the
+        // SIMD (Teddy) prefilter that case-insensitive or overlapping
+        // matching gives up: 0.27 ns a byte instead of 1.65 on this VM, the
+        // lowercase copy included it is still about five times faster on
+        // text with no trigger. A detector that is itself case-sensitive
+        // only gets more candidates this way.
+        let lowercase_words: Vec<String> = trigger_words
+            .iter()
+            .map(|w| w.to_ascii_lowercase())
+            .collect();
+        let build = |kind| match AhoCorasickBuilder::new()
+            .match_kind(kind)
+            .build(&lowercase_words)
         {
             Ok(ac) => ac,
             Err(e) => unreachable!("fixed trigger words always build: {e}"),
         };
+        let screen = build(MatchKind::LeftmostFirst);
+        let triggers = build(MatchKind::Standard);
         let mut user_detectors = Vec::new();
         for p in user {
             let regex = Regex::new(&p.regex).map_err(|err| RedactError::BadPattern {
@@ -196,6 +230,7 @@ impl Redactor {
             Some(set)
         };
         Ok(Redactor {
+            screen,
             triggers,
             trigger_owner,
             builtins,
@@ -206,16 +241,21 @@ impl Redactor {
 
     /// Bit `i` set when built-in detector `i` could match `s`.
     fn candidates(&self, s: &str) -> u32 {
-        let mut mask = 0u32;
-        for m in self.triggers.find_overlapping_iter(s) {
-            mask |= 1 << self.trigger_owner[m.pattern().as_usize()];
-        }
-        mask
+        with_lowercase(s, |lower| {
+            let mut mask = 0u32;
+            if self.screen.is_match(lower) {
+                for m in self.triggers.find_overlapping_iter(lower) {
+                    mask |= 1 << self.trigger_owner[m.pattern().as_usize()];
+                }
+            }
+            mask
+        })
     }
 
     /// True if some detector might match: the cheap test before any work.
     pub fn might_match(&self, s: &str) -> bool {
-        self.triggers.is_match(s) || self.user_screen.as_ref().is_some_and(|u| u.is_match(s))
+        with_lowercase(s, |lower| self.screen.is_match(lower))
+            || self.user_screen.as_ref().is_some_and(|u| u.is_match(s))
     }
 
     /// `s` with every secret replaced; borrowed when nothing was found.
@@ -365,6 +405,17 @@ mod tests {
         assert_eq!(r("bearer 0123456789abcdef=="), "bearer [REDACTED:bearer]");
         unchanged("the bearer of bad news");
         unchanged("Bearer token authentication");
+    }
+
+    #[test]
+    fn case_insensitive_detectors_see_any_case_through_the_lowercase_screen() {
+        assert_eq!(r("BEARER abcDEF123456789.xyz"), "BEARER [REDACTED:bearer]");
+        assert_eq!(r("PassWord=hunter2"), "PassWord=[REDACTED:password]");
+        assert_eq!(r("DB_PWD: s3cr3t"), "DB_PWD: [REDACTED:password]");
+        assert_eq!(r("X-Api-Key=abcdef"), "X-Api-Key=[REDACTED:password]");
+        // Case-sensitive detectors get a lowercase candidate, and their own
+        // regex still decides.
+        unchanged("akiaiosfodnn7example is not a key in lowercase");
     }
 
     #[test]

@@ -75,6 +75,43 @@ fn mount_state(state: &Path) -> Tmpfs {
     }
 }
 
+/// Starts a daemon whose log goes to `daemon.err` in `dir`.
+fn start_logged(config: &Path, dir: &Path) -> (Daemon, PathBuf) {
+    let stderr = dir.join("daemon.err");
+    let err_file = std::fs::File::create(&stderr).unwrap();
+    let daemon = start_daemon_cmd(config, |c| {
+        c.env("THOTH_API_KEY", KEY).stderr(err_file);
+    });
+    (daemon, stderr)
+}
+
+/// Asserts the daemon is still up and logged "disk full"; returns its log.
+fn still_up_and_disk_full_logged(daemon: &mut Daemon, stderr: &Path) -> String {
+    let text = std::fs::read_to_string(stderr).unwrap();
+    assert!(
+        daemon.try_wait().unwrap().is_none(),
+        "the daemon exited on a full disk:\n{text}"
+    );
+    assert!(
+        text.contains("disk full"),
+        "no disk-full error logged:\n{text}"
+    );
+    text
+}
+
+/// Waits for lines `0..n`, stops the daemon, and checks that no line
+/// arrived under two event ids.
+fn all_arrive_once(receiver: &ReceiverProc, daemon: &mut Daemon, n: u64) {
+    let seqs = wait_seqs(receiver, n as usize, Duration::from_secs(60));
+    assert_eq!(seqs, (0..n).collect());
+    assert!(terminate(daemon).success());
+    let ids = ids_by_seq(&receiver.stored());
+    assert!(
+        ids.values().all(|i| i.len() == 1),
+        "an event changed its id"
+    );
+}
+
 #[test]
 fn a_full_disk_pauses_and_resumes_without_loss() {
     let dir = tempfile::tempdir().unwrap();
@@ -100,14 +137,7 @@ fn a_full_disk_pauses_and_resumes_without_loss() {
     assert!(while_full < 6000, "nothing was held back by the full disk");
 
     std::fs::remove_file(&filler).unwrap();
-    let seqs = wait_seqs(&receiver, 6000, Duration::from_secs(30));
-    assert_eq!(seqs, (0..6000).collect());
-    assert!(terminate(&mut daemon).success());
-    let ids = ids_by_seq(&receiver.stored());
-    assert!(
-        ids.values().all(|i| i.len() == 1),
-        "an event changed its id"
-    );
+    all_arrive_once(&receiver, &mut daemon, 6000);
 }
 
 #[test]
@@ -127,33 +157,14 @@ fn a_daemon_started_on_a_full_disk_waits_for_room_instead_of_exiting() {
     let filler = state.join("filler");
     fill(&filler);
     append_lines(&log, 1000..3000);
-    let stderr = dir.path().join("daemon.err");
-    let err_file = std::fs::File::create(&stderr).unwrap();
-    let mut daemon = start_daemon_cmd(&config, |c| {
-        c.env("THOTH_API_KEY", KEY).stderr(err_file);
-    });
+    let (mut daemon, stderr) = start_logged(&config, dir.path());
     std::thread::sleep(Duration::from_secs(4));
-    let text = std::fs::read_to_string(&stderr).unwrap();
-    assert!(
-        daemon.try_wait().unwrap().is_none(),
-        "the daemon exited on a full disk:\n{text}"
-    );
-    assert!(
-        text.contains("disk full"),
-        "no disk-full error logged:\n{text}"
-    );
+    let text = still_up_and_disk_full_logged(&mut daemon, &stderr);
     let while_full = stored_seqs(&receiver).len();
     eprintln!("started on a full disk: {while_full} of 3000 lines delivered\n{text}");
 
     std::fs::remove_file(&filler).unwrap();
-    let seqs = wait_seqs(&receiver, 3000, Duration::from_secs(30));
-    assert_eq!(seqs, (0..3000).collect());
-    assert!(terminate(&mut daemon).success());
-    let ids = ids_by_seq(&receiver.stored());
-    assert!(
-        ids.values().all(|i| i.len() == 1),
-        "an event changed its id"
-    );
+    all_arrive_once(&receiver, &mut daemon, 3000);
 }
 
 #[test]
@@ -167,32 +178,17 @@ fn a_disk_that_fills_while_deliveries_are_acknowledged_loses_nothing() {
     let config = write_config_with(dir.path(), &receiver.addr, "batch_max_events = 50");
     let log = dir.path().join("logs/a.jsonl");
     append_lines(&log, 0..6000);
-    let stderr = dir.path().join("daemon.err");
-    let err_file = std::fs::File::create(&stderr).unwrap();
-    let mut daemon = start_daemon_cmd(&config, |c| {
-        c.env("THOTH_API_KEY", KEY).stderr(err_file);
-    });
+    let (mut daemon, stderr) = start_logged(&config, dir.path());
     wait_seqs(&receiver, 200, Duration::from_secs(30));
     let filler = state.join("filler");
     fill(&filler);
     append_lines(&log, 6000..8000);
     std::thread::sleep(Duration::from_secs(5));
-    let text = std::fs::read_to_string(&stderr).unwrap();
-    assert!(
-        daemon.try_wait().unwrap().is_none(),
-        "the daemon exited on a full disk:\n{text}"
-    );
+    let text = still_up_and_disk_full_logged(&mut daemon, &stderr);
     let while_full = stored_seqs(&receiver).len();
     eprintln!(
         "disk filled during delivery: {while_full} of 8000 lines delivered while full\n{text}"
     );
     std::fs::remove_file(&filler).unwrap();
-    let seqs = wait_seqs(&receiver, 8000, Duration::from_secs(60));
-    assert_eq!(seqs, (0..8000).collect());
-    assert!(terminate(&mut daemon).success());
-    let ids = ids_by_seq(&receiver.stored());
-    assert!(
-        ids.values().all(|i| i.len() == 1),
-        "an event changed its id"
-    );
+    all_arrive_once(&receiver, &mut daemon, 8000);
 }

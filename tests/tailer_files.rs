@@ -347,6 +347,28 @@ fn checkpoints_of_files_gone_longer_than_the_retention_are_forgotten() {
     let _ = &t.config;
 }
 
+/// Runs the daemon through `wrapper args...` (setpriv, unshare), its log
+/// going to `stderr`.
+fn spawn_wrapped(
+    wrapper: &Path,
+    args: &[&str],
+    config: &Path,
+    stderr: &Path,
+) -> std::process::Child {
+    std::process::Command::new(wrapper)
+        .args(args)
+        .arg(env!("CARGO_BIN_EXE_thoth-ingest"))
+        .arg("--config")
+        .arg(config)
+        .arg("run")
+        .env("THOTH_API_KEY", common::KEY)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(stderr).unwrap())
+        .spawn()
+        .unwrap()
+}
+
 #[test]
 fn an_unreadable_file_is_logged_once_and_read_when_it_becomes_readable() {
     use common::*;
@@ -382,18 +404,12 @@ fn an_unreadable_file_is_logged_once_and_read_when_it_becomes_readable() {
     )
     .unwrap();
     let stderr = dir.path().join("daemon.err");
-    let mut child = std::process::Command::new(setpriv)
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(env!("CARGO_BIN_EXE_thoth-ingest"))
-        .arg("--config")
-        .arg(&config)
-        .arg("run")
-        .env("THOTH_API_KEY", KEY)
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&stderr).unwrap())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_wrapped(
+        setpriv,
+        &["--reuid=65534", "--regid=65534", "--clear-groups", "--"],
+        &config,
+        &stderr,
+    );
     let seqs = wait_seqs(&receiver, 1, Duration::from_secs(20));
     assert_eq!(seqs.into_iter().collect::<Vec<_>>(), vec![1]);
     std::thread::sleep(Duration::from_secs(3)); // a few scans
@@ -459,20 +475,20 @@ fn at_the_inotify_watch_limit_one_warning_and_the_rest_is_polled() {
     append_lines(&logs.join("a/x.jsonl"), 0..10);
     append_lines(&logs.join("b/x.jsonl"), 10..20);
     let stderr = dir.path().join("daemon.err");
-    let mut child = std::process::Command::new(unshare)
-        .args(["--user", "--map-root-user", "--", "sh", "-c"])
-        // One watch: the base directory gets it, the three below do not.
-        .arg(r#"echo 1 > /proc/sys/user/max_inotify_watches && exec "$0" "$@""#)
-        .arg(env!("CARGO_BIN_EXE_thoth-ingest"))
-        .arg("--config")
-        .arg(&config)
-        .arg("run")
-        .env("THOTH_API_KEY", KEY)
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&stderr).unwrap())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_wrapped(
+        unshare,
+        &[
+            "--user",
+            "--map-root-user",
+            "--",
+            "sh",
+            "-c",
+            // One watch: the base directory gets it, the three below do not.
+            r#"echo 1 > /proc/sys/user/max_inotify_watches && exec "$0" "$@""#,
+        ],
+        &config,
+        &stderr,
+    );
     wait_seqs(&receiver, 20, Duration::from_secs(20));
     // Appends, a new file in a watched-less directory, and a new directory.
     append_lines(&logs.join("a/x.jsonl"), 20..30);

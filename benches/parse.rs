@@ -67,7 +67,7 @@ fn input(preset: &str) -> String {
 
 /// Lines shaped like `benches/gen_lines.py`'s (the end-to-end benchmark's):
 /// an agent's own JSON log with no secret and no escape in it, the common
-/// case the json parser's whole-line redaction screen is for.
+/// case, where all that redaction costs is its screen.
 fn plain_lines() -> String {
     let tools = ["bash", "read_file", "write_file", "web_search", "query_db"];
     let mut out = String::with_capacity(TARGET_BYTES + 512);

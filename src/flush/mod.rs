@@ -91,12 +91,8 @@ pub struct Flusher {
     sender: Arc<Sender>,
     queue: Arc<Queue>,
     budget: Budget,
-    batch_max_events: usize,
-    batch_max_bytes: usize,
-    linger: Duration,
-    max_backoff: Duration,
-    max_in_flight: usize,
-    shutdown_timeout: Duration,
+    /// Batch sizes, waits and concurrency; the batch bounds shrink on 413.
+    limits: Limits,
     stats: Arc<FlushStats>,
     /// Batches already taken from the queue that must be sent again (after a
     /// failure, or as halves of a refused batch) before new ones.
@@ -124,6 +120,13 @@ pub struct Flusher {
 pub struct Reload {
     sender: Sender,
     budget: (u32, Duration),
+    limits: Limits,
+}
+
+/// The `[delivery]` settings the flusher reads on every batch, set at start
+/// and by each reload.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
     batch_max_events: usize,
     batch_max_bytes: usize,
     linger: Duration,
@@ -142,12 +145,14 @@ impl Reload {
         Ok(Reload {
             sender: Sender::new(config, key)?,
             budget: config.delivery.budget(),
-            batch_max_events: config.delivery.batch_max_events,
-            batch_max_bytes: config.delivery.batch_max_bytes.0 as usize,
-            linger: config.delivery.linger,
-            max_backoff: config.delivery.max_backoff,
-            max_in_flight: config.delivery.max_in_flight,
-            shutdown_timeout: config.delivery.shutdown_timeout,
+            limits: Limits {
+                batch_max_events: config.delivery.batch_max_events,
+                batch_max_bytes: config.delivery.batch_max_bytes.0 as usize,
+                linger: config.delivery.linger,
+                max_backoff: config.delivery.max_backoff,
+                max_in_flight: config.delivery.max_in_flight,
+                shutdown_timeout: config.delivery.shutdown_timeout,
+            },
         })
     }
 }
@@ -217,12 +222,7 @@ impl Flusher {
             sender: Arc::new(settings.sender),
             queue,
             budget: Budget::new(requests, with_margin(per)),
-            batch_max_events: settings.batch_max_events,
-            batch_max_bytes: settings.batch_max_bytes,
-            linger: settings.linger,
-            max_backoff: settings.max_backoff,
-            max_in_flight: settings.max_in_flight,
-            shutdown_timeout: settings.shutdown_timeout,
+            limits: settings.limits,
             stats,
             retry: VecDeque::new(),
             not_before: Instant::now(),
@@ -255,12 +255,7 @@ impl Flusher {
             self.pace_gap = None;
             self.budget_config = r.budget;
         }
-        self.batch_max_events = r.batch_max_events;
-        self.batch_max_bytes = r.batch_max_bytes;
-        self.linger = r.linger;
-        self.max_backoff = r.max_backoff;
-        self.max_in_flight = r.max_in_flight;
-        self.shutdown_timeout = r.shutdown_timeout;
+        self.limits = r.limits;
         self.consecutive_failures = 0;
         if self.hold_until.take().is_some_and(|t| t > Instant::now()) {
             info!("configuration reloaded; retrying delivery now");
@@ -295,7 +290,7 @@ impl Flusher {
             let max_in_flight = if self.pace_gap.is_some() || self.share.shared(now) {
                 1
             } else {
-                self.max_in_flight
+                self.limits.max_in_flight
             };
             if in_flight.len() >= max_in_flight || gate > now {
                 tokio::select! {
@@ -308,7 +303,7 @@ impl Flusher {
             let batch = match self.retry.pop_front() {
                 // After a 413 lowered the limit, batches taken before it are
                 // split here rather than refused again.
-                Some(b) if b.events > 1 && b.body.len() > self.batch_max_bytes => {
+                Some(b) if b.events > 1 && b.body.len() > self.limits.batch_max_bytes => {
                     let (first, rest) = b.split_at(b.events / 2);
                     self.retry.push_front(rest);
                     self.retry.push_front(first);
@@ -342,7 +337,7 @@ impl Flusher {
                 .store(in_flight.len(), Ordering::SeqCst);
         }
         // Shutdown: no new requests; let those in flight finish.
-        let deadline = Instant::now() + self.shutdown_timeout;
+        let deadline = Instant::now() + self.limits.shutdown_timeout;
         while !in_flight.is_empty() {
             match tokio::time::timeout_at(deadline, in_flight.join_next()).await {
                 Ok(Some(done)) => self.completed(done)?,
@@ -381,18 +376,18 @@ impl Flusher {
     fn next_batch(&mut self) -> Result<Result<Batch, Duration>, FlushError> {
         let Some(batch) = self
             .queue
-            .peek_batch(self.batch_max_events, self.batch_max_bytes)?
+            .peek_batch(self.limits.batch_max_events, self.limits.batch_max_bytes)?
         else {
             return Ok(Err(Duration::from_millis(200)));
         };
-        let full = batch.events >= self.batch_max_events
-            || batch.body.len() * 10 >= self.batch_max_bytes * 9;
+        let full = batch.events >= self.limits.batch_max_events
+            || batch.body.len() * 10 >= self.limits.batch_max_bytes * 9;
         if !full {
             let age = Duration::from_micros(
                 (Timestamp::now().unix_micros - batch.oldest.unix_micros).max(0) as u64,
             );
-            if age < self.linger {
-                return Ok(Err(self.linger - age));
+            if age < self.limits.linger {
+                return Ok(Err(self.limits.linger - age));
             }
         }
         self.queue.take(&batch);
@@ -472,15 +467,16 @@ impl Flusher {
                     self.queue.set_aside(&batch, &reason)?;
                 } else {
                     let smaller = (batch.body.len() / 2).max(4096);
-                    if smaller < self.batch_max_bytes {
+                    if smaller < self.limits.batch_max_bytes {
                         warn!(
-                            from = self.batch_max_bytes,
+                            from = self.limits.batch_max_bytes,
                             to = smaller,
                             "413 from the API: lowering the batch size"
                         );
-                        self.batch_max_bytes = smaller;
+                        self.limits.batch_max_bytes = smaller;
                     }
-                    self.batch_max_events = self.batch_max_events.min(batch.events / 2).max(1);
+                    self.limits.batch_max_events =
+                        self.limits.batch_max_events.min(batch.events / 2).max(1);
                     let (first, rest) = batch.split_at(batch.events / 2);
                     self.retry.push_front(rest);
                     self.retry.push_front(first);
@@ -507,7 +503,7 @@ impl Flusher {
             Outcome::Transient(why) => {
                 self.stats.rejected_requests.fetch_add(1, Ordering::Relaxed);
                 self.consecutive_failures = self.consecutive_failures.saturating_add(1);
-                let wait = backoff(self.consecutive_failures, self.max_backoff);
+                let wait = backoff(self.consecutive_failures, self.limits.max_backoff);
                 warn!(error = %why, retry_in_ms = wait.as_millis() as u64, "delivery failed; will retry");
                 self.hold(now + wait);
                 self.retry.push_front(batch);

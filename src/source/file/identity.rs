@@ -338,6 +338,18 @@ mod tests {
         }
     }
 
+    /// `resolve` in source `s`, fingerprint `f`, for the file `dev_ino`
+    /// (named after it) holding `content`.
+    fn resolve_in(
+        dev_ino: (u64, u64),
+        candidates: &[Candidate],
+        content: &'static [u8],
+    ) -> Resolution {
+        let name = format!("{}-{}", dev_ino.0, dev_ino.1);
+        resolve("s", "f", dev_ino, &name, candidates, &mut tails(content))
+            .expect("tails never fail")
+    }
+
     #[test]
     fn checkpoint_round_trips() {
         let c = Checkpoint {
@@ -375,32 +387,22 @@ mod tests {
 
     #[test]
     fn own_checkpoint_resumes_unless_rewritten() {
-        let content: &[u8] = b"head\nline one\nline two\n";
         let mine = Candidate {
             dev_ino: Some((1, 5)),
             checkpoint: cp(14, b"head\nline one\n", "s/f", false),
         };
-        let r = resolve(
-            "s",
-            "f",
+        let r = resolve_in(
             (1, 5),
-            "1-5",
             std::slice::from_ref(&mine),
-            &mut tails(b"head\nline one\nline two\n"),
-        )
-        .unwrap();
+            b"head\nline one\nline two\n",
+        );
         assert_eq!(r, Resolution::Resume(mine.checkpoint.clone()));
-        let _ = content;
         // Same first line, other bytes before the offset: rewritten in place.
-        let r = resolve(
-            "s",
-            "f",
+        let r = resolve_in(
             (1, 5),
-            "1-5",
             std::slice::from_ref(&mine),
-            &mut tails(b"head\nLINE ONE\nline two\n"),
-        )
-        .unwrap();
+            b"head\nLINE ONE\nline two\n",
+        );
         assert_eq!(
             r,
             Resolution::Fresh {
@@ -416,15 +418,11 @@ mod tests {
             checkpoint: cp(14, b"head\nline one\n", "s/f", false),
         };
         // A copy (copytruncate, or .gz) holds the same bytes up to the offset.
-        let r = resolve(
-            "s",
-            "f",
+        let r = resolve_in(
             (1, 6),
-            "1-6",
             std::slice::from_ref(&original),
-            &mut tails(b"head\nline one\nmore\n"),
-        )
-        .unwrap();
+            b"head\nline one\nmore\n",
+        );
         assert_eq!(
             r,
             Resolution::Copy {
@@ -434,21 +432,17 @@ mod tests {
             }
         );
         // Same first line, different content: syslog vs messages.
-        let r = resolve(
-            "s",
-            "f",
+        let r = resolve_in(
             (1, 7),
-            "1-7",
             std::slice::from_ref(&original),
-            &mut tails(b"head\nsomething else\n"),
-        )
-        .unwrap();
+            b"head\nsomething else\n",
+        );
         let Resolution::Fresh { stream } = r else {
             panic!("expected a fresh stream")
         };
         assert_eq!(stream, "s/f/1-7");
         // No candidate at all: named after the file.
-        let r = resolve("s", "f", (1, 8), "1-8", &[], &mut tails(b"head\n")).unwrap();
+        let r = resolve_in((1, 8), &[], b"head\n");
         assert_eq!(
             r,
             Resolution::Fresh {
@@ -469,30 +463,18 @@ mod tests {
             dev_ino: Some((1, 6)),
             checkpoint: cp(14, b"head\nline one\n", "s/f0", false),
         };
-        let r = resolve(
-            "s",
-            "f",
+        let r = resolve_in(
             (1, 5),
-            "1-5",
             &[deleted.clone(), original.clone()],
-            &mut tails(b"head\nline one\nmore\n"),
-        )
-        .unwrap();
+            b"head\nline one\nmore\n",
+        );
         let Resolution::Copy { checkpoint, of, .. } = r else {
             panic!("expected the copy of f0, got {r:?}")
         };
         assert_eq!(checkpoint.stream, "s/f0");
         assert_eq!(of, Some((1, 6)));
         // Neither matches: still the next generation of the inode's stream.
-        let r = resolve(
-            "s",
-            "f",
-            (1, 5),
-            "1-5",
-            &[deleted, original],
-            &mut tails(b"head\nnew content\n"),
-        )
-        .unwrap();
+        let r = resolve_in((1, 5), &[deleted, original], b"head\nnew content\n");
         assert_eq!(
             r,
             Resolution::Fresh {
@@ -507,15 +489,7 @@ mod tests {
             dev_ino: Some((1, 5)),
             checkpoint: cp(14, b"head\nline one\n", "s/f", true),
         };
-        let r = resolve(
-            "s",
-            "f",
-            (1, 5),
-            "1-5",
-            std::slice::from_ref(&gone),
-            &mut tails(b"head\nnew content\n"),
-        )
-        .unwrap();
+        let r = resolve_in((1, 5), std::slice::from_ref(&gone), b"head\nnew content\n");
         assert_eq!(
             r,
             Resolution::Fresh {
@@ -527,15 +501,7 @@ mod tests {
             dev_ino: Some((1, 5)),
             checkpoint: cp(14, b"head\nline one\n", "s/f/1-5", true),
         };
-        let r = resolve(
-            "s",
-            "f",
-            (1, 5),
-            "1-5",
-            std::slice::from_ref(&gone),
-            &mut tails(b"head\nnew content\n"),
-        )
-        .unwrap();
+        let r = resolve_in((1, 5), std::slice::from_ref(&gone), b"head\nnew content\n");
         assert!(
             matches!(r, Resolution::Fresh { ref stream } if stream.starts_with("s/f/1-5.")),
             "{r:?}"

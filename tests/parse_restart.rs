@@ -2,52 +2,33 @@
 //! exactly the events an uninterrupted run queues: the session, the model and
 //! the pending calls travel in the checkpoint beside the offset.
 
+mod common;
+
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use thoth_ingest::config::{Config, Env};
+use thoth_ingest::config::Config;
 use thoth_ingest::queue::Queue;
-use thoth_ingest::source::file::FileSource;
 use thoth_ingest::source::SourceStats;
 
 fn config(state: &Path, logs: &Path) -> Config {
-    let toml = format!(
-        r#"
-[api]
-base_url = "http://127.0.0.1:9"
-tenant_id = "acme"
-[state]
-dir = {state:?}
-[[sources]]
-name = "codex"
-type = "file"
-include = [{glob:?}]
-parser = "codex"
-poll_interval = "20ms"
-"#,
-        state = state.display().to_string(),
-        glob = logs.join("*.jsonl").display().to_string(),
-    );
-    Config::from_toml(&toml, Path::new("(test)"), &Env::default()).unwrap()
+    common::in_process_config(
+        state,
+        "codex",
+        &[logs.join("*.jsonl").display().to_string()],
+        "codex",
+        r#"poll_interval = "20ms""#,
+    )
 }
 
 /// Runs the source until it has read everything there is, then stops it.
 fn run_source_until_caught_up(config: &Config) {
     let queue = Arc::new(Queue::open(&config.state.dir, 8 << 20).unwrap());
-    let source_config = config.sources[0].clone();
-    let parser = thoth_ingest::parse::build(config, &source_config);
     let stats = Arc::new(SourceStats::default());
     let shutdown = Arc::new(AtomicBool::new(false));
-    let source = FileSource::new(
-        source_config,
-        parser,
-        queue.clone(),
-        stats.clone(),
-        shutdown.clone(),
-    )
-    .unwrap();
+    let source = common::first_file_source(config, queue.clone(), stats.clone(), shutdown.clone());
     let handle = std::thread::spawn(move || source.run());
     let deadline = Instant::now() + Duration::from_secs(20);
     while !(stats.is_caught_up() && stats.commits.load(Ordering::SeqCst) > 0) {

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use thoth_ingest::config::{Config, Env};
+use thoth_ingest::config::Config;
 use thoth_ingest::queue::Queue;
 use thoth_ingest::source::file::FileSource;
 use thoth_ingest::source::SourceStats;
@@ -33,37 +33,21 @@ impl Tailer {
     }
 
     fn in_dir(dir: tempfile::TempDir, extra: &str) -> Tailer {
-        let toml = format!(
-            r#"
-[api]
-base_url = "http://127.0.0.1:9"
-tenant_id = "acme"
-[state]
-dir = {state:?}
-[[sources]]
-name = "t"
-type = "file"
-include = [{glob:?}]
-parser = "json"
-rotate_wait = "0s"
-{extra}
-"#,
-            state = dir.path().join("state").display().to_string(),
-            glob = dir.path().join("logs/*.log").display().to_string(),
+        let config = common::in_process_config(
+            &dir.path().join("state"),
+            "t",
+            &[dir.path().join("logs/*.log").display().to_string()],
+            "json",
+            &format!("rotate_wait = \"0s\"\n{extra}"),
         );
-        let config = Config::from_toml(&toml, Path::new("(test)"), &Env::default()).unwrap();
         let queue = Arc::new(common::open_queue(&config.state.dir));
-        let sc = config.sources[0].clone();
-        let parser = thoth_ingest::parse::build(&config, &sc);
         let stats = Arc::new(SourceStats::default());
-        let source = FileSource::new(
-            sc,
-            parser,
+        let source = common::first_file_source(
+            &config,
             queue.clone(),
             stats.clone(),
             Arc::new(AtomicBool::new(false)),
-        )
-        .unwrap();
+        );
         Tailer {
             dir,
             config,

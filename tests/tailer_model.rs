@@ -9,12 +9,12 @@ mod common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use proptest::prelude::*;
-use thoth_ingest::config::{Config, Env};
+use thoth_ingest::config::Config;
 use thoth_ingest::queue::Queue;
 use thoth_ingest::source::file::FileSource;
 use thoth_ingest::source::SourceStats;
@@ -98,23 +98,13 @@ impl World {
         if copies_matched {
             include.push(logs.join("*.log.*").display().to_string());
         }
-        let toml = format!(
-            r#"
-[api]
-base_url = "http://127.0.0.1:9"
-tenant_id = "acme"
-[state]
-dir = {state:?}
-[[sources]]
-name = "model"
-type = "file"
-include = {include:?}
-parser = "json"
-rotate_wait = "0s"
-"#,
-            state = dir.path().join("state").display().to_string(),
+        let config = common::in_process_config(
+            &dir.path().join("state"),
+            "model",
+            &include,
+            "json",
+            r#"rotate_wait = "0s""#,
         );
-        let config = Config::from_toml(&toml, Path::new("(test)"), &Env::default()).unwrap();
         let mut w = World {
             dir,
             config,
@@ -135,16 +125,12 @@ rotate_wait = "0s"
 
     fn start(&mut self) {
         let queue = Arc::new(common::open_queue(&self.config.state.dir));
-        let sc = self.config.sources[0].clone();
-        let parser = thoth_ingest::parse::build(&self.config, &sc);
-        let source = FileSource::new(
-            sc,
-            parser,
+        let source = common::first_file_source(
+            &self.config,
             queue.clone(),
             Arc::new(SourceStats::default()),
             Arc::new(AtomicBool::new(false)),
-        )
-        .unwrap();
+        );
         self.queue = Some(queue);
         self.source = Some(source);
     }
@@ -245,6 +231,17 @@ rotate_wait = "0s"
         self.gen(file).reachable = true;
     }
 
+    /// The file was renamed out of its path: unless the tailer had it open
+    /// or follows rotated names, its lines may never be seen.
+    fn rotated_away(&mut self, file: usize) {
+        if !self.gen(file).opened && !self.copies_matched {
+            let lines = self.gen(file).lines.clone();
+            self.gen(file).may_miss.extend(lines);
+        }
+        let reachable = self.copies_matched;
+        self.new_generation(file, reachable);
+    }
+
     fn rotated_name(&mut self, file: usize) -> PathBuf {
         self.rotated += 1;
         self.dir
@@ -269,12 +266,7 @@ rotate_wait = "0s"
                 }
                 let to = self.rotated_name(file);
                 std::fs::rename(self.path(file), &to).unwrap();
-                if !self.gen(file).opened && !self.copies_matched {
-                    let lines = self.gen(file).lines.clone();
-                    self.gen(file).may_miss.extend(lines);
-                }
-                let reachable = self.copies_matched;
-                self.new_generation(file, reachable);
+                self.rotated_away(file);
             }
             Op::CopyTruncate { file } => {
                 if !self.path(file).exists() {
@@ -336,12 +328,7 @@ rotate_wait = "0s"
                 );
                 enc.write_all(&data).unwrap();
                 enc.finish().unwrap();
-                if !self.gen(file).opened && !self.copies_matched {
-                    let lines = self.gen(file).lines.clone();
-                    self.gen(file).may_miss.extend(lines);
-                }
-                let reachable = self.copies_matched;
-                self.new_generation(file, reachable);
+                self.rotated_away(file);
             }
         }
     }

@@ -285,3 +285,49 @@ pub fn open_queue(dir: &Path) -> thoth_ingest::queue::Queue {
         }
     }
 }
+
+/// A config for in-process source tests: one file source `name` with
+/// `parser` over the `include` globs, state in `state`, `extra` keys added
+/// to the source. Its API address is never reached.
+pub fn in_process_config(
+    state: &Path,
+    name: &str,
+    include: &[String],
+    parser: &str,
+    extra: &str,
+) -> thoth_ingest::config::Config {
+    let toml = format!(
+        r#"
+[api]
+base_url = "http://127.0.0.1:9"
+tenant_id = "acme"
+[state]
+dir = {state:?}
+[[sources]]
+name = {name:?}
+type = "file"
+include = {include:?}
+parser = {parser:?}
+{extra}
+"#,
+        state = state.display().to_string(),
+    );
+    thoth_ingest::config::Config::from_toml(
+        &toml,
+        Path::new("(test)"),
+        &thoth_ingest::config::Env::default(),
+    )
+    .unwrap()
+}
+
+/// The config's first source, reading into `queue`.
+pub fn first_file_source(
+    config: &thoth_ingest::config::Config,
+    queue: std::sync::Arc<thoth_ingest::queue::Queue>,
+    stats: std::sync::Arc<thoth_ingest::source::SourceStats>,
+    shutdown: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> thoth_ingest::source::file::FileSource {
+    let source = config.sources[0].clone();
+    let parser = thoth_ingest::parse::build(config, &source);
+    thoth_ingest::source::file::FileSource::new(source, parser, queue, stats, shutdown).unwrap()
+}

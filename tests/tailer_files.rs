@@ -92,20 +92,7 @@ impl Tailer {
 
     /// (event_id, content) of every queued event, in order.
     fn queued(&self) -> Vec<(String, String)> {
-        let Some(batch) = self.queue.peek_batch(1_000_000, 1 << 30).unwrap() else {
-            return Vec::new();
-        };
-        let events: Vec<serde_json::Value> = serde_json::from_slice(&batch.body).unwrap();
-        self.queue.release(&batch);
-        events
-            .iter()
-            .map(|e| {
-                (
-                    e["event_id"].as_str().unwrap().to_string(),
-                    e["content"].as_str().unwrap_or_default().to_string(),
-                )
-            })
-            .collect()
+        common::queued_ids_and_contents(&self.queue)
     }
 
     fn contents(&self) -> Vec<String> {

@@ -350,23 +350,10 @@ impl World {
 
     /// (event_id, content) of every queued event, in queue order.
     fn queued(&self) -> Vec<(String, String)> {
-        let Some(queue) = &self.queue else {
-            return Vec::new();
-        };
-        let Some(batch) = queue.peek_batch(1_000_000, 1 << 30).unwrap() else {
-            return Vec::new();
-        };
-        let events: Vec<serde_json::Value> = serde_json::from_slice(&batch.body).unwrap();
-        queue.release(&batch);
-        events
-            .iter()
-            .map(|e| {
-                (
-                    e["event_id"].as_str().unwrap().to_string(),
-                    e["content"].as_str().unwrap_or_default().to_string(),
-                )
-            })
-            .collect()
+        self.queue
+            .as_deref()
+            .map(common::queued_ids_and_contents)
+            .unwrap_or_default()
     }
 }
 

@@ -331,3 +331,22 @@ pub fn first_file_source(
     let parser = thoth_ingest::parse::build(config, &source);
     thoth_ingest::source::file::FileSource::new(source, parser, queue, stats, shutdown).unwrap()
 }
+
+/// (event_id, content) of every event in `queue`, in queue order; nothing
+/// is taken from it.
+pub fn queued_ids_and_contents(queue: &thoth_ingest::queue::Queue) -> Vec<(String, String)> {
+    let Some(batch) = queue.peek_batch(1_000_000, 1 << 30).unwrap() else {
+        return Vec::new();
+    };
+    let events: Vec<serde_json::Value> = serde_json::from_slice(&batch.body).unwrap();
+    queue.release(&batch);
+    events
+        .iter()
+        .map(|e| {
+            (
+                e["event_id"].as_str().unwrap().to_string(),
+                e["content"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}

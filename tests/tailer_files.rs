@@ -477,3 +477,76 @@ fn at_the_inotify_watch_limit_one_warning_and_the_rest_is_polled() {
         "one warning when the limit is reached, not one per directory or scan:\n{log}"
     );
 }
+
+/// The race of the `.gz` rotation under kill -9 (issue 9), made certain: a
+/// rotated file is compressed and deleted while the daemon is down, so its
+/// inode is free, and the next file created takes it. The `.gz` must still
+/// continue the deleted file's stream; the file now on its inode is not the
+/// original "still followed", and the `.gz` is not read again under new ids.
+#[test]
+fn a_gz_continues_a_file_deleted_while_stopped_whose_inode_was_reused() {
+    use std::os::unix::fs::MetadataExt;
+    let mut t = Tailer::new("");
+    t.append("w.log", ev("w first").as_bytes());
+    t.append("w.log", ev("w read").as_bytes());
+    t.drain();
+    t.append("w.log", ev("w unread").as_bytes());
+    let w_ino = std::fs::metadata(t.path("w.log")).unwrap().ino();
+    // Restarted: the new source holds no file open until its first step.
+    // Meanwhile the file is compressed (under a name the glob matches: a
+    // `.gz` is known by its bytes) and deleted.
+    let mut t = t.restart("");
+    let data = std::fs::read(t.path("w.log")).unwrap();
+    let mut gz = flate2::write::GzEncoder::new(
+        std::fs::File::create(t.path("w-1.log")).unwrap(),
+        flate2::Compression::fast(),
+    );
+    gz.write_all(&data).unwrap();
+    gz.finish().unwrap();
+    std::fs::remove_file(t.path("w.log")).unwrap();
+    // The next files created take the freed inode: one of them becomes a new
+    // log that sorts (and so is identified) before the `.gz`.
+    let reused = (0..1000)
+        .map(|n| {
+            let p = t.path(&format!("new-{n}"));
+            std::fs::File::create(&p).unwrap();
+            p
+        })
+        .find(|p| std::fs::metadata(p).unwrap().ino() == w_ino)
+        .expect(
+            "this file system never reused the deleted file's inode; run the test on ext4 or xfs",
+        );
+    std::fs::rename(&reused, t.path("a.log")).unwrap();
+    t.append("a.log", ev("a first").as_bytes());
+    t.drain();
+    let queued = t.queued();
+    let contents: Vec<&str> = queued.iter().map(|(_, c)| c.as_str()).collect();
+    assert_eq!(
+        contents,
+        vec!["w first", "w read", "a first", "w unread"],
+        "each line once: {queued:?}"
+    );
+}
+
+/// A compressor's output is empty for a moment after it is created: a `.gz`
+/// first seen then is still known by its bytes once they arrive, and
+/// decompressed, not read as lines of binary.
+#[test]
+fn a_gz_first_seen_empty_is_decompressed_once_written() {
+    let mut t = Tailer::new("");
+    std::fs::File::create(t.path("old.log")).unwrap();
+    t.drain();
+    let mut gz = flate2::write::GzEncoder::new(
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(t.path("old.log"))
+            .unwrap(),
+        flate2::Compression::fast(),
+    );
+    gz.write_all(format!("{}{}", ev("one"), ev("two")).as_bytes())
+        .unwrap();
+    gz.finish().unwrap();
+    t.drain();
+    assert_eq!(t.contents(), vec!["one", "two"]);
+    assert_eq!(t.stats.snapshot().lines, 2, "no line of binary was parsed");
+}

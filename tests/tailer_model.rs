@@ -23,17 +23,57 @@ const FILES: usize = 2;
 
 #[derive(Debug, Clone)]
 enum Op {
-    Append { file: usize, lines: usize },
+    Append {
+        file: usize,
+        lines: usize,
+    },
     Step,
-    RenameRotate { file: usize },
-    CopyTruncate { file: usize },
-    TruncateRewrite { file: usize, lines: usize },
-    Delete { file: usize },
-    GzRotate { file: usize },
+    RenameRotate {
+        file: usize,
+    },
+    CopyTruncate {
+        file: usize,
+    },
+    TruncateRewrite {
+        file: usize,
+        lines: usize,
+    },
+    Delete {
+        file: usize,
+    },
+    GzRotate {
+        file: usize,
+    },
     Restart,
+    /// logrotate's `compress` (with `delaycompress`): the oldest rotated
+    /// plain file without a `.gz` gets one, whole or only its first half
+    /// (the compressor still writing); the plain file stays for now.
+    Compress {
+        partial: bool,
+    },
+    /// Every `.gz` still being written is finished.
+    FinishGz,
+    /// The rotated plain files whose `.gz` is finished are deleted.
+    DeleteCompressed,
 }
 
-fn op() -> impl Strategy<Value = Op> {
+/// The operations of every variant; `logrotate` adds compression of rotated
+/// files that are still there, as logrotate's `delaycompress` does it.
+fn op(logrotate: bool) -> BoxedStrategy<Op> {
+    let base = base_op();
+    if !logrotate {
+        return base.boxed();
+    }
+    prop_oneof![
+        12 => base,
+        1 => any::<bool>().prop_map(|partial| Op::Compress { partial }),
+        1 => Just(Op::FinishGz),
+        1 => Just(Op::DeleteCompressed),
+    ]
+    .boxed()
+}
+
+fn base_op() -> impl Strategy<Value = Op> {
     let file = 0..FILES;
     prop_oneof![
         6 => (file.clone(), 1..12usize).prop_map(|(file, lines)| Op::Append { file, lines }),
@@ -64,6 +104,30 @@ struct Generation {
     read: usize,
 }
 
+/// A file renamed away under a rotated name (only in the `logrotate`
+/// variant), and its `.gz` once compression started.
+struct RotatedPlain {
+    path: PathBuf,
+    /// The compressed bytes and how many of them are written so far.
+    gz: Option<(PathBuf, Vec<u8>, usize)>,
+    deleted: bool,
+}
+
+/// How a variant of the model is run.
+#[derive(Clone, Copy)]
+struct Variant {
+    /// Rotated names (`*.log.*`) match the globs.
+    copies_matched: bool,
+    /// Every generation starts with a line of its own instead of one shared
+    /// header: files can then be told apart by fingerprint, and a reused
+    /// inode is all they may share.
+    distinct_headers: bool,
+    /// `rotate_wait`: 0 closes files that went away at once; the
+    /// `logrotate` variant uses an hour, so that a `.gz` of a file still
+    /// there waits for its deletion instead of racing the clock.
+    rotate_wait: &'static str,
+}
+
 struct World {
     dir: tempfile::TempDir,
     config: Config,
@@ -74,12 +138,22 @@ struct World {
     generations: BTreeMap<(usize, usize), Generation>,
     rotated: usize,
     copies_matched: bool,
+    distinct_headers: bool,
+    /// Rotated plain files, oldest first (`logrotate` variant).
+    plains: Vec<RotatedPlain>,
 }
 
-fn header() -> String {
+fn shared_header() -> String {
     // Every generation of every file starts with the same line, so all their
     // fingerprints collide: identity must come from more than the first line.
     r#"{"event_type":"TOOL_CALL_PRE","tool_name":"header","content":"HEADER"}"#.to_string()
+}
+
+/// A first line of one generation's own; an ordinary line to the oracle.
+fn own_header(file: usize, generation: usize) -> String {
+    format!(
+        r#"{{"event_type":"TOOL_CALL_PRE","tool_name":"header","content":"first f{file}g{generation}"}}"#
+    )
 }
 
 fn line(file: usize, generation: usize, n: usize) -> String {
@@ -90,7 +164,12 @@ fn line(file: usize, generation: usize, n: usize) -> String {
 }
 
 impl World {
-    fn new(copies_matched: bool) -> World {
+    fn new(variant: Variant) -> World {
+        let Variant {
+            copies_matched,
+            distinct_headers,
+            rotate_wait,
+        } = variant;
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("logs")).unwrap();
         let logs = dir.path().join("logs");
@@ -103,7 +182,7 @@ impl World {
             "model",
             &include,
             "json",
-            r#"rotate_wait = "0s""#,
+            &format!("rotate_wait = {rotate_wait:?}"),
         );
         let mut w = World {
             dir,
@@ -114,6 +193,8 @@ impl World {
             generations: BTreeMap::new(),
             rotated: 0,
             copies_matched,
+            distinct_headers,
+            plains: Vec::new(),
         };
         w.start();
         w
@@ -159,12 +240,17 @@ impl World {
         let path = self.path(file);
         let g = self.current[file];
         let mut text = String::new();
+        let header = if self.distinct_headers {
+            own_header(file, g)
+        } else {
+            shared_header()
+        };
         {
             let gen = self.gen(file);
             if gen.lines.is_empty() {
-                gen.lines.push(header());
-                text.push_str(&header());
+                text.push_str(&header);
                 text.push('\n');
+                gen.lines.push(header);
             }
         }
         for _ in 0..count {
@@ -267,6 +353,11 @@ impl World {
                 let to = self.rotated_name(file);
                 std::fs::rename(self.path(file), &to).unwrap();
                 self.rotated_away(file);
+                self.plains.push(RotatedPlain {
+                    path: to,
+                    gz: None,
+                    deleted: false,
+                });
             }
             Op::CopyTruncate { file } => {
                 if !self.path(file).exists() {
@@ -330,6 +421,54 @@ impl World {
                 enc.finish().unwrap();
                 self.rotated_away(file);
             }
+            Op::Compress { partial } => {
+                let Some(plain) = self.plains.iter_mut().find(|p| p.gz.is_none()) else {
+                    return;
+                };
+                let data = std::fs::read(&plain.path).unwrap();
+                let mut enc =
+                    flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                enc.write_all(&data).unwrap();
+                let bytes = enc.finish().unwrap();
+                let written = if partial {
+                    bytes.len() / 2
+                } else {
+                    bytes.len()
+                };
+                let gz = PathBuf::from(format!("{}.gz", plain.path.display()));
+                std::fs::write(&gz, &bytes[..written]).unwrap();
+                plain.gz = Some((gz, bytes, written));
+            }
+            Op::FinishGz => self.finish_gz(),
+            Op::DeleteCompressed => {
+                for plain in &mut self.plains {
+                    let finished = plain
+                        .gz
+                        .as_ref()
+                        .is_some_and(|(_, bytes, written)| *written == bytes.len());
+                    if finished && !plain.deleted {
+                        std::fs::remove_file(&plain.path).unwrap();
+                        plain.deleted = true;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes the rest of every `.gz` still being written.
+    fn finish_gz(&mut self) {
+        for plain in &mut self.plains {
+            if let Some((gz, bytes, written)) = plain.gz.as_mut() {
+                if *written < bytes.len() {
+                    std::fs::OpenOptions::new()
+                        .append(true)
+                        .open(&*gz)
+                        .unwrap()
+                        .write_all(&bytes[*written..])
+                        .unwrap();
+                    *written = bytes.len();
+                }
+            }
         }
     }
 
@@ -357,11 +496,13 @@ impl World {
     }
 }
 
-fn check(ops: &[Op], copies_matched: bool) -> Result<(), TestCaseError> {
-    let mut w = World::new(copies_matched);
+fn check(ops: &[Op], variant: Variant) -> Result<(), TestCaseError> {
+    let mut w = World::new(variant);
     for op in ops {
         w.apply(op);
     }
+    // A compressor always finishes its file.
+    w.finish_gz();
     w.drain();
     let queued = w.queued();
 
@@ -449,12 +590,22 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: model_cases(), .. ProptestConfig::default() })]
 
     #[test]
-    fn every_line_once_rotated_copies_followed(ops in prop::collection::vec(op(), 1..40)) {
-        check(&ops, true)?;
+    fn every_line_once_rotated_copies_followed(ops in prop::collection::vec(op(false), 1..40)) {
+        check(&ops, Variant { copies_matched: true, distinct_headers: false, rotate_wait: "0s" })?;
     }
 
     #[test]
-    fn every_line_once_rotated_copies_not_followed(ops in prop::collection::vec(op(), 1..40)) {
-        check(&ops, false)?;
+    fn every_line_once_rotated_copies_not_followed(ops in prop::collection::vec(op(false), 1..40)) {
+        check(&ops, Variant { copies_matched: false, distinct_headers: false, rotate_wait: "0s" })?;
+    }
+
+    /// logrotate with `compress` and `delaycompress` under kill -9: the
+    /// previous rotation is compressed while its plain file is still there
+    /// (read, half read or unread), the `.gz` may be seen half written, the
+    /// plain file is deleted before or after the `.gz` appears, and every
+    /// generation starts with a first line of its own.
+    #[test]
+    fn every_line_once_logrotate_compress(ops in prop::collection::vec(op(true), 1..40)) {
+        check(&ops, Variant { copies_matched: true, distinct_headers: true, rotate_wait: "1h" })?;
     }
 }

@@ -10,7 +10,7 @@
 
 use std::io::Read;
 use std::os::unix::ffi::OsStringExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// Bytes before a checkpoint position that must match for a file to be the
 /// one the checkpoint was taken in.
@@ -304,12 +304,6 @@ pub fn read_start(r: &mut dyn Read, max: usize) -> std::io::Result<Vec<u8>> {
     let mut buf = Vec::with_capacity(max.min(64 << 10));
     r.take(max as u64).read_to_end(&mut buf)?;
     Ok(buf)
-}
-
-/// Whether `path` names a gzip file (by its magic bytes).
-pub fn is_gzip(start: &[u8], path: &Path) -> bool {
-    start.starts_with(&[0x1f, 0x8b])
-        || (start.is_empty() && path.extension().is_some_and(|e| e == "gz"))
 }
 
 #[cfg(test)]

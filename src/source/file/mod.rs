@@ -409,7 +409,6 @@ impl FileSource {
                         self.watch(&dir);
                     }
                     debug!(source = %self.name, path = %path.display(), "following file");
-                    let gz = gzip_magic(&file).then(Gz::default);
                     self.found += 1;
                     let cutter = self.new_cutter();
                     self.tracked.insert(
@@ -417,7 +416,7 @@ impl FileSource {
                         Tracked {
                             path,
                             file,
-                            gz,
+                            gz: None,
                             ident: None,
                             offset: 0,
                             committed: (0, Tail::default()),
@@ -545,6 +544,11 @@ impl FileSource {
         };
         let size = t.file.metadata()?.len();
         t.size = size;
+        // Decided when the file is identified, not when it is opened: a
+        // compressor's output is empty for a moment after its creation.
+        if t.ident.is_none() && t.gz.is_none() && gzip_magic(&t.file) {
+            t.gz = Some(Gz::default());
+        }
         if t.gz.is_some() {
             return self.read_gz(id, size);
         }
@@ -612,7 +616,7 @@ impl FileSource {
         let file_id = file_identity(&t.file, id);
         let resolution =
             identity::resolve(&self.name, &fp, id, &file_id, &candidates, &mut tail_at)?;
-        let Some(resolution) = self.settle_copy(id, resolution) else {
+        let Some(resolution) = self.settle_copy(id, &fp, resolution) else {
             return Ok(false);
         };
         let key = identity::checkpoint_key(&self.name, &fp, id.0, id.1);
@@ -672,7 +676,12 @@ impl FileSource {
     /// into `.gz` deletes it), and a file whose original is still there after
     /// that merely starts the same way (syslog and messages): a new stream.
     /// None while waiting.
-    fn settle_copy(&mut self, id: (u64, u64), resolution: Resolution) -> Option<Resolution> {
+    fn settle_copy(
+        &mut self,
+        id: (u64, u64),
+        fingerprint: &str,
+        resolution: Resolution,
+    ) -> Option<Resolution> {
         let Resolution::Copy {
             checkpoint,
             of,
@@ -684,25 +693,71 @@ impl FileSource {
             }
             return Some(resolution);
         };
-        let original_here = of.is_some_and(|o| {
-            o != id
-                && self
-                    .tracked
-                    .get(&o)
-                    .is_some_and(|t| t.gone_since.is_none() && t.ident.is_some())
-        });
+        let rotate_wait = self.config.rotate_wait;
+        let waited_out = self
+            .tracked
+            .get(&id)?
+            .copy_wait_since
+            .is_some_and(|since| since.elapsed() >= rotate_wait);
+        let mut original_here = self.still_followed(id, of, fingerprint, &checkpoint);
+        if original_here && waited_out {
+            // Judge on what is there now, not on the last scan's view: a
+            // tailer busy catching up may not have scanned since the
+            // original was deleted or truncated.
+            self.scan();
+            original_here = self.still_followed(id, of, fingerprint, &checkpoint);
+        }
         let t = self.tracked.get_mut(&id)?;
         if !original_here {
             t.copy_wait_since = None;
             return Some(Resolution::Resume(checkpoint));
         }
         let since = *t.copy_wait_since.get_or_insert_with(Instant::now);
-        if since.elapsed() < self.config.rotate_wait {
+        if since.elapsed() < rotate_wait {
             return None;
         }
         t.copy_wait_since = None;
         debug!(source = %self.name, path = %t.path.display(), "starts like a file still followed, but is not a rotated copy of it: a stream of its own");
         Some(Resolution::Fresh { stream: fresh })
+    }
+
+    /// Whether the file whose `copied` checkpoint the file `id` holds is
+    /// still followed at a path the globs match. The device and inode `of`
+    /// in the checkpoint's key are only a hint: a file deleted while the
+    /// daemon was stopped (nothing held it open) gives its inode to the next
+    /// file created, and a file truncated and rewritten in place keeps its
+    /// inode but not its bytes. So the file found there must also be the
+    /// checkpoint's stream, or hold its bytes.
+    fn still_followed(
+        &self,
+        id: (u64, u64),
+        of: Option<(u64, u64)>,
+        fingerprint: &str,
+        copied: &Checkpoint,
+    ) -> bool {
+        let Some(t) = of.filter(|&o| o != id).and_then(|o| self.tracked.get(&o)) else {
+            return false;
+        };
+        if t.gone_since.is_some() {
+            return false;
+        }
+        match &t.ident {
+            Some(ident) => ident.stream == copied.stream,
+            // Found in the same scan and not identified yet: it is the
+            // original if it would resume the checkpoint, as resolve() checks.
+            None if t.gz.is_none() => {
+                let fp_bytes = self.config.fingerprint_bytes;
+                let mut start = vec![0u8; fp_bytes];
+                let same_start = read_full_at(&t.file, &mut start, 0).is_ok_and(|n| {
+                    identity::fingerprint_of(&start[..n], fp_bytes, false).as_deref()
+                        == Some(fingerprint)
+                });
+                same_start
+                    && tail_of_file(&t.file, copied.offset, copied.tail.len)
+                        .is_ok_and(|tail| tail == Some(copied.tail))
+            }
+            None => false,
+        }
     }
 
     /// Checks that a file that changed size is still the one being read: a
@@ -896,7 +951,7 @@ impl FileSource {
                     Ok(r) => r,
                     Err(e) => return self.gz_failed(id, size, e),
                 };
-            let Some(resolution) = self.settle_copy(id, resolution) else {
+            let Some(resolution) = self.settle_copy(id, &fp, resolution) else {
                 return Ok(Progress::Idle);
             };
             let new_stream = match &resolution {
@@ -1034,11 +1089,13 @@ impl FileSource {
             if cp.closed_at == 0 {
                 // Tracked but not yet identified files have no key in `live`,
                 // and neither do files ignored by age: only mark, never drop.
-                if !self
+                // An identified file on the key's inode is another file that
+                // reused the inode of one deleted while we were stopped.
+                let maybe_unidentified = self
                     .tracked
-                    .keys()
-                    .any(|id| identity::key_dev_ino(&key) == Some(*id))
-                {
+                    .iter()
+                    .any(|(id, t)| t.ident.is_none() && identity::key_dev_ino(&key) == Some(*id));
+                if !maybe_unidentified {
                     cp.closed_at = now;
                     self.queue.put_checkpoint(&key, &cp.encode()).map_err(err)?;
                 }

@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -113,6 +114,7 @@ fn run(rotation: Rotation, kills: usize) -> (u64, Vec<u64>, usize) {
     let kill_at: Vec<u64> = (1..=kills as u64)
         .map(|k| k * secs / (kills as u64 + 1))
         .collect();
+    let mut restart_at = None;
     for n in 1..=secs {
         std::thread::sleep(Duration::from_secs(1));
         let rotated = logs.join(format!("agent.jsonl.{n}"));
@@ -145,27 +147,44 @@ fn run(rotation: Rotation, kills: usize) -> (u64, Vec<u64>, usize) {
                     .unwrap();
             }
         }
+        if restart_at == Some(n) {
+            daemon = start_daemon(&config);
+            restart_at = None;
+        }
         if kill_at.contains(&n) {
             daemon.kill().unwrap(); // SIGKILL
             daemon.wait().unwrap();
-            daemon = start_daemon(&config);
+            if Some(&n) == kill_at.last() {
+                // Down across a rotation, as after a restart delay: files
+                // deleted while it was up are freed by the kill, and their
+                // inodes go to the files created next.
+                restart_at = Some(n + 1);
+            } else {
+                daemon = start_daemon(&config);
+            }
         }
+    }
+    if restart_at.is_some() {
+        daemon = start_daemon(&config);
     }
     stop.store(true, Ordering::SeqCst);
     let total = w.join().unwrap();
 
-    // Wait until the receiver has them all, or stops getting more.
+    // Wait until every line written has arrived, or nothing new arrives
+    // for 15 s. (Counting unique ids would take a line under two ids for
+    // two lines.)
+    let mut store = StoreReader::new(&receiver.store);
     let start = Instant::now();
-    let mut last = (0, Instant::now());
+    let mut last_news = Instant::now();
     loop {
-        let unique = receiver.stats().unique_event_ids;
-        if unique >= total {
+        if store.poll() {
+            last_news = Instant::now();
+        }
+        if store.seqs_below(total) == total {
             break;
         }
-        if unique != last.0 {
-            last = (unique, Instant::now());
-        }
-        if last.1.elapsed() > Duration::from_secs(15) || start.elapsed() > Duration::from_secs(180)
+        if last_news.elapsed() > Duration::from_secs(15)
+            || start.elapsed() > Duration::from_secs(180)
         {
             break;
         }
@@ -176,7 +195,8 @@ fn run(rotation: Rotation, kills: usize) -> (u64, Vec<u64>, usize) {
         status.success(),
         "daemon exit status after SIGTERM: {status}"
     );
-    let by_seq = ids_by_seq(&receiver.stored());
+    store.poll();
+    let by_seq = store.by_seq;
     let missing: Vec<u64> = (0..total).filter(|s| !by_seq.contains_key(s)).collect();
     let multi = by_seq.values().filter(|ids| ids.len() > 1).count();
     assert!(
@@ -193,6 +213,54 @@ fn run(rotation: Rotation, kills: usize) -> (u64, Vec<u64>, usize) {
         eprintln!("{rotation:?}: missing seqs from {first} to {last} in {runs} runs");
     }
     (total, missing, multi)
+}
+
+/// Follows the receiver's store as it grows: the event ids each `seq`
+/// arrived under.
+struct StoreReader {
+    path: PathBuf,
+    /// Bytes of the store already read (up to the last complete line).
+    offset: u64,
+    by_seq: BTreeMap<u64, BTreeSet<String>>,
+}
+
+impl StoreReader {
+    fn new(path: &Path) -> StoreReader {
+        StoreReader {
+            path: path.to_path_buf(),
+            offset: 0,
+            by_seq: BTreeMap::new(),
+        }
+    }
+
+    /// Reads the lines stored since the last call; true if there were any.
+    fn poll(&mut self) -> bool {
+        use std::io::{Read, Seek};
+        let Ok(mut file) = std::fs::File::open(&self.path) else {
+            return false; // nothing stored yet
+        };
+        file.seek(std::io::SeekFrom::Start(self.offset)).unwrap();
+        let mut text = Vec::new();
+        file.read_to_end(&mut text).unwrap();
+        // The receiver may be halfway through writing its last line.
+        let Some(end) = text.iter().rposition(|&b| b == b'\n') else {
+            return false;
+        };
+        let events: Vec<serde_json::Value> = text[..end]
+            .split(|&b| b == b'\n')
+            .map(|l| serde_json::from_slice(l).expect("stored line is JSON"))
+            .collect();
+        for (seq, ids) in ids_by_seq(&events) {
+            self.by_seq.entry(seq).or_default().extend(ids);
+        }
+        self.offset += end as u64 + 1;
+        true
+    }
+
+    /// How many of the seqs 0..total have arrived.
+    fn seqs_below(&self, total: u64) -> u64 {
+        self.by_seq.range(..total).count() as u64
+    }
 }
 
 fn assert_writer_kept_pace(total: u64) {

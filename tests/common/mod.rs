@@ -171,7 +171,12 @@ pub fn start_daemon_cmd(config: &Path, setup: impl FnOnce(&mut Command)) -> Daem
         .env_remove("THOTH_API_KEY")
         .env_remove("THOTH_API_KEY_FILE")
         .env_remove("CREDENTIALS_DIRECTORY")
-        .env("RUST_LOG", "warn")
+        // THOTH_TEST_DAEMON_LOG sets the daemons' log filter, to look
+        // inside a failing run (e.g. `thoth_ingest::source=debug`).
+        .env(
+            "RUST_LOG",
+            std::env::var("THOTH_TEST_DAEMON_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
     setup(&mut cmd);

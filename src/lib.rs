@@ -12,6 +12,7 @@ pub mod flush;
 pub mod ops;
 pub mod parse;
 pub mod pipeline;
+pub mod private_fs;
 pub mod queue;
 pub mod receiver;
 pub mod source;

@@ -137,6 +137,7 @@ struct ReceiverArgs {
 }
 
 fn main() -> ExitCode {
+    thoth_ingest::private_fs::restrict_umask();
     tune_malloc();
     let cli = Cli::parse();
     ops::init_logging(&cli.log_level);
@@ -247,6 +248,7 @@ fn validate(path: &Path) -> anyhow::Result<ExitCode> {
 
 async fn run(path: &Path) -> anyhow::Result<ExitCode> {
     let mut signals = ops::StopSignals::install().context("cannot install signal handlers")?;
+    ops::raise_fd_limit();
     let mut hups = ops::ReloadSignals::install().context("cannot install signal handlers")?;
     let env = Env::from_process();
     let mut config = Config::load(path, &env)?;

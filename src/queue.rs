@@ -27,7 +27,7 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::ops::Range;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -516,6 +516,7 @@ impl Segments {
                 .truncate(true)
                 .read(true)
                 .write(true)
+                .mode(crate::private_fs::FILE_MODE)
                 .open(&path)?,
         };
         // The new file's directory entry must survive a power cut too.
@@ -580,7 +581,13 @@ impl Queue {
             source,
         };
         let seg_dir = dir.join("segments");
-        std::fs::create_dir_all(&seg_dir).map_err(io)?;
+        // Every user's queued events live here: the daemon's user alone reads them.
+        crate::private_fs::secure_state_dir(dir).map_err(io)?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(crate::private_fs::DIR_MODE)
+            .create(&seg_dir)
+            .map_err(io)?;
         let db = sled::Config::new()
             .path(dir.join("index"))
             .cache_capacity(cache_bytes)

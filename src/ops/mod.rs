@@ -1,4 +1,5 @@
-//! Operating the daemon: signals (stop, reload) and logging set-up.
+//! Operating the daemon: signals (stop, reload), logging set-up, and the
+//! process limits it starts with.
 
 use tracing_subscriber::EnvFilter;
 
@@ -12,6 +13,33 @@ pub fn init_logging(default_level: &str) {
         .with_writer(std::io::stderr)
         .with_target(false)
         .try_init();
+}
+
+/// Raises the soft limit on open files to the hard limit: a source may follow
+/// thousands of files, and the distributions' soft default (1,024) is meant
+/// for interactive programs. Returns the limit now in force.
+pub fn raise_fd_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 1024;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+    }
+    tracing::debug!(open_files = lim.rlim_cur, "file descriptor limit");
+    lim.rlim_cur
 }
 
 /// SIGINT and SIGTERM, caught from the moment this is created: create it

@@ -318,6 +318,14 @@ pub struct SourceConfig {
     /// Checkpoints of files gone for longer than this are forgotten.
     #[serde(default = "default_checkpoint_retention", with = "humantime_serde")]
     pub checkpoint_retention: Duration,
+    /// Follow symbolic links in the walk and at open, each only to a target
+    /// owned by the link's owner. Off: users can make links to anything.
+    #[serde(default)]
+    pub follow_symlinks: bool,
+    /// Most files one source follows; more matching files are left out, with
+    /// one warning.
+    #[serde(default = "default_max_files")]
+    pub max_files: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -477,6 +485,9 @@ fn default_max_line_bytes() -> ByteSize {
 }
 fn default_rotate_wait() -> Duration {
     Duration::from_secs(5)
+}
+fn default_max_files() -> usize {
+    10_000
 }
 fn default_checkpoint_retention() -> Duration {
     Duration::from_secs(7 * 24 * 3600)
@@ -917,6 +928,8 @@ impl Config {
             KeyOrigin::EnvFile(p) | KeyOrigin::Credential(p) | KeyOrigin::ConfigFile(p) => p,
             KeyOrigin::EnvKey => unreachable!("handled above"),
         };
+        crate::private_fs::check_key_file(path)
+            .map_err(|e| ConfigError::ApiKey(format!("{origin}: {e}")))?;
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError::ApiKey(format!("cannot read {origin}: {e}")))?;
         ApiKey::new(&text)

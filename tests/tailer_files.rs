@@ -222,14 +222,18 @@ fn a_file_replaced_by_a_directory_or_deleted_is_let_go() {
 }
 
 #[test]
-fn symlinked_files_are_followed_once() {
+fn symlinks_are_not_followed_unless_asked_and_then_once() {
     let mut t = Tailer::new("");
     let outside = t.dir.path().join("elsewhere.log");
     std::fs::write(&outside, ev("via link")).unwrap();
     std::os::unix::fs::symlink(&outside, t.path("link.log")).unwrap();
     std::os::unix::fs::symlink(&outside, t.path("link2.log")).unwrap();
+    t.append("plain.log", ev("plain").as_bytes());
     t.drain();
-    assert_eq!(t.contents(), vec!["via link"]);
+    assert_eq!(t.contents(), vec!["plain"]);
+    let mut t = t.restart("follow_symlinks = true");
+    t.drain();
+    assert_eq!(t.contents(), vec!["plain", "via link"]);
 }
 
 #[test]
@@ -368,12 +372,9 @@ fn an_unreadable_file_is_logged_once_and_read_when_it_becomes_readable() {
         std::fs::Permissions::from_mode(0o644),
     )
     .unwrap();
+    // The daemon's user owns its state (and makes it private).
     std::fs::create_dir_all(dir.path().join("state")).unwrap();
-    std::fs::set_permissions(
-        dir.path().join("state"),
-        std::fs::Permissions::from_mode(0o777),
-    )
-    .unwrap();
+    std::os::unix::fs::chown(dir.path().join("state"), Some(65534), Some(65534)).unwrap();
     let stderr = dir.path().join("daemon.err");
     let mut child = spawn_wrapped(
         setpriv,

@@ -190,6 +190,15 @@ pub fn run(
             writeln!(notes, "  {} state entries evicted", stats.state_evictions)
                 .map_err(ParseCliError::Output)?;
         }
+        if stats.events_cut > 0 {
+            writeln!(
+                notes,
+                "  {} events dropped: their line made more than {}",
+                stats.events_cut,
+                super::MAX_EVENTS_PER_LINE
+            )
+            .map_err(ParseCliError::Output)?;
+        }
     }
     out.flush().map_err(ParseCliError::Output)?;
     Ok(stats)

@@ -340,6 +340,15 @@ impl EventBuf {
         self.ends.clear();
     }
 
+    /// Keeps the first `len` events.
+    pub fn truncate(&mut self, len: usize) {
+        if len < self.ends.len() {
+            let end = len.checked_sub(1).map_or(0, |i| self.ends[i] as usize);
+            self.bytes.truncate(end);
+            self.ends.truncate(len);
+        }
+    }
+
     /// The JSON of event `i`.
     pub fn get(&self, i: usize) -> &[u8] {
         let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
@@ -433,6 +442,9 @@ pub struct ParseStats {
     /// Entries of bounded parser state dropped to make room (unmatched calls,
     /// message ids): a POST whose PRE was evicted loses its tool name.
     pub state_evictions: u64,
+    /// Events dropped because their line made more than
+    /// [`MAX_EVENTS_PER_LINE`].
+    pub events_cut: u64,
 }
 
 impl ParseStats {
@@ -519,6 +531,11 @@ pub fn build(config: &Config, source: &SourceConfig) -> Box<dyn Parser> {
     })
 }
 
+/// Most events one record makes; the rest are dropped and counted. A line
+/// is at most `max_line_bytes`, but a 1 MB transcript line with 19,000 tool
+/// results would otherwise become 19,000 events in one commit.
+pub const MAX_EVENTS_PER_LINE: usize = 1_000;
+
 /// Runs `parser` over `rec` and keeps the tally.
 pub fn parse_counted(
     parser: &mut dyn Parser,
@@ -527,7 +544,13 @@ pub fn parse_counted(
     stats: &mut ParseStats,
 ) {
     stats.lines += 1;
+    let before = out.len();
     match parser.parse(rec, out) {
+        Ok(n) if n > MAX_EVENTS_PER_LINE => {
+            out.truncate(before + MAX_EVENTS_PER_LINE);
+            stats.events += MAX_EVENTS_PER_LINE as u64;
+            stats.events_cut += (n - MAX_EVENTS_PER_LINE) as u64;
+        }
         Ok(n) => stats.events += n as u64,
         Err(skip) => *stats.skipped.entry(skip).or_default() += 1,
     }

@@ -92,8 +92,25 @@ impl LineCutter {
         at_end: bool,
         emit: &mut dyn FnMut(Line<'_>),
     ) -> usize {
+        self.feed_until(buf, base, at_end, emit, &mut || false)
+    }
+
+    /// [`LineCutter::feed`], stopping before the next line once `full()`
+    /// says the consumer holds enough: what one commit holds stays bounded
+    /// whatever the lines expand to. The rest of `buf` is not consumed.
+    pub fn feed_until(
+        &mut self,
+        buf: &[u8],
+        base: u64,
+        at_end: bool,
+        emit: &mut dyn FnMut(Line<'_>),
+        full: &mut dyn FnMut() -> bool,
+    ) -> usize {
         let mut pos = 0usize;
         while pos < buf.len() {
+            if full() {
+                return pos;
+            }
             let rest = &buf[pos..];
             match memchr::memchr(b'\n', rest) {
                 Some(i) => {

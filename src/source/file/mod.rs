@@ -11,8 +11,12 @@
 //! The tailer runs on a thread of its own: file reads and the queue's fsync
 //! are blocking calls and would stall an async runtime.
 
+pub mod discover;
 pub mod identity;
 pub mod lines;
+pub mod open;
+
+pub use self::discover::FileMatcher;
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -25,7 +29,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use flate2::read::MultiGzDecoder;
-use globset::{Glob, GlobSet, GlobSetBuilder};
 use notify::Watcher;
 use tracing::{debug, info, warn};
 
@@ -40,6 +43,13 @@ use crate::queue::{Queue, QueueError};
 /// Most bytes read from one file before the tailer moves on to the next, so
 /// a busy file cannot starve the others.
 const READ_CHUNK: usize = 4 << 20;
+/// Event bytes one commit holds at most: a round stops cutting lines there
+/// and the next round goes on, so 3-byte lines that each become a 300-byte
+/// event cannot make one commit of hundreds of megabytes.
+const COMMIT_MAX_EVENT_BYTES: usize = 4 << 20;
+/// Paths refused or failing that are remembered, so each is logged once; a
+/// user with a million links gets no more log lines than this.
+const MAX_REPORTED: usize = 10_000;
 /// How often checkpoints of vanished files are looked for.
 const SWEEP_EVERY: Duration = Duration::from_secs(600);
 
@@ -66,7 +76,9 @@ struct Gz {
     decoder: Option<Box<MultiGzDecoder<BufReader<File>>>>,
     /// Decoded bytes after `offset` not yet cut into lines.
     carry: Vec<u8>,
-    /// Read to its end.
+    /// The decoder reached the end; `carry` may still hold lines.
+    decoded_all: bool,
+    /// Read to its end and every line committed.
     done: bool,
     /// Size at which decoding last failed (a copy still being written):
     /// retried when the size changes.
@@ -97,80 +109,6 @@ struct Tracked {
     copy_wait_since: Option<Instant>,
     size: u64,
     verified_size: u64,
-}
-
-/// The include globs of a source, with what to leave out.
-pub struct FileMatcher {
-    include: Vec<String>,
-    exclude: GlobSet,
-}
-
-/// `~/` at the start of a pattern is the home directory of the daemon's user.
-fn expand_home(pattern: &str) -> String {
-    match (pattern.strip_prefix("~/"), std::env::var_os("HOME")) {
-        (Some(rest), Some(home)) => Path::new(&home).join(rest).to_string_lossy().into_owned(),
-        _ => pattern.to_string(),
-    }
-}
-
-impl FileMatcher {
-    pub fn new(config: &SourceConfig) -> Result<FileMatcher, globset::Error> {
-        let mut b = GlobSetBuilder::new();
-        for pattern in &config.exclude {
-            b.add(Glob::new(&expand_home(pattern))?);
-        }
-        Ok(FileMatcher {
-            include: config.include.iter().map(|p| expand_home(p)).collect(),
-            exclude: b.build()?,
-        })
-    }
-
-    /// The paths that match now and are not directories, sorted. Unreadable
-    /// directories on the way are skipped (and retried on the next scan).
-    pub fn matching_files(&self) -> Vec<PathBuf> {
-        let mut out = Vec::new();
-        for pattern in &self.include {
-            let Ok(paths) = glob::glob(pattern) else {
-                continue; // validated at config load
-            };
-            for path in paths.flatten() {
-                if self.exclude.is_match(&path) || path.is_dir() {
-                    continue;
-                }
-                out.push(path);
-            }
-        }
-        out.sort();
-        out.dedup();
-        out
-    }
-
-    /// The fixed directory prefix of each glob: watched so that new files
-    /// (and new subdirectories) there are noticed at once.
-    fn base_dirs(&self) -> Vec<PathBuf> {
-        let mut dirs: Vec<PathBuf> = self
-            .include
-            .iter()
-            .map(|p| {
-                let fixed: PathBuf = Path::new(p)
-                    .components()
-                    .take_while(|c| {
-                        !c.as_os_str()
-                            .to_string_lossy()
-                            .contains(['*', '?', '[', '{'])
-                    })
-                    .collect();
-                if fixed.as_os_str() == p.as_str() {
-                    fixed.parent().map(Path::to_path_buf).unwrap_or(fixed)
-                } else {
-                    fixed
-                }
-            })
-            .collect();
-        dirs.sort();
-        dirs.dedup();
-        dirs
-    }
 }
 
 /// What reading a file did.
@@ -216,6 +154,10 @@ pub struct FileSource {
     found: u64,
     /// Paths whose last open failed, with the error kind already logged.
     failing: HashMap<PathBuf, std::io::ErrorKind>,
+    /// Paths refused (links, FIFOs, ...), each logged once.
+    refused: HashSet<PathBuf>,
+    /// The `max_files` and directory caps were reported.
+    cap_warned: bool,
     watcher: Option<notify::RecommendedWatcher>,
     watched: HashSet<PathBuf>,
     watch_limit_warned: bool,
@@ -251,6 +193,8 @@ impl FileSource {
             scans: 0,
             found: 0,
             failing: HashMap::new(),
+            refused: HashSet::new(),
+            cap_warned: false,
             watcher: None,
             watched: HashSet::new(),
             watch_limit_warned: false,
@@ -372,8 +316,15 @@ impl FileSource {
             }
         }
         let mut seen = HashSet::new();
-        for path in self.matcher.matching_files() {
-            let meta = match std::fs::metadata(&path) {
+        let found = self.matcher.walk();
+        self.report_walk(&found);
+        for path in found.files {
+            let follow = self.config.follow_symlinks;
+            let meta = match if follow {
+                std::fs::metadata(&path)
+            } else {
+                std::fs::symlink_metadata(&path)
+            } {
                 Ok(m) => m,
                 Err(e) => {
                     self.open_failed(&path, &e);
@@ -381,7 +332,7 @@ impl FileSource {
                 }
             };
             if !meta.is_file() {
-                continue; // a FIFO, socket or device: not ours to read
+                continue; // changed since the walk; the open would refuse it
             }
             let id = (meta.dev(), meta.ino());
             seen.insert(id);
@@ -401,9 +352,24 @@ impl FileSource {
                     continue;
                 }
             }
-            match File::open(&path) {
-                Ok(file) => {
+            let base = self.matcher.base_of(&path);
+            let matcher = &self.matcher;
+            let opened = open::open_checked(&path, &base, follow, |p| matcher.excluded(p));
+            match opened {
+                Ok(Err(refusal)) => {
+                    if self.refused.len() < MAX_REPORTED && self.refused.insert(path.clone()) {
+                        warn!(source = %self.name, path = %path.display(), "not read: {refusal}");
+                    }
+                }
+                Ok(Ok((file, opened_meta))) => {
+                    let id = (opened_meta.dev(), opened_meta.ino());
+                    if id != (meta.dev(), meta.ino()) {
+                        // Replaced between the look and the open: the next
+                        // scan sees the new file as it is.
+                        continue;
+                    }
                     self.failing.remove(&path);
+                    self.refused.remove(&path);
                     if let Some(dir) = path.parent() {
                         let dir = dir.to_path_buf();
                         self.watch(&dir);
@@ -446,10 +412,28 @@ impl FileSource {
             .store(self.tracked.len() as u64, Ordering::Relaxed);
     }
 
+    /// Warns once when a walk hit a cap, and once per path refused.
+    fn report_walk(&mut self, found: &discover::Found) {
+        if (found.files_capped || found.dirs_capped) && !self.cap_warned {
+            self.cap_warned = true;
+            warn!(source = %self.name, max_files = self.config.max_files, max_dirs = discover::MAX_DIRS_PER_SCAN,
+                files_capped = found.files_capped, dirs_capped = found.dirs_capped,
+                "the source's globs match more than it follows; files past the cap are left out (raise max_files, or narrow include)");
+        }
+        for (path, refusal) in &found.refused {
+            if self.refused.len() < MAX_REPORTED && self.refused.insert(path.clone()) {
+                warn!(source = %self.name, path = %path.display(), "not read: {refusal}");
+            }
+        }
+    }
+
     /// Logs a failed open once per path and error kind; the next scan retries.
     fn open_failed(&mut self, path: &Path, e: &std::io::Error) {
         if e.kind() == std::io::ErrorKind::NotFound {
             return; // gone between glob and open
+        }
+        if self.failing.len() >= MAX_REPORTED && !self.failing.contains_key(path) {
+            return;
         }
         if self.failing.insert(path.to_path_buf(), e.kind()) != Some(e.kind()) {
             warn!(source = %self.name, path = %path.display(), error = %e, "cannot open file; retrying at every scan");
@@ -795,12 +779,13 @@ impl FileSource {
         Ok(true)
     }
 
-    /// Runs `f` with the file's line cutter and a sink that parses each
-    /// record it emits into `self.events` (cleared first).
+    /// Runs `f` with the file's line cutter, a sink that parses each record
+    /// it emits into `self.events` (cleared first), and a test of whether
+    /// those events reached what one commit may hold.
     fn cut_with<R>(
         &mut self,
         id: (u64, u64),
-        f: impl FnOnce(&mut LineCutter, &mut dyn FnMut(Line<'_>)) -> R,
+        f: impl FnOnce(&mut LineCutter, &mut dyn FnMut(Line<'_>), &mut dyn FnMut() -> bool) -> R,
     ) -> Result<R, ReadError> {
         let t = self.tracked.get_mut(&id).ok_or_else(gone)?;
         self.events.clear();
@@ -816,6 +801,7 @@ impl FileSource {
             .map(|i| i.stream.as_str())
             .unwrap_or_default();
         let (events, parse_stats, stats) = (&mut self.events, &mut self.parse_stats, &self.stats);
+        let held = std::cell::Cell::new(0usize);
         let mut sink = |line: Line<'_>| {
             handle_line(
                 line,
@@ -825,9 +811,11 @@ impl FileSource {
                 events,
                 parse_stats,
                 stats,
-            )
+            );
+            held.set(events.bytes.len());
         };
-        Ok(f(cutter, &mut sink))
+        let mut full = || held.get() >= COMMIT_MAX_EVENT_BYTES;
+        Ok(f(cutter, &mut sink, &mut full))
     }
 
     /// Emits a multiline record whose timeout passed; true if one was.
@@ -836,7 +824,7 @@ impl FileSource {
         if !t.cutter.has_open_record() {
             return Ok(false);
         }
-        let flushed = self.cut_with(id, |cutter, sink| cutter.flush_if_stale(sink))?;
+        let flushed = self.cut_with(id, |cutter, sink, _| cutter.flush_if_stale(sink))?;
         if flushed {
             self.commit(id)?;
         }
@@ -852,9 +840,9 @@ impl FileSource {
         at_end: bool,
     ) -> Result<Progress, ReadError> {
         let base = self.tracked.get(&id).ok_or_else(gone)?.offset;
-        let (consumed, truncated) = self.cut_with(id, |cutter, sink| {
+        let (consumed, truncated) = self.cut_with(id, |cutter, sink, full| {
             let before = cutter.stats.truncated;
-            let consumed = cutter.feed(buf, base, at_end, sink);
+            let consumed = cutter.feed_until(buf, base, at_end, sink, full);
             (consumed, cutter.stats.truncated - before)
         })?;
         if truncated > 0 {
@@ -986,7 +974,7 @@ impl FileSource {
         }
         let t = self.tracked.get_mut(&id).ok_or_else(gone)?;
         let gz = t.gz.as_mut().ok_or_else(gone)?;
-        if gz.decoder.is_none() {
+        if gz.decoder.is_none() && !gz.decoded_all {
             let mut d = Box::new(open_gz(&t.file)?);
             let skip = t.offset;
             match std::io::copy(&mut (&mut d).take(skip), &mut std::io::sink()) {
@@ -1002,13 +990,15 @@ impl FileSource {
             gz.carry.clear();
         }
         let mut buf = std::mem::take(&mut gz.carry);
-        let chunk = READ_CHUNK.max(t.cutter.max_line() + 1);
         let have = buf.len();
-        buf.resize(have + chunk, 0);
-        let decoder = gz.decoder.as_mut().ok_or_else(gone)?;
         let mut n = 0;
-        let mut at_end = false;
+        let mut at_end = gz.decoded_all;
+        if !at_end {
+            let chunk = READ_CHUNK.max(t.cutter.max_line() + 1);
+            buf.resize(have + chunk, 0);
+        }
         while have + n < buf.len() {
+            let decoder = gz.decoder.as_mut().ok_or_else(gone)?;
             match decoder.read(&mut buf[have + n..]) {
                 Ok(0) => {
                     at_end = true;
@@ -1024,24 +1014,30 @@ impl FileSource {
         }
         buf.truncate(have + n);
         if at_end {
-            gz.done = true;
+            gz.decoded_all = true;
             gz.decoder = None;
         }
         let before = t.offset;
-        let mut result = self.cut_and_commit(id, &buf, at_end);
-        if at_end && matches!(result, Ok(Progress::Idle)) {
-            // Record the file as read whole, so a restart need not decompress it.
-            self.events.clear();
-            result = self.commit(id).map(|()| Progress::Read);
-        }
+        let result = self.cut_and_commit(id, &buf, at_end);
         let t = self.tracked.get_mut(&id).ok_or_else(gone)?;
         let consumed = (t.offset - before) as usize;
+        // What was not consumed (a partial line, or lines past what one
+        // commit holds) waits for the next round.
+        buf.drain(..consumed.min(buf.len()));
+        let rest = buf.len();
         if let Some(gz) = t.gz.as_mut() {
-            // The unconsumed end (a partial line) waits for the next round.
-            buf.drain(..consumed.min(buf.len()));
             gz.carry = buf;
+            if at_end && rest == 0 {
+                gz.done = true;
+            }
         }
-        result.map(|_| Progress::Read)
+        result?;
+        if at_end && rest == 0 {
+            // Record the file as read whole, so a restart need not decompress it.
+            self.events.clear();
+            self.commit(id)?;
+        }
+        Ok(Progress::Read)
     }
 
     fn gz_failed(
@@ -1054,6 +1050,7 @@ impl FileSource {
         debug!(source = %self.name, path = %t.path.display(), error = %e, "cannot decompress (yet); retrying when the file changes");
         if let Some(gz) = t.gz.as_mut() {
             gz.decoder = None;
+            gz.decoded_all = false;
             gz.carry.clear();
             gz.failed_at_size = Some(size);
         }

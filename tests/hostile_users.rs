@@ -1,0 +1,253 @@
+//! A local user against the daemon (issue 10): the real binary runs as root,
+//! the user's files are made by uid 65534 through `setpriv` (util-linux).
+//! Links to root-only files and directories, link loops and FIFOs in a home
+//! directory; the daemon's own state and key file modes.
+
+mod common;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const USER: u32 = 65534;
+
+fn setpriv() -> &'static Path {
+    let p = Path::new("/usr/bin/setpriv");
+    assert!(
+        p.exists(),
+        "this test needs setpriv (util-linux) to act as an unprivileged user"
+    );
+    p
+}
+
+/// Runs `cmd args` as the unprivileged user; panics if it fails.
+fn as_user(cmd: &str, args: &[&str]) {
+    let status = Command::new(setpriv())
+        .args([
+            &format!("--reuid={USER}"),
+            &format!("--regid={USER}"),
+            "--clear-groups",
+            "--",
+            cmd,
+        ])
+        .args(args)
+        .status()
+        .expect("run setpriv");
+    assert!(status.success(), "as uid {USER}: {cmd} {args:?}: {status}");
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::symlink_metadata(p).unwrap().mode() & 0o7777
+}
+
+/// A config over `home/*/projects/**/*.jsonl` under `dir`.
+fn home_config(dir: &Path, receiver: &str) -> PathBuf {
+    let config = write_config(dir, receiver, "");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        &format!("include = [\"{}/*.jsonl\"]", dir.join("logs").display()),
+        &format!(
+            "include = [\"{}/home/*/projects/**/*.jsonl\"]",
+            dir.display()
+        ),
+    );
+    std::fs::write(&config, text).unwrap();
+    config
+}
+
+/// Starts the daemon with its stderr in `dir/daemon.err`.
+fn start_logged(config: &Path, dir: &Path) -> (Daemon, PathBuf) {
+    let err = dir.join("daemon.err");
+    let file = std::fs::File::create(&err).unwrap();
+    let daemon = start_daemon_cmd(config, |c| {
+        c.env("THOTH_API_KEY", KEY).stderr(file);
+    });
+    (daemon, err)
+}
+
+#[test]
+fn links_loops_and_fifos_in_a_home_directory_do_not_reach_root_files_or_stall() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // Root's secrets: a file and a directory only root can read.
+    let secret_dir = root.join("root-only");
+    std::fs::create_dir(&secret_dir).unwrap();
+    std::fs::write(secret_dir.join("secret.jsonl"), line(9001)).unwrap();
+    std::fs::set_permissions(
+        secret_dir.join("secret.jsonl"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    std::fs::set_permissions(&secret_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    // The user's home, made by the user.
+    let projects = root.join("home/alice/projects");
+    std::fs::create_dir_all(&projects).unwrap();
+    std::os::unix::fs::chown(root.join("home/alice"), Some(USER), Some(USER)).unwrap();
+    std::os::unix::fs::chown(&projects, Some(USER), Some(USER)).unwrap();
+    let p = |name: &str| projects.join(name).display().to_string();
+    as_user("mkdir", &[&p("p1")]);
+    as_user("touch", &[&p("p1/good.jsonl")]);
+    append_lines(&projects.join("p1/good.jsonl"), 1..2);
+    as_user(
+        "ln",
+        &[
+            "-s",
+            &secret_dir.join("secret.jsonl").display().to_string(),
+            &p("creds.jsonl"),
+        ],
+    );
+    as_user(
+        "ln",
+        &["-s", &secret_dir.display().to_string(), &p("rootdir")],
+    );
+    as_user("ln", &["-s", ".", &p("a")]);
+    as_user("ln", &["-s", ".", &p("b")]);
+    as_user("mkfifo", &[&p("pipe.jsonl")]);
+
+    let receiver = ReceiverProc::start(root, &[]);
+    let config = home_config(root, &receiver.addr);
+    let (mut daemon, err) = start_logged(&config, root);
+    wait_seqs(&receiver, 1, Duration::from_secs(20));
+    // A file the user makes later: its arrival proves scans went on past
+    // the links and the FIFO.
+    as_user("touch", &[&p("p1/later.jsonl")]);
+    append_lines(&projects.join("p1/later.jsonl"), 2..3);
+    let seqs = wait_seqs(&receiver, 2, Duration::from_secs(20));
+    assert_eq!(
+        seqs.into_iter().collect::<Vec<_>>(),
+        vec![1, 2],
+        "root's secret (9001) must never arrive"
+    );
+    let start = Instant::now();
+    let status = terminate(&mut daemon);
+    assert!(status.success(), "{status}");
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "SIGTERM took {:?}",
+        start.elapsed()
+    );
+    let log = std::fs::read_to_string(&err).unwrap();
+    assert!(
+        log.contains("creds.jsonl") && log.contains("symbolic link"),
+        "the link is reported:\n{log}"
+    );
+    assert!(
+        log.contains("pipe.jsonl") && log.contains("FIFO"),
+        "the FIFO is reported:\n{log}"
+    );
+    assert_eq!(
+        log.matches("creds.jsonl").count(),
+        1,
+        "once, not at every scan:\n{log}"
+    );
+}
+
+#[test]
+fn state_is_made_private_and_a_world_writable_key_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let receiver = ReceiverProc::start(root, &[]);
+    let config = write_config(root, &receiver.addr, "");
+    append_lines(&root.join("logs/a.jsonl"), 0..10);
+    // A state directory left readable by everyone, with a file in it.
+    let state = root.join("state");
+    std::fs::create_dir_all(state.join("segments")).unwrap();
+    for d in [&state, &state.join("segments")] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::fs::write(state.join("stray"), b"x").unwrap();
+    std::fs::set_permissions(state.join("stray"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    // The key from a file readable by others: a warning, and it works.
+    let key = root.join("api-key");
+    std::fs::write(&key, KEY).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let err = root.join("daemon.err");
+    let mut daemon = start_daemon_cmd(&config, |c| {
+        c.env("THOTH_API_KEY_FILE", &key)
+            .stderr(std::fs::File::create(&err).unwrap());
+    });
+    wait_seqs(&receiver, 10, Duration::from_secs(20));
+    assert!(terminate(&mut daemon).success());
+    let log = std::fs::read_to_string(&err).unwrap();
+    assert!(log.contains("readable by other users"), "{log}");
+    assert!(log.contains("made them private"), "{log}");
+    let mut checked = 0;
+    let mut stack = vec![state.clone()];
+    while let Some(p) = stack.pop() {
+        let meta = std::fs::symlink_metadata(&p).unwrap();
+        if meta.is_dir() {
+            assert_eq!(mode(&p), 0o700, "{}", p.display());
+            stack.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+        } else if meta.is_file() {
+            assert_eq!(mode(&p), 0o600, "{}", p.display());
+        }
+        checked += 1;
+    }
+    assert!(
+        checked >= 5,
+        "segments and sled's files were checked: {checked}"
+    );
+
+    // Writable by others: refused before anything starts.
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .arg("run")
+        .env_remove("THOTH_API_KEY")
+        .env("THOTH_API_KEY_FILE", &key)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("writable by every user"), "{stderr}");
+}
+
+/// Peak resident memory of a process, in KiB (VmHWM).
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status")
+}
+
+#[test]
+fn a_flood_of_tiny_lines_and_a_4_mib_line_keep_memory_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let receiver = ReceiverProc::start(root, &["--limit", "100000"]);
+    let config = write_config(root, &receiver.addr, "");
+    // 1 MiB of `{}` lines: each 3-byte line becomes a ~300-byte event.
+    let tiny = "{}\n".repeat((1 << 20) / 3);
+    std::fs::write(root.join("logs/tiny.jsonl"), &tiny).unwrap();
+    // One 4 MiB line (cut to max_line_bytes), then a line after it.
+    let mut big = b"{\"content\":\"".to_vec();
+    big.resize(4 << 20, b'y');
+    big.extend_from_slice(b"\"}\n");
+    std::fs::write(root.join("logs/big.jsonl"), &big).unwrap();
+    append_lines(&root.join("logs/big.jsonl"), 0..1);
+    let (mut daemon, _err) = start_logged(&config, root);
+    let want = (1 << 20) / 3 + 1;
+    let start = Instant::now();
+    while receiver.stats().unique_event_ids < want as u64 {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "only {:?} of {want} events arrived",
+            receiver.stats().unique_event_ids
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let peak = peak_rss_kib(daemon.id());
+    assert!(terminate(&mut daemon).success());
+    eprintln!("peak RSS of the daemon: {} MiB", peak / 1024);
+    assert!(
+        peak < 64 * 1024,
+        "peak RSS {} MiB, bound 64 MiB",
+        peak / 1024
+    );
+}

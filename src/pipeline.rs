@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::sync::mpsc;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::config::{ApiKey, Config};
 use crate::flush::{FlushStats, Flusher, Reload, ReloadSlot};
@@ -120,23 +120,30 @@ impl Pipeline {
         }
     }
 
-    /// Stops reading, lets a request in flight finish (up to `grace`), and
-    /// makes the queue durable.
+    /// Stops reading, lets a request in flight finish, and makes the queue
+    /// durable, all within `grace`: a source stuck in I/O (a dead network
+    /// file system) is left behind, and what it had not committed is read
+    /// again at the next start.
     pub async fn stop(self, grace: Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + grace;
         self.shutdown.store(true, Ordering::SeqCst);
         self.queue.start_closing();
         self.queue.appended.notify_one();
-        let threads = self.source_threads;
-        tokio::task::spawn_blocking(move || {
-            for t in threads {
-                let _ = t.join();
+        for (thread, (name, _)) in self.source_threads.iter().zip(&self.sources) {
+            while !thread.is_finished() {
+                if tokio::time::Instant::now() >= deadline {
+                    warn!(source = %name, "source did not stop within the shutdown bound (stuck reading?); stopping without it, its uncommitted reads are read again at the next start");
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
-        })
-        .await
-        .ok();
+        }
         // The flusher has its own shutdown_timeout for requests in flight.
         let mut flusher = self.flusher;
-        if tokio::time::timeout(grace, &mut flusher).await.is_err() {
+        if tokio::time::timeout_at(deadline, &mut flusher)
+            .await
+            .is_err()
+        {
             info!("a request was still in flight at shutdown; its events stay queued");
             // Its hold on the queue ends with it, so the state can be opened again.
             flusher.abort();

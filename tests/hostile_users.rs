@@ -251,3 +251,39 @@ fn a_flood_of_tiny_lines_and_a_4_mib_line_keep_memory_bounded() {
         peak / 1024
     );
 }
+
+/// SIGTERM ends the process within `shutdown_timeout` plus the 5 s backstop
+/// even when a source is stuck (the test hook parks every source thread, as
+/// a read on a dead network file system would).
+#[test]
+fn sigterm_ends_the_daemon_in_bounded_time_even_with_a_stuck_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = ReceiverProc::start(dir.path(), &[]);
+    let config = write_config_with(dir.path(), &receiver.addr, "shutdown_timeout = \"1s\"");
+    let err = dir.path().join("daemon.err");
+    let mut daemon = start_daemon_cmd(&config, |c| {
+        c.env("THOTH_API_KEY", KEY)
+            .env("THOTH_INGEST_TEST_HOOK", "stall-sources")
+            .stderr(std::fs::File::create(&err).unwrap());
+    });
+    // The queue is open, so the sources are being started.
+    let opened = Instant::now();
+    while !dir.path().join("state/index/db").exists() {
+        assert!(
+            opened.elapsed() < Duration::from_secs(20),
+            "the daemon never opened its state"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let start = Instant::now();
+    let status = terminate(&mut daemon);
+    let took = start.elapsed();
+    assert!(status.success(), "{status}");
+    assert!(
+        took < Duration::from_secs(9),
+        "SIGTERM took {took:?}; bound: 1 s + 5 s"
+    );
+    let log = std::fs::read_to_string(&err).unwrap();
+    assert!(log.contains("source did not stop"), "{log}");
+}

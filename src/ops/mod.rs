@@ -42,6 +42,13 @@ pub fn raise_fd_limit() -> u64 {
     lim.rlim_cur
 }
 
+/// Whether the test hook `name` is on (`THOTH_INGEST_TEST_HOOK`, comma
+/// separated). Only the integration tests set it, to make the real binary
+/// misbehave in ways no input can force (a source stuck in I/O).
+pub fn test_hook(name: &str) -> bool {
+    std::env::var("THOTH_INGEST_TEST_HOOK").is_ok_and(|v| v.split(',').any(|h| h == name))
+}
+
 /// SIGINT and SIGTERM, caught from the moment this is created: create it
 /// before any slow start-up work, so an early stop request is not fatal.
 pub struct StopSignals(signal_hook_tokio::Signals);

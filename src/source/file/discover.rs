@@ -21,6 +21,8 @@ use super::open::{file_kind, Refusal};
 /// Directories one scan of one source may read: a user who makes a million
 /// directories slows the scan down to this, not the daemon to a halt.
 pub const MAX_DIRS_PER_SCAN: usize = 100_000;
+/// Refused paths one walk reports (each is logged once anyway).
+const MAX_REFUSED: usize = 1_000;
 
 /// One part of a pattern below its fixed directory.
 enum Part {
@@ -209,6 +211,9 @@ impl FileMatcher {
                         continue;
                     };
                     for entry in entries.flatten() {
+                        if self.past_caps(found) {
+                            return; // one directory of a million files
+                        }
                         let child = entry.path();
                         match &pattern.parts[i] {
                             Part::Glob(m) => {
@@ -221,11 +226,18 @@ impl FileMatcher {
                     }
                 }
             }
-            if found.files.len() > self.max_files.saturating_mul(2) {
-                // Far past the cap: stop reading; `walk` reports the cap.
+            if self.past_caps(found) {
                 return;
             }
         }
+    }
+
+    /// Far past what is kept: stop reading (`walk` reports the file cap).
+    fn past_caps(&self, found: &mut Found) -> bool {
+        if found.refused.len() > MAX_REFUSED {
+            found.refused.truncate(MAX_REFUSED);
+        }
+        found.files.len() > self.max_files.saturating_mul(2)
     }
 
     /// `child` matched part `i`: a file if it was the last part, else a

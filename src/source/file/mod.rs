@@ -206,6 +206,12 @@ impl FileSource {
 
     /// Follows the files until shutdown is requested.
     pub fn run(mut self) -> Result<(), SourceError> {
+        if crate::ops::test_hook("stall-sources") {
+            // Like a read stuck on a dead network file system: deaf to shutdown.
+            loop {
+                std::thread::park();
+            }
+        }
         // Capacity 1 and try_send: notices coalesce instead of piling up.
         let (wake_tx, wake_rx) = mpsc::sync_channel::<Wake>(1);
         self.watcher = self.start_watcher(wake_tx);

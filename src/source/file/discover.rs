@@ -190,7 +190,7 @@ impl FileMatcher {
             match &pattern.parts[i] {
                 Part::Literal(name) => {
                     let child = dir.join(name);
-                    self.visit(&child, i, last, found, &mut stack);
+                    self.visit(&child, i, last, false, found, &mut stack);
                 }
                 Part::Glob(_) | Part::AnyDirs => {
                     if *dirs_read >= MAX_DIRS_PER_SCAN {
@@ -218,10 +218,10 @@ impl FileMatcher {
                         match &pattern.parts[i] {
                             Part::Glob(m) => {
                                 if m.is_match(entry.file_name()) {
-                                    self.visit(&child, i, last, found, &mut stack);
+                                    self.visit(&child, i, last, false, found, &mut stack);
                                 }
                             }
-                            _ => self.visit_any_dirs(&child, i, last, found, &mut stack),
+                            _ => self.visit(&child, i, last, true, found, &mut stack),
                         }
                     }
                 }
@@ -240,53 +240,15 @@ impl FileMatcher {
         found.files.len() > self.max_files.saturating_mul(2)
     }
 
-    /// `child` matched part `i`: a file if it was the last part, else a
-    /// directory to go on in with part `i + 1`.
+    /// `child` was reached by part `i` (`last`: the pattern's last part). A
+    /// directory goes on with part `i + 1`, or, under `**` (`stay`), with
+    /// part `i` again; a file matches only at the last part.
     fn visit(
         &self,
         child: &Path,
         i: usize,
         last: bool,
-        found: &mut Found,
-        stack: &mut Vec<(PathBuf, usize, (u64, u64))>,
-    ) {
-        let meta = match self.entry_meta(child) {
-            Ok(meta) => meta,
-            Err(refusal) => {
-                if let Some(refusal) = refusal.filter(|_| last && !self.excluded(child)) {
-                    found.refused.push((child.to_path_buf(), refusal));
-                }
-                return;
-            }
-        };
-        if last {
-            self.matched_file(child, &meta, found);
-        } else if meta.is_dir() {
-            stack.push((child.to_path_buf(), i + 1, (meta.dev(), meta.ino())));
-        }
-    }
-
-    /// `path` matched a whole pattern.
-    fn matched_file(&self, path: &Path, meta: &std::fs::Metadata, found: &mut Found) {
-        if meta.is_dir() || self.excluded(path) {
-            return;
-        }
-        if meta.is_file() {
-            found.files.push(path.to_path_buf());
-        } else {
-            found
-                .refused
-                .push((path.to_path_buf(), Refusal::NotRegular(file_kind(meta))));
-        }
-    }
-
-    /// `child` is an entry of a directory part `i` (`**`) reaches: a
-    /// directory stays under `**`; with `**` last, a file matches.
-    fn visit_any_dirs(
-        &self,
-        child: &Path,
-        i: usize,
-        last: bool,
+        stay: bool,
         found: &mut Found,
         stack: &mut Vec<(PathBuf, usize, (u64, u64))>,
     ) {
@@ -300,9 +262,26 @@ impl FileMatcher {
             }
         };
         if meta.is_dir() {
-            stack.push((child.to_path_buf(), i, (meta.dev(), meta.ino())));
+            let next = if stay { i } else { i + 1 };
+            if stay || !last {
+                stack.push((child.to_path_buf(), next, (meta.dev(), meta.ino())));
+            }
         } else if last {
             self.matched_file(child, &meta, found);
+        }
+    }
+
+    /// `path` matched a whole pattern.
+    fn matched_file(&self, path: &Path, meta: &std::fs::Metadata, found: &mut Found) {
+        if self.excluded(path) {
+            return;
+        }
+        if meta.is_file() {
+            found.files.push(path.to_path_buf());
+        } else {
+            found
+                .refused
+                .push((path.to_path_buf(), Refusal::NotRegular(file_kind(meta))));
         }
     }
 

@@ -247,9 +247,22 @@ pub struct RedactionConfig {
     /// When set, only these metadata keys are kept (`call_id` always is).
     #[serde(default)]
     pub metadata_allow: Option<Vec<String>>,
+    /// Longest event, as JSON, every field and metadata included: a longer
+    /// one has its longest values cut and is marked `metadata._truncated`.
+    #[serde(default = "default_max_event_bytes")]
+    pub max_event_bytes: ByteSize,
     /// More secrets to replace: `{ name = "...", regex = "..." }`.
     #[serde(default)]
     pub patterns: Vec<crate::parse::redact::UserPattern>,
+}
+
+impl RedactionConfig {
+    /// The bound events are held to: `max_event_bytes`, and never more than
+    /// one request may carry.
+    pub fn event_bound(&self, delivery: &DeliveryConfig) -> usize {
+        let request = delivery.batch_max_bytes.0.saturating_sub(2);
+        usize::try_from(self.max_event_bytes.0.min(request)).unwrap_or(usize::MAX)
+    }
 }
 
 impl Default for RedactionConfig {
@@ -257,9 +270,14 @@ impl Default for RedactionConfig {
         RedactionConfig {
             content_max_bytes: default_content_max_bytes(),
             metadata_allow: None,
+            max_event_bytes: default_max_event_bytes(),
             patterns: Vec::new(),
         }
     }
+}
+
+fn default_max_event_bytes() -> ByteSize {
+    ByteSize(crate::parse::bound::DEFAULT_MAX_EVENT_BYTES as u64)
 }
 
 fn default_content_max_bytes() -> ByteSize {
@@ -326,6 +344,12 @@ pub struct SourceConfig {
     /// one warning.
     #[serde(default = "default_max_files")]
     pub max_files: usize,
+    /// Most files the source keeps open at once; the least recently active
+    /// are closed and reopened by identity when they change. Default: the
+    /// descriptor limit, less a reserve for sockets and the queue, shared
+    /// among the file sources.
+    #[serde(default)]
+    pub max_open_files: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -776,6 +800,16 @@ impl Config {
                 "must be at least 4KiB".into(),
             ));
         }
+        let max_event = self.redaction.max_event_bytes.0;
+        let min_event = crate::parse::bound::MIN_MAX_EVENT_BYTES as u64;
+        if !(min_event..=8 << 20).contains(&max_event) {
+            return Err(self.invalid(
+                text,
+                0..0,
+                "redaction.max_event_bytes",
+                "must be between 4KiB and 8MiB".into(),
+            ));
+        }
         if let Some(ca) = &self.api.ca_file {
             if !ca.is_file() {
                 return Err(self.invalid(
@@ -871,6 +905,14 @@ impl Config {
                     source.name.span(),
                     &key("max_line_bytes"),
                     "must be between 64B and 1GiB".into(),
+                ));
+            }
+            if source.max_open_files.is_some_and(|n| n < 2) {
+                return Err(self.invalid(
+                    text,
+                    source.name.span(),
+                    &key("max_open_files"),
+                    "must be at least 2 (one file read while another is checked)".into(),
                 ));
             }
             if let Some(m) = &source.multiline {

@@ -39,18 +39,25 @@ impl Pipeline {
         let (fail_tx, failures) = mpsc::unbounded_channel();
         let mut sources = Vec::new();
         let mut source_threads = Vec::new();
+        let open_files_each = crate::source::file::handles::default_max_open_files(
+            crate::ops::fd_limit(),
+            config.sources.len(),
+        );
         for source_config in &config.sources {
             let name = source_config.name.get_ref().clone();
             let stats = Arc::new(SourceStats::default());
             let parser = crate::parse::build(config, source_config);
+            let mut source_config = source_config.clone();
+            source_config.max_open_files.get_or_insert(open_files_each);
             let source = FileSource::new(
-                source_config.clone(),
+                source_config,
                 parser,
                 queue.clone(),
                 stats.clone(),
                 shutdown.clone(),
             )
-            .with_context(|| format!("source `{name}`"))?;
+            .with_context(|| format!("source `{name}`"))?
+            .with_max_event_bytes(config.redaction.event_bound(&config.delivery));
             let fail = fail_tx.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("src-{name}"))

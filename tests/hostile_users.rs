@@ -287,3 +287,131 @@ fn sigterm_ends_the_daemon_in_bounded_time_even_with_a_stuck_source() {
     let log = std::fs::read_to_string(&err).unwrap();
     assert!(log.contains("source did not stop"), "{log}");
 }
+
+/// Descriptors the process holds now.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// 600 files of a user under a hard limit of 256 descriptors: every line of
+/// every file arrives, once, also lines added later to files the daemon had
+/// to close, and delivery never runs out of descriptors.
+#[test]
+fn six_hundred_files_under_a_limit_of_256_descriptors_are_all_delivered() {
+    use std::os::unix::process::CommandExt;
+    const FILES: u64 = 600;
+    const LINES: u64 = 5;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let receiver = ReceiverProc::start(root, &["--limit", "100000"]);
+    let config = write_config(root, &receiver.addr, "");
+    let logs = root.join("logs");
+    std::os::unix::fs::chown(&logs, Some(USER), Some(USER)).unwrap();
+    // The user makes the files; file i holds the seqs 10i .. 10i+LINES.
+    let paths: Vec<String> = (0..FILES)
+        .map(|i| logs.join(format!("f{i:03}.jsonl")).display().to_string())
+        .collect();
+    let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
+    as_user("touch", &paths);
+    for i in 0..FILES {
+        append_lines(&logs.join(format!("f{i:03}.jsonl")), 10 * i..10 * i + LINES);
+    }
+    let err = root.join("daemon.err");
+    let mut daemon = start_daemon_cmd(&config, |c| {
+        c.env("THOTH_API_KEY", KEY)
+            .stderr(std::fs::File::create(&err).unwrap());
+        // SAFETY: setrlimit is async-signal-safe; it runs in the child.
+        unsafe {
+            c.pre_exec(|| {
+                let lim = libc::rlimit {
+                    rlim_cur: 256,
+                    rlim_max: 256,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    });
+    let first = (FILES * LINES) as usize;
+    wait_seqs(&receiver, first, Duration::from_secs(120));
+    let held = open_fds(daemon.id());
+    // A line more in every file: most were closed to stay in the budget.
+    for i in 0..FILES {
+        append_lines(
+            &logs.join(format!("f{i:03}.jsonl")),
+            10 * i + LINES..10 * i + LINES + 1,
+        );
+    }
+    let all = (FILES * (LINES + 1)) as usize;
+    let seqs = wait_seqs(&receiver, all, Duration::from_secs(120));
+    assert!(terminate(&mut daemon).success());
+    let want: std::collections::BTreeSet<u64> = (0..FILES)
+        .flat_map(|i| 10 * i..10 * i + LINES + 1)
+        .collect();
+    assert_eq!(seqs, want);
+    let ids = ids_by_seq(&receiver.stored());
+    assert!(
+        ids.values().all(|s| s.len() == 1),
+        "one id per line: {:?}",
+        ids.iter().find(|(_, s)| s.len() > 1)
+    );
+    let log = std::fs::read_to_string(&err).unwrap();
+    assert!(!log.contains("Too many open files"), "{log}");
+    assert!(!log.contains("too many open files"), "{log}");
+    eprintln!("descriptors held while following {FILES} files: {held}");
+    assert!(held < 256, "{held} descriptors");
+}
+
+/// A line whose event would be 300 KB (a tool input an agent could log)
+/// arrives as one event under `max_event_bytes`, its long value cut and the
+/// cut named in `metadata._truncated`; the lines around it are untouched.
+#[test]
+fn an_event_over_max_event_bytes_arrives_cut_and_marked() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let receiver = ReceiverProc::start(root, &[]);
+    let config = write_config(root, &receiver.addr, "");
+    let log = root.join("logs/a.jsonl");
+    append_lines(&log, 0..1);
+    let big = format!(
+        r#"{{"timestamp":"2026-11-28T10:00:00.000Z","tool":"bash","content":"big","seq":1,"input":{{"command":"{}"}}}}"#,
+        "y".repeat(300_000)
+    ) + "\n";
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&log)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, big.as_bytes()))
+        .unwrap();
+    append_lines(&log, 2..3);
+    let mut daemon = start_daemon(&config);
+    wait_seqs(&receiver, 3, Duration::from_secs(30));
+    assert!(terminate(&mut daemon).success());
+    let events = receiver.stored();
+    assert_eq!(events.len(), 3);
+    let cut = events
+        .iter()
+        .find(|e| e["metadata"]["seq"] == 1)
+        .expect("the big line's event");
+    let len = serde_json::to_vec(cut).unwrap().len();
+    assert!(len <= 64 << 10, "{len} bytes");
+    let command = cut["metadata"]["input"]["command"].as_str().unwrap();
+    assert!(
+        command.len() > 32 << 10,
+        "a useful prefix is kept: {}",
+        command.len()
+    );
+    let mark = &cut["metadata"]["_truncated"];
+    assert_eq!(
+        mark["fields"],
+        serde_json::json!(["metadata.input.command"])
+    );
+    assert!(mark["event_bytes"].as_u64().unwrap() > 300_000, "{mark}");
+    for e in events.iter().filter(|e| e["metadata"]["seq"] != 1) {
+        assert!(e["metadata"].get("_truncated").is_none(), "{e}");
+    }
+}

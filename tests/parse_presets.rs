@@ -475,3 +475,44 @@ proptest! {
         parse_everywhere(wrapped.as_bytes());
     }
 }
+
+/// A user can write call ids and message ids of any length: the state a
+/// parser keeps (and saves with every checkpoint) stays bounded in bytes,
+/// not only in entries.
+#[test]
+fn parser_state_is_bounded_in_bytes_whatever_the_ids() {
+    for preset in ["claude-code", "codex", "mcp-claude-desktop"] {
+        let mut p = parser(preset);
+        let mut text = Vec::new();
+        for i in 0..5_000 {
+            let id = format!("{i}{}", "i".repeat(900));
+            let line = match preset {
+                "claude-code" => format!(
+                    r#"{{"sessionId":"s","type":"assistant","timestamp":"2026-03-13T12:00:01.900Z","message":{{"id":"m{id}","role":"assistant","model":"claude","content":[{{"type":"tool_use","id":"{id}","name":"{}","input":{{}}}}]}}}}"#,
+                    "N".repeat(100)
+                ),
+                "codex" => format!(
+                    r#"{{"timestamp":"2026-03-13T12:00:01.900Z","type":"response_item","payload":{{"type":"function_call","name":"shell","arguments":"{{}}","call_id":"{id}"}}}}"#
+                ),
+                _ => format!(
+                    r#"2026-03-13T12:00:01.900Z [info] [fs] Message from client: {{"method":"tools/call","params":{{"name":"read","arguments":{{}}}},"jsonrpc":"2.0","id":"{id}"}}"#
+                ),
+            };
+            text.extend_from_slice(line.as_bytes());
+            text.push(b'\n');
+        }
+        let mut out = Vec::new();
+        let stats = run(p.as_mut(), &lines(&text), &mut out);
+        assert!(
+            stats.events >= 5_000,
+            "{preset}: every call is an event: {stats:?}"
+        );
+        let state = p.save_state();
+        assert!(
+            state.len() < 600 << 10,
+            "{preset}: {} bytes of state",
+            state.len()
+        );
+        assert!(stats.state_evictions > 4_000, "{preset}: {stats:?}");
+    }
+}

@@ -19,27 +19,36 @@ pub fn init_logging(default_level: &str) {
 /// thousands of files, and the distributions' soft default (1,024) is meant
 /// for interactive programs. Returns the limit now in force.
 pub fn raise_fd_limit() -> u64 {
+    let Some(lim) = nofile() else {
+        return 1024;
+    };
+    let mut now = lim.rlim_cur;
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: setrlimit reads the struct we pass.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            now = lim.rlim_max;
+        }
+    }
+    tracing::debug!(open_files = now, "file descriptor limit");
+    now
+}
+
+/// The soft limit on open files in force (1,024 if it cannot be read).
+pub fn fd_limit() -> u64 {
+    nofile().map_or(1024, |l| l.rlim_cur)
+}
+
+fn nofile() -> Option<libc::rlimit> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
-    // SAFETY: getrlimit/setrlimit read and write the struct we pass.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return 1024;
-        }
-        if lim.rlim_cur < lim.rlim_max {
-            let raised = libc::rlimit {
-                rlim_cur: lim.rlim_max,
-                rlim_max: lim.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                lim.rlim_cur = lim.rlim_max;
-            }
-        }
-    }
-    tracing::debug!(open_files = lim.rlim_cur, "file descriptor limit");
-    lim.rlim_cur
+    // SAFETY: getrlimit writes the struct we pass.
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0).then_some(lim)
 }
 
 /// Whether the test hook `name` is on (`THOTH_INGEST_TEST_HOOK`, comma

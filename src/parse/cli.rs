@@ -65,13 +65,17 @@ pub fn run(
     out: &mut dyn Write,
     notes: &mut dyn Write,
 ) -> Result<ParseStats, ParseCliError> {
-    let (mut parser, stream) = match (&args.preset, &args.source, &args.parser) {
+    let (mut parser, stream, event_bound) = match (&args.preset, &args.source, &args.parser) {
         (Some(name), None, None) => {
             let ctx = EventContext::preview("preview", "preview");
             let redaction = Arc::new(Redaction::builtin(ctx.content_max_bytes));
             let parser = build_named(name, ctx, redaction, &JsonFields::default())
                 .ok_or_else(|| ParseCliError::UnknownPreset(name.clone()))?;
-            (parser, "preview".to_string())
+            (
+                parser,
+                "preview".to_string(),
+                super::bound::DEFAULT_MAX_EVENT_BYTES,
+            )
         }
         (None, Some(name), None) => {
             let config = Config::load(&args.config, &Env::from_process())?;
@@ -83,7 +87,11 @@ pub fn run(
                     name: name.clone(),
                     path: args.config.clone(),
                 })?;
-            (build(&config, source), format!("{name}/preview"))
+            (
+                build(&config, source),
+                format!("{name}/preview"),
+                config.redaction.event_bound(&config.delivery),
+            )
         }
         (None, None, Some(name)) => {
             let config = Config::load(&args.config, &Env::from_process())?;
@@ -107,7 +115,11 @@ pub fn run(
             let redaction = Arc::new(Redaction::from_config(&config));
             let parser: Box<dyn super::Parser> =
                 Box::new(super::rules::RulesParser::new(set, ctx, redaction));
-            (parser, format!("{name}/preview"))
+            (
+                parser,
+                format!("{name}/preview"),
+                config.redaction.event_bound(&config.delivery),
+            )
         }
         _ => return Err(ParseCliError::NeedOneParser),
     };
@@ -132,7 +144,7 @@ pub fn run(
     };
 
     let mut stats = ParseStats::default();
-    let mut events = EventBuf::default();
+    let mut events = EventBuf::with_max_event_bytes(event_bound);
     let mut buf = Vec::new();
     let mut offset = 0u64;
     let mut number = 0u64;
@@ -189,6 +201,14 @@ pub fn run(
         if stats.state_evictions > 0 {
             writeln!(notes, "  {} state entries evicted", stats.state_evictions)
                 .map_err(ParseCliError::Output)?;
+        }
+        if stats.events_truncated > 0 {
+            writeln!(
+                notes,
+                "  {} events cut to max_event_bytes ({event_bound}), marked metadata._truncated",
+                stats.events_truncated
+            )
+            .map_err(ParseCliError::Output)?;
         }
         if stats.events_cut > 0 {
             writeln!(

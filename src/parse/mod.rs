@@ -4,6 +4,7 @@
 //! Parsers do no I/O, so they are tested and benchmarked in isolation, and the
 //! `parse` command can show an operator what a line becomes.
 
+pub mod bound;
 pub mod cli;
 pub mod json;
 pub mod presets;
@@ -314,16 +315,43 @@ impl<'de> serde::Deserialize<'de> for NumbersInRange {
     }
 }
 
-/// Events serialized back to back, with the end offset of each.
-#[derive(Debug, Default, Clone)]
+/// Events serialized back to back, with the end offset of each. No event is
+/// longer than `max_event_bytes`: a longer one is cut to fit and marked
+/// (see [`bound`]).
+#[derive(Debug, Clone)]
 pub struct EventBuf {
     pub bytes: Vec<u8>,
     pub ends: Vec<u32>,
+    max_event_bytes: usize,
+    /// Events cut to fit `max_event_bytes`, ever.
+    pub events_truncated: u64,
+}
+
+impl Default for EventBuf {
+    fn default() -> Self {
+        EventBuf::with_max_event_bytes(bound::DEFAULT_MAX_EVENT_BYTES)
+    }
 }
 
 impl EventBuf {
+    pub fn with_max_event_bytes(max_event_bytes: usize) -> EventBuf {
+        EventBuf {
+            bytes: Vec::new(),
+            ends: Vec::new(),
+            max_event_bytes,
+            events_truncated: 0,
+        }
+    }
+
     pub fn push(&mut self, event: &Event<'_>) {
+        let start = self.bytes.len();
         event.write_json(&mut self.bytes);
+        let len = self.bytes.len() - start;
+        if len > self.max_event_bytes {
+            self.bytes.truncate(start);
+            bound::write_bounded(event, len, self.max_event_bytes, &mut self.bytes);
+            self.events_truncated += 1;
+        }
         self.ends.push(self.bytes.len() as u32);
     }
 
@@ -445,6 +473,8 @@ pub struct ParseStats {
     /// Events dropped because their line made more than
     /// [`MAX_EVENTS_PER_LINE`].
     pub events_cut: u64,
+    /// Events cut to fit `max_event_bytes` (and marked `_truncated`).
+    pub events_truncated: u64,
 }
 
 impl ParseStats {
@@ -545,6 +575,7 @@ pub fn parse_counted(
 ) {
     stats.lines += 1;
     let before = out.len();
+    let truncated_before = out.events_truncated;
     match parser.parse(rec, out) {
         Ok(n) if n > MAX_EVENTS_PER_LINE => {
             out.truncate(before + MAX_EVENTS_PER_LINE);
@@ -555,6 +586,7 @@ pub fn parse_counted(
         Err(skip) => *stats.skipped.entry(skip).or_default() += 1,
     }
     stats.state_evictions += parser.take_evictions();
+    stats.events_truncated += out.events_truncated.saturating_sub(truncated_before);
 }
 
 /// A line as parsers get it: without its trailing `\r`, and with invalid

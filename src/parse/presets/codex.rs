@@ -271,19 +271,19 @@ impl Parser for Codex {
         match kind.as_deref() {
             Some("session_meta") => {
                 if let Some(id) = string(payload.id) {
-                    self.session_id = Some(id.into_owned());
+                    self.session_id = Some(super::state_string(id));
                 }
                 if let Some(cwd) = string(payload.cwd) {
-                    self.cwd = Some(cwd.into_owned());
+                    self.cwd = Some(super::state_string(cwd));
                 }
                 Err(Skip::StateOnly)
             }
             Some("turn_context") => {
                 if let Some(model) = string(payload.model) {
-                    self.model = Some(model.into_owned());
+                    self.model = Some(super::state_string(model));
                 }
                 if let Some(cwd) = string(payload.cwd) {
-                    self.cwd = Some(cwd.into_owned());
+                    self.cwd = Some(super::state_string(cwd));
                 }
                 Err(Skip::StateOnly)
             }
@@ -307,9 +307,9 @@ impl Parser for Codex {
 
     fn load_state(&mut self, bytes: &[u8]) {
         let state: State = decode_state(bytes).unwrap_or_default();
-        self.session_id = state.session_id;
-        self.model = state.model;
-        self.cwd = state.cwd;
+        self.session_id = state.session_id.map(|s| super::state_string(s.into()));
+        self.model = state.model.map(|s| super::state_string(s.into()));
+        self.cwd = state.cwd.map(|s| super::state_string(s.into()));
         self.calls = BoundedMap::from_entries(STATE_MAX_ENTRIES, state.calls);
     }
 

@@ -24,6 +24,52 @@ use crate::event::Timestamp;
 /// Most entries a parser keeps in one map of state (pending calls, message
 /// ids). Beyond it the oldest entry goes, and the eviction is counted.
 pub const STATE_MAX_ENTRIES: usize = 10_000;
+/// Most bytes of keys and values one map of state holds: the state is saved
+/// with every checkpoint, and ids come from lines a user writes.
+pub const STATE_MAX_BYTES: usize = 256 << 10;
+/// An entry larger than this (a call id or tool name no agent writes) is not
+/// kept, and counted as an eviction.
+pub const STATE_MAX_ENTRY_BYTES: usize = 1024;
+/// Longest single string of state (a session id, model name, directory).
+pub const STATE_MAX_STRING_BYTES: usize = 1024;
+
+/// Bytes a value of state costs, for the byte bound of [`BoundedMap`].
+pub trait Weigh {
+    fn weight(&self) -> usize;
+}
+
+impl Weigh for () {
+    fn weight(&self) -> usize {
+        0
+    }
+}
+
+impl Weigh for String {
+    fn weight(&self) -> usize {
+        self.len()
+    }
+}
+
+impl Weigh for u64 {
+    fn weight(&self) -> usize {
+        8
+    }
+}
+
+impl Weigh for i32 {
+    fn weight(&self) -> usize {
+        4
+    }
+}
+
+/// A string of state from a line, cut to [`STATE_MAX_STRING_BYTES`].
+pub fn state_string(s: Cow<'_, str>) -> String {
+    if s.len() <= STATE_MAX_STRING_BYTES {
+        s.into_owned()
+    } else {
+        super::truncate_utf8(&s, STATE_MAX_STRING_BYTES).to_string()
+    }
+}
 
 /// Parses a line that must be one JSON object into `T`, telling apart
 /// "not JSON", "JSON but not an object" and "an object of the wrong shape".
@@ -123,8 +169,8 @@ pub(crate) fn output_text(raw: Option<&RawValue>) -> Option<Cow<'_, str>> {
     }
 }
 
-/// A map that keeps at most `cap` entries, dropping the oldest insertion
-/// when full and counting each drop.
+/// A map that keeps at most `cap` entries and [`STATE_MAX_BYTES`] bytes,
+/// dropping the oldest insertion when full and counting each drop.
 #[derive(Debug, Clone)]
 pub struct BoundedMap<V> {
     map: HashMap<String, (u64, V)>,
@@ -133,32 +179,43 @@ pub struct BoundedMap<V> {
     order: VecDeque<(u64, String)>,
     next_seq: u64,
     cap: usize,
+    /// Bytes of the live entries' keys and values.
+    bytes: usize,
     evicted: u64,
 }
 
-impl<V> BoundedMap<V> {
+impl<V: Weigh> BoundedMap<V> {
     pub fn new(cap: usize) -> Self {
         BoundedMap {
             map: HashMap::new(),
             order: VecDeque::new(),
             next_seq: 0,
             cap: cap.max(1),
+            bytes: 0,
             evicted: 0,
         }
     }
 
     pub fn insert(&mut self, key: String, value: V) {
+        let weight = key.len() + value.weight();
+        if weight > STATE_MAX_ENTRY_BYTES {
+            self.remove(&key);
+            self.evicted += 1;
+            return;
+        }
         let seq = self.next_seq;
         self.next_seq += 1;
-        if self.map.insert(key.clone(), (seq, value)).is_none() {
-            while self.map.len() > self.cap {
-                let Some((old_seq, old_key)) = self.order.pop_front() else {
-                    break;
-                };
-                if self.map.get(&old_key).is_some_and(|(s, _)| *s == old_seq) {
-                    self.map.remove(&old_key);
-                    self.evicted += 1;
-                }
+        self.bytes += weight;
+        if let Some((_, old)) = self.map.insert(key.clone(), (seq, value)) {
+            self.bytes = self.bytes.saturating_sub(key.len() + old.weight());
+        }
+        while self.map.len() > self.cap || self.bytes > STATE_MAX_BYTES {
+            let Some((old_seq, old_key)) = self.order.pop_front() else {
+                break;
+            };
+            if self.map.get(&old_key).is_some_and(|(s, _)| *s == old_seq) {
+                self.remove(&old_key);
+                self.evicted += 1;
             }
         }
         self.order.push_back((seq, key));
@@ -174,7 +231,14 @@ impl<V> BoundedMap<V> {
     }
 
     pub fn remove(&mut self, key: &str) -> Option<V> {
-        self.map.remove(key).map(|(_, v)| v)
+        let (_, v) = self.map.remove(key)?;
+        self.bytes = self.bytes.saturating_sub(key.len() + v.weight());
+        Some(v)
+    }
+
+    /// Bytes of keys and values held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     pub fn contains(&self, key: &str) -> bool {
@@ -204,7 +268,7 @@ impl<V> BoundedMap<V> {
     }
 }
 
-impl<V: Clone> BoundedMap<V> {
+impl<V: Clone + Weigh> BoundedMap<V> {
     /// Rebuilds a map from entries listed oldest first.
     pub fn from_entries(cap: usize, entries: Vec<(String, V)>) -> Self {
         let mut m = BoundedMap::new(cap);
@@ -266,5 +330,23 @@ mod tests {
         }
         assert!(m.len() <= 100);
         assert!(m.order.len() <= 200);
+    }
+
+    #[test]
+    fn bounded_map_holds_its_bytes_whatever_the_ids() {
+        let mut m: BoundedMap<String> = BoundedMap::new(STATE_MAX_ENTRIES);
+        // Ids of 1,000 bytes: the byte bound, not the entry count, binds.
+        for i in 0..10_000 {
+            m.insert(format!("{i:0>990}"), "bash".into());
+        }
+        assert!(m.bytes() <= STATE_MAX_BYTES, "{}", m.bytes());
+        assert!(m.len() < 300, "{}", m.len());
+        assert!(m.take_evictions() > 9_000);
+        // An entry past the per-entry bound is not kept at all.
+        m.insert("x".repeat(STATE_MAX_ENTRY_BYTES), "t".into());
+        assert!(!m.contains(&"x".repeat(STATE_MAX_ENTRY_BYTES)));
+        assert_eq!(m.take_evictions(), 1);
+        let held: usize = m.entries().map(|(k, v)| k.len() + v.len()).sum();
+        assert_eq!(held, m.bytes());
     }
 }

@@ -12,6 +12,7 @@
 //! are blocking calls and would stall an async runtime.
 
 pub mod discover;
+pub mod handles;
 pub mod identity;
 pub mod lines;
 pub mod open;
@@ -90,7 +91,16 @@ struct Gz {
 /// A file being followed.
 struct Tracked {
     path: PathBuf,
-    file: File,
+    /// None while parked to stay within `max_open_files` (see [`handles`]).
+    file: Option<File>,
+    /// Size and modification time at its last read, kept when it is parked
+    /// (None: parked before any read), to tell whether it changed since.
+    parked_stat: Option<(u64, Option<SystemTime>)>,
+    modified: Option<SystemTime>,
+    /// Birth time where the file system keeps one: tells a reused inode
+    /// apart when a parked file is reopened.
+    born: Option<SystemTime>,
+    last_active: Instant,
     gz: Option<Gz>,
     ident: Option<Ident>,
     /// First byte not yet cut into lines (decoded bytes for `.gz`).
@@ -111,6 +121,48 @@ struct Tracked {
     copy_wait_since: Option<Instant>,
     size: u64,
     verified_size: u64,
+}
+
+impl Tracked {
+    fn handle(&self) -> std::io::Result<&File> {
+        self.file
+            .as_ref()
+            .ok_or_else(|| std::io::Error::other("file parked: no open handle"))
+    }
+
+    /// Descriptors it holds: its handle and a decoder's.
+    fn descriptors(&self) -> usize {
+        usize::from(self.file.is_some())
+            + usize::from(self.gz.as_ref().is_some_and(|g| g.decoder.is_some()))
+    }
+
+    /// Whether `file`, just opened at this file's device and inode, is
+    /// still this file: its birth time, else for a compressed file its
+    /// magic and (once read whole) its size. A plain file's fingerprint and
+    /// tail are checked at its next read.
+    fn is_same_file(&self, file: &File) -> bool {
+        let Ok(meta) = file.metadata() else {
+            return false;
+        };
+        if let (Some(then), Ok(now)) = (self.born, meta.created()) {
+            if then != now {
+                return false;
+            }
+        }
+        match &self.gz {
+            Some(gz) => gzip_magic(file) && (!gz.done || meta.len() == self.size),
+            None => true,
+        }
+    }
+
+    /// Bytes or a record still waiting: a parked file like this is reopened
+    /// at once, and an open one is parked last.
+    fn has_work(&self) -> bool {
+        match &self.gz {
+            Some(gz) => !gz.done && gz.failed_at_size != Some(self.size),
+            None => self.offset < self.size || self.cutter.has_open_record(),
+        }
+    }
 }
 
 /// What reading a file did.
@@ -164,6 +216,13 @@ pub struct FileSource {
     watched: HashSet<PathBuf>,
     watch_limit_warned: bool,
     last_sweep: Option<Instant>,
+    max_open_files: usize,
+    /// Descriptors the tracked files hold (see [`Tracked::descriptors`]).
+    open_descriptors: usize,
+    /// When parked files without known work were last looked at.
+    parked_checked: Option<Instant>,
+    /// "Too many open files" was reported.
+    fd_exhaustion_warned: bool,
 }
 
 impl FileSource {
@@ -179,6 +238,9 @@ impl FileSource {
             .multiline
             .as_ref()
             .and_then(|m| regex::bytes::Regex::new(&m.start_pattern).ok());
+        let max_open_files = config
+            .max_open_files
+            .unwrap_or_else(|| handles::default_max_open_files(crate::ops::fd_limit(), 1));
         Ok(FileSource {
             name: config.name.get_ref().clone(),
             matcher: FileMatcher::new(&config)?,
@@ -201,7 +263,17 @@ impl FileSource {
             watched: HashSet::new(),
             watch_limit_warned: false,
             last_sweep: None,
+            max_open_files,
+            open_descriptors: 0,
+            parked_checked: None,
+            fd_exhaustion_warned: false,
         })
+    }
+
+    /// Holds events to `max` bytes of JSON each (see [`crate::parse::bound`]).
+    pub fn with_max_event_bytes(mut self, max: usize) -> FileSource {
+        self.events = EventBuf::with_max_event_bytes(max);
+        self
     }
 
     /// Follows the files until shutdown is requested.
@@ -256,6 +328,8 @@ impl FileSource {
     /// One scan and one read round: what `run` does between waits. Returns
     /// true if anything was read. Tests drive the source with it.
     pub fn step(&mut self) -> Result<bool, SourceError> {
+        // A step stands for a wait: parked files are looked at, as after a poll.
+        self.parked_checked = None;
         self.scan();
         let progressed = self.read_round()?;
         self.sweep_checkpoints()?;
@@ -323,16 +397,13 @@ impl FileSource {
                 self.watch(&dir);
             }
         }
+        self.count_descriptors();
         let mut seen = HashSet::new();
         let found = self.matcher.walk();
         self.report_walk(&found);
         for path in found.files {
             let follow = self.config.follow_symlinks;
-            let meta = match if follow {
-                std::fs::metadata(&path)
-            } else {
-                std::fs::symlink_metadata(&path)
-            } {
+            let meta = match stat(&path, follow) {
                 Ok(m) => m,
                 Err(e) => {
                     self.open_failed(&path, &e);
@@ -344,6 +415,13 @@ impl FileSource {
             }
             let id = (meta.dev(), meta.ino());
             seen.insert(id);
+            if self.tracked.get(&id).is_some_and(|t| {
+                t.file.is_none() && t.born.is_some() && t.born != meta.created().ok()
+            }) {
+                // The file parked here was deleted and its inode reused.
+                debug!(source = %self.name, path = %path.display(), "a parked file's inode holds another file now");
+                self.tracked.remove(&id);
+            }
             if let Some(t) = self.tracked.get_mut(&id) {
                 if t.path != path {
                     debug!(source = %self.name, from = %t.path.display(), to = %path.display(), "file renamed");
@@ -385,11 +463,19 @@ impl FileSource {
                     debug!(source = %self.name, path = %path.display(), "following file");
                     self.found += 1;
                     let cutter = self.new_cutter();
+                    // Past the budget the file is parked at once: reads open
+                    // it in turn, parking files read to their end.
+                    let file = (self.open_descriptors < self.max_open_files).then_some(file);
+                    self.open_descriptors += usize::from(file.is_some());
                     self.tracked.insert(
                         id,
                         Tracked {
                             path,
                             file,
+                            parked_stat: None,
+                            modified: None,
+                            born: opened_meta.created().ok(),
+                            last_active: Instant::now(),
                             gz: None,
                             ident: None,
                             offset: 0,
@@ -468,20 +554,51 @@ impl FileSource {
         ids.sort_by_key(|id| self.tracked[id].seen_order);
         let mut finished = Vec::new();
         let rotate_wait = self.config.rotate_wait;
+        self.count_descriptors();
+        let check_parked = self
+            .parked_checked
+            .is_none_or(|t| t.elapsed() >= self.config.poll_interval);
+        if check_parked {
+            self.parked_checked = Some(Instant::now());
+        }
         for id in ids {
             if self.shutdown.load(Ordering::SeqCst) {
                 break;
             }
-            let closing = self.tracked[&id]
-                .gone_since
-                .is_some_and(|g| g.elapsed() >= rotate_wait);
-            match self.read_file(id, closing) {
+            // Making room for a file closes files that went away.
+            let Some(t) = self.tracked.get(&id) else {
+                continue;
+            };
+            let closing = t.gone_since.is_some_and(|g| g.elapsed() >= rotate_wait);
+            let reopened = t.file.is_some()
+                || self
+                    .unpark(id, check_parked)
+                    .map_err(|err| SourceError::Queue {
+                        source_name: self.name.clone(),
+                        err,
+                    })?;
+            if !reopened {
+                if closing {
+                    finished.push(id);
+                }
+                continue;
+            }
+            let before = self.tracked.get(&id).map_or(0, Tracked::descriptors);
+            let result = self.read_file(id, closing);
+            if let Some(t) = self.tracked.get_mut(&id) {
+                self.open_descriptors =
+                    (self.open_descriptors + t.descriptors()).saturating_sub(before);
+                if matches!(result, Ok(Progress::Read)) {
+                    t.last_active = Instant::now();
+                }
+            }
+            match result {
                 Ok(Progress::Read) => progressed = true,
                 Ok(Progress::Idle) if closing => finished.push(id),
                 Ok(Progress::Idle) => {}
                 Err(ReadError::Io(e)) => {
-                    let t = &self.tracked[&id];
-                    warn!(source = %self.name, path = %t.path.display(), error = %e, "read failed; will retry");
+                    let path = self.tracked.get(&id).map(|t| t.path.display().to_string());
+                    warn!(source = %self.name, path = path.unwrap_or_default(), error = %e, "read failed; will retry");
                     if closing {
                         finished.push(id);
                     }
@@ -510,6 +627,172 @@ impl FileSource {
         Ok(progressed)
     }
 
+    fn count_descriptors(&mut self) {
+        self.open_descriptors = self.tracked.values().map(Tracked::descriptors).sum();
+    }
+
+    /// Reopens a parked file that has work waiting or, when `check_all`,
+    /// that changed since it was parked. False if it stays parked: unchanged,
+    /// no longer at its path, or no room in the budget.
+    fn unpark(&mut self, id: (u64, u64), check_all: bool) -> Result<bool, QueueError> {
+        let Some(t) = self.tracked.get(&id) else {
+            return Ok(false);
+        };
+        let known_work = t.parked_stat.is_none() || t.has_work();
+        if !known_work && !check_all {
+            return Ok(false);
+        }
+        let Ok(meta) = stat(&t.path, self.config.follow_symlinks) else {
+            return Ok(false);
+        };
+        if (meta.dev(), meta.ino()) != id {
+            return Ok(false); // the next scan finds where it went, or that it went
+        }
+        if !known_work && t.parked_stat == Some((meta.len(), meta.modified().ok())) {
+            return Ok(false);
+        }
+        if !self.make_room(id)? {
+            return Ok(false);
+        }
+        let file = match self.open_again(id) {
+            Ok(Some(file)) => file,
+            Ok(None) => return Ok(false),
+            Err(e) => {
+                if e.raw_os_error() == Some(libc::EMFILE) && !self.fd_exhaustion_warned {
+                    self.fd_exhaustion_warned = true;
+                    warn!(source = %self.name, max_open_files = self.max_open_files,
+                        "too many open files: lower max_open_files, or raise the descriptor limit (LimitNOFILE=)");
+                }
+                return Ok(false);
+            }
+        };
+        let same = self.tracked.get(&id).is_some_and(|t| t.is_same_file(&file));
+        if !same {
+            self.follow_as_new(id);
+        }
+        let Some(t) = self.tracked.get_mut(&id) else {
+            return Ok(false);
+        };
+        if !same {
+            t.born = file.metadata().ok().and_then(|m| m.created().ok());
+        }
+        t.file = Some(file);
+        t.parked_stat = None;
+        t.last_active = Instant::now();
+        if t.ident.is_some() && t.gz.is_none() {
+            // Check on the next read that it is still the file it was
+            // (fingerprint and tail), as after any change of size.
+            t.verified_size = u64::MAX;
+        }
+        self.open_descriptors += 1;
+        Ok(true)
+    }
+
+    /// Forgets what was known of file `id`: its inode now holds another
+    /// file (the one parked was deleted), read from its start as new.
+    fn follow_as_new(&mut self, id: (u64, u64)) {
+        let cutter = self.new_cutter();
+        let parser = self.parser.fresh();
+        let Some(t) = self.tracked.get_mut(&id) else {
+            return;
+        };
+        debug!(source = %self.name, path = %t.path.display(), "a parked file's inode holds another file now; following it as a new one");
+        t.gz = None;
+        t.ident = None;
+        t.offset = 0;
+        t.committed = (0, Tail::default());
+        t.cutter = cutter;
+        t.parser = parser;
+        t.copy_wait_since = None;
+        t.size = 0;
+        t.verified_size = 0;
+        // It appeared while the daemon ran: read from its start, and after
+        // the files found before it (a copy after its original).
+        t.at_startup = false;
+        self.found += 1;
+        t.seen_order = self.found;
+    }
+
+    /// Parks files until one more descriptor fits the budget; `keep` is the
+    /// file about to open. Files that went away cannot be reopened, so they
+    /// are not parked; when they are all that hold the budget, those read to
+    /// their end are closed without waiting out `rotate_wait`. False when
+    /// there is still no room: files that went away are still being read.
+    fn make_room(&mut self, keep: (u64, u64)) -> Result<bool, QueueError> {
+        if self.open_descriptors < self.max_open_files {
+            return Ok(true);
+        }
+        let open: Vec<handles::OpenFile<(u64, u64)>> = self
+            .tracked
+            .iter()
+            .filter(|(id, t)| **id != keep && t.file.is_some() && t.gone_since.is_none())
+            .map(|(id, t)| handles::OpenFile {
+                key: *id,
+                busy: t.has_work(),
+                last_active: t.last_active,
+            })
+            .collect();
+        for id in handles::to_park(open, handles::park_batch(self.max_open_files)) {
+            self.park(id);
+        }
+        if self.open_descriptors < self.max_open_files {
+            return Ok(true);
+        }
+        let read_out: Vec<(u64, u64)> = self
+            .tracked
+            .iter()
+            .filter(|(_, t)| t.gone_since.is_some() && t.file.is_some() && !t.has_work())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in read_out {
+            debug!(source = %self.name, "closing a file that went away before rotate_wait: its descriptor is needed");
+            self.close(id)?;
+        }
+        self.count_descriptors();
+        Ok(self.open_descriptors < self.max_open_files)
+    }
+
+    /// Closes a file's handles; it stays followed, by identity.
+    fn park(&mut self, id: (u64, u64)) {
+        let Some(t) = self.tracked.get_mut(&id) else {
+            return;
+        };
+        let held = t.descriptors();
+        if t.file.take().is_none() {
+            return;
+        }
+        // As last read, not as now: a change since is still to be read.
+        t.parked_stat = Some((t.size, t.modified));
+        if let Some(gz) = t.gz.as_mut() {
+            // Recreated by skipping what was read: costly, hence busy files last.
+            gz.decoder = None;
+        }
+        self.open_descriptors = self.open_descriptors.saturating_sub(held);
+        debug!(source = %self.name, path = %t.path.display(), "parked: closed to stay within max_open_files");
+    }
+
+    /// Opens the file `id` at its path again, with the checks of the first
+    /// open; None if the path now holds another file or a refused one.
+    fn open_again(&self, id: (u64, u64)) -> std::io::Result<Option<File>> {
+        let Some(t) = self.tracked.get(&id) else {
+            return Ok(None);
+        };
+        let base = self.matcher.base_of(&t.path);
+        let matcher = &self.matcher;
+        Ok(
+            match open::open_checked(&t.path, &base, self.config.follow_symlinks, |p| {
+                matcher.excluded(p)
+            })? {
+                Ok((file, meta)) if (meta.dev(), meta.ino()) == id => Some(file),
+                Ok(_) => None,
+                Err(refusal) => {
+                    debug!(source = %self.name, path = %t.path.display(), "not reopened: {refusal}");
+                    None
+                }
+            },
+        )
+    }
+
     /// Stops following a file that went away and was read to its end.
     fn close(&mut self, id: (u64, u64)) -> Result<(), QueueError> {
         let Some(t) = self.tracked.remove(&id) else {
@@ -534,26 +817,30 @@ impl FileSource {
         let Some(t) = self.tracked.get_mut(&id) else {
             return Ok(Progress::Idle);
         };
-        let size = t.file.metadata()?.len();
+        let meta = t.handle()?.metadata()?;
+        let size = meta.len();
         t.size = size;
-        // Decided when the file is identified, not when it is opened: a
-        // compressor's output is empty for a moment after its creation.
-        if t.ident.is_none() && t.gz.is_none() && gzip_magic(&t.file) {
-            t.gz = Some(Gz::default());
-        }
-        if t.gz.is_some() {
-            return self.read_gz(id, size);
-        }
+        t.modified = meta.modified().ok();
         // A file rewritten to the same size changes nothing but its bytes:
         // an idle file is checked too (two small reads from the page cache).
         let mut progress = Progress::Idle;
-        if t.ident.is_some()
+        if t.gz.is_none()
+            && t.ident.is_some()
             && (size != t.verified_size || size <= t.offset)
             && self.rewritten(id, size)?
         {
             progress = Progress::Read;
         }
         let t = self.tracked.get_mut(&id).ok_or_else(gone)?;
+        // Decided when the file is identified, not when it is opened: a
+        // compressor's output is empty for a moment after its creation, and
+        // a parked file's inode may since hold a compressed file.
+        if t.ident.is_none() && t.gz.is_none() && t.handle().is_ok_and(gzip_magic) {
+            t.gz = Some(Gz::default());
+        }
+        if t.gz.is_some() {
+            return self.read_gz(id, size);
+        }
         if t.ident.is_none() && !self.identify_plain(id, size, closing)? {
             return Ok(progress);
         }
@@ -576,7 +863,7 @@ impl FileSource {
         let want = ((size - t.offset) as usize).min(chunk);
         let mut buf = std::mem::take(&mut self.read_buf);
         buf.resize(want, 0);
-        let n = read_full_at(&t.file, &mut buf, t.offset)?;
+        let n = read_full_at(t.handle()?, &mut buf, t.offset)?;
         buf.truncate(n);
         let at_end = closing && t.offset + n as u64 >= size;
         let result = self.cut_and_commit(id, &buf, at_end);
@@ -595,17 +882,17 @@ impl FileSource {
         let fp_bytes = self.config.fingerprint_bytes;
         let t = self.tracked.get_mut(&id).ok_or_else(gone)?;
         let mut start = vec![0u8; fp_bytes];
-        let n = read_full_at(&t.file, &mut start, 0)?;
+        let file = t.handle()?;
+        let n = read_full_at(file, &mut start, 0)?;
         start.truncate(n);
         let Some(fp) = identity::fingerprint_of(&start, fp_bytes, closing) else {
             return Ok(false);
         };
-        let file = &t.file;
         let mut tail_at = |offset: u64, len: u16| -> std::io::Result<Option<Tail>> {
             tail_of_file(file, offset, len)
         };
         let candidates = candidates(&self.queue, &self.name, &fp)?;
-        let file_id = file_identity(&t.file, id);
+        let file_id = file_identity(file, id);
         let resolution =
             identity::resolve(&self.name, &fp, id, &file_id, &candidates, &mut tail_at)?;
         let Some(resolution) = self.settle_copy(id, &fp, resolution) else {
@@ -639,7 +926,7 @@ impl FileSource {
             }
             Resolution::Fresh { stream } => {
                 t.offset = if start_at_end {
-                    end_of_last_line(&t.file, size)?
+                    end_of_last_line(t.handle()?, size)?
                 } else {
                     0
                 };
@@ -727,28 +1014,51 @@ impl FileSource {
         fingerprint: &str,
         copied: &Checkpoint,
     ) -> bool {
-        let Some(t) = of.filter(|&o| o != id).and_then(|o| self.tracked.get(&o)) else {
+        let Some((o, t)) = of
+            .filter(|&o| o != id)
+            .and_then(|o| Some((o, self.tracked.get(&o)?)))
+        else {
             return false;
         };
         if t.gone_since.is_some() {
             return false;
         }
+        // Parked and changed since: what was known of it may be stale (it
+        // was truncated, or its inode holds another file now).
+        let stale = t.file.is_none()
+            && stat(&t.path, self.config.follow_symlinks)
+                .map(|m| Some((m.len(), m.modified().ok())))
+                .ok()
+                != Some(t.parked_stat);
         match &t.ident {
-            Some(ident) => ident.stream == copied.stream,
-            // Found in the same scan and not identified yet: it is the
-            // original if it would resume the checkpoint, as resolve() checks.
-            None if t.gz.is_none() => {
+            Some(ident) if !stale => ident.stream == copied.stream,
+            // Not identified yet (found in the same scan), or parked and
+            // changed: it is the original if it would resume the checkpoint,
+            // as resolve() checks.
+            _ if t.gz.is_none() => {
+                // A parked file is opened for the look, and closed after it.
+                let opened;
+                let file = match &t.file {
+                    Some(f) => f,
+                    None => match self.open_again(o) {
+                        Ok(Some(f)) => {
+                            opened = f;
+                            &opened
+                        }
+                        _ => return false,
+                    },
+                };
                 let fp_bytes = self.config.fingerprint_bytes;
                 let mut start = vec![0u8; fp_bytes];
-                let same_start = read_full_at(&t.file, &mut start, 0).is_ok_and(|n| {
+                let same_start = read_full_at(file, &mut start, 0).is_ok_and(|n| {
                     identity::fingerprint_of(&start[..n], fp_bytes, false).as_deref()
                         == Some(fingerprint)
                 });
                 same_start
-                    && tail_of_file(&t.file, copied.offset, copied.tail.len)
+                    && tail_of_file(file, copied.offset, copied.tail.len)
                         .is_ok_and(|tail| tail == Some(copied.tail))
             }
-            None => false,
+            _ => false,
         }
     }
 
@@ -764,11 +1074,12 @@ impl FileSource {
         let shrank = size < t.offset;
         let changed = shrank || {
             let mut start = vec![0u8; fp_bytes];
-            let n = read_full_at(&t.file, &mut start, 0)?;
+            let file = t.handle()?;
+            let n = read_full_at(file, &mut start, 0)?;
             start.truncate(n);
             let fp = identity::fingerprint_of(&start, fp_bytes, false);
             fp.as_deref() != Some(ident.fingerprint.as_str())
-                || tail_of_file(&t.file, t.committed.0, t.committed.1.len)? != Some(t.committed.1)
+                || tail_of_file(file, t.committed.0, t.committed.1.len)? != Some(t.committed.1)
         };
         if !changed {
             t.verified_size = size;
@@ -881,7 +1192,7 @@ impl FileSource {
         let tail = match &t.gz {
             // A compressed file is never rewritten in place: no tail needed.
             Some(_) => Tail::default(),
-            None => tail_of_file(&t.file, position, TAIL_BYTES as u16)?.unwrap_or_default(),
+            None => tail_of_file(t.handle()?, position, TAIL_BYTES as u16)?.unwrap_or_default(),
         };
         let complete = t.gz.as_ref().is_some_and(|g| g.done);
         let cp = Checkpoint {
@@ -916,7 +1227,7 @@ impl FileSource {
         }
         if t.ident.is_none() {
             let start = {
-                let mut d = open_gz(&t.file)?;
+                let mut d = open_gz(t.handle()?)?;
                 identity::read_start(&mut d, fp_bytes)
             };
             let start = match start {
@@ -937,11 +1248,11 @@ impl FileSource {
                 t.gz.as_mut().ok_or_else(gone)?.done = true;
                 return Ok(Progress::Idle);
             }
-            let file = &t.file;
+            let file = t.handle()?;
             let mut tail_at = |offset: u64, len: u16| -> std::io::Result<Option<Tail>> {
                 gz_tail(file, offset, len)
             };
-            let file_id = file_identity(&t.file, id);
+            let file_id = file_identity(file, id);
             let resolution =
                 match identity::resolve(&self.name, &fp, id, &file_id, &candidates, &mut tail_at) {
                     Ok(r) => r,
@@ -981,9 +1292,11 @@ impl FileSource {
             });
         }
         let t = self.tracked.get_mut(&id).ok_or_else(gone)?;
-        let gz = t.gz.as_mut().ok_or_else(gone)?;
+        let Tracked { file, gz, .. } = t;
+        let gz = gz.as_mut().ok_or_else(gone)?;
         if gz.decoder.is_none() && !gz.decoded_all {
-            let mut d = Box::new(open_gz(&t.file)?);
+            let file = file.as_ref().ok_or_else(gone)?;
+            let mut d = Box::new(open_gz(file)?);
             let skip = t.offset;
             match std::io::copy(&mut (&mut d).take(skip), &mut std::io::sink()) {
                 Ok(n) if n == skip => {}
@@ -1199,6 +1512,16 @@ fn candidates(queue: &Queue, source: &str, fp: &str) -> Result<Vec<Candidate>, Q
             })
         })
         .collect())
+}
+
+/// The metadata of what is at `path`: of a link's target only when links
+/// are followed.
+fn stat(path: &Path, follow_symlinks: bool) -> std::io::Result<std::fs::Metadata> {
+    if follow_symlinks {
+        std::fs::metadata(path)
+    } else {
+        std::fs::symlink_metadata(path)
+    }
 }
 
 /// Reads until `buf` is full or the file ends; returns the bytes read.

@@ -231,6 +231,10 @@ fn a_flood_of_tiny_lines_and_a_4_mib_line_keep_memory_bounded() {
     big.extend_from_slice(b"\"}\n");
     std::fs::write(root.join("logs/big.jsonl"), &big).unwrap();
     append_lines(&root.join("logs/big.jsonl"), 0..1);
+    // The user's files, as a user would leave them.
+    for f in ["tiny.jsonl", "big.jsonl"] {
+        std::os::unix::fs::chown(root.join("logs").join(f), Some(USER), Some(USER)).unwrap();
+    }
     let (mut daemon, _err) = start_logged(&config, root);
     let want = (1 << 20) / 3 + 1;
     let start = Instant::now();

@@ -59,11 +59,24 @@ impl Pipeline {
             .with_context(|| format!("source `{name}`"))?
             .with_max_event_bytes(config.redaction.event_bound(&config.delivery));
             let fail = fail_tx.clone();
+            let source_name = name.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("src-{name}"))
                 .spawn(move || {
-                    if let Err(e) = source.run() {
-                        let _ = fail.send(anyhow::Error::new(e));
+                    // A panic is a bug: it must end the process (non-zero, so
+                    // the service manager restarts it), not leave a healthy-
+                    // looking daemon that reads nothing.
+                    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| source.run())) {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            let _ = fail.send(anyhow::Error::new(e));
+                        }
+                        Err(payload) => {
+                            let _ = fail.send(anyhow::anyhow!(
+                                "source `{source_name}` panicked: {}",
+                                crate::ops::panic_message(payload)
+                            ));
+                        }
                     }
                 })
                 .context("cannot start a source thread")?;
@@ -75,8 +88,21 @@ impl Pipeline {
         let reload = flusher.reload_slot();
         let flag = shutdown.clone();
         let flusher = tokio::spawn(async move {
-            if let Err(e) = flusher.run(flag).await {
-                let _ = fail_tx.send(anyhow::Error::new(e).context("delivery stopped"));
+            use futures::FutureExt;
+            match std::panic::AssertUnwindSafe(flusher.run(flag))
+                .catch_unwind()
+                .await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    let _ = fail_tx.send(anyhow::Error::new(e).context("delivery stopped"));
+                }
+                Err(payload) => {
+                    let _ = fail_tx.send(anyhow::anyhow!(
+                        "delivery stopped: the flusher panicked: {}",
+                        crate::ops::panic_message(payload)
+                    ));
+                }
             }
         });
         info!(

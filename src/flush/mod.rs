@@ -2,23 +2,23 @@
 //! `POST /v1/events/batch` within the request budget. It knows HTTP, the budget
 //! and the API's answers, and nothing of logs.
 
+pub mod answer;
 pub mod budget;
 pub mod share;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
-use reqwest::header::{
-    HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER,
-};
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
+use self::answer::{ErrorBody, RateHeaders};
 use self::budget::Budget;
 use self::share::{Advice, Observation, Share};
 use crate::config::{ApiKey, Compression, Config};
@@ -42,6 +42,8 @@ pub enum FlushError {
     CaFile { path: String, reason: String },
     #[error(transparent)]
     Queue(#[from] QueueError),
+    #[error("a delivery task panicked: {0}")]
+    Panicked(String),
 }
 
 /// Counters of the flusher, for `status`, the demo and tests.
@@ -66,6 +68,10 @@ enum Outcome {
     TooLarge,
     /// 401/403: the key is refused.
     Unauthorized(u16, ErrorBody),
+    /// 3xx: `base_url` points at a redirect, which is not followed (the
+    /// key must not go to another origin, a 302 would turn the POST into a
+    /// GET). The `Location`, for the operator.
+    Redirected(u16, String),
     /// 5xx, timeouts, connection errors.
     Transient(String),
 }
@@ -73,11 +79,8 @@ enum Outcome {
 #[derive(Debug)]
 struct Reply {
     outcome: Outcome,
-    /// `X-RateLimit-Remaining`, `X-RateLimit-Reset` (Unix seconds) and
-    /// `X-RateLimit-Limit`.
-    remaining: Option<u64>,
-    reset: Option<u64>,
-    limit: Option<u64>,
+    /// The `X-RateLimit-*` headers, when present and sensible.
+    rate: Option<RateHeaders>,
 }
 
 /// What sending needs, shared by the request tasks.
@@ -108,6 +111,9 @@ pub struct Flusher {
     share: Share,
     consecutive_failures: u32,
     last_auth_log: Option<Instant>,
+    last_redirect_log: Option<Instant>,
+    /// The batch of each request task, to release it if the task fails.
+    sending: HashMap<tokio::task::Id, Batch>,
     /// Requests started and not yet answered.
     outstanding: usize,
     /// The configured budget, to see whether a reload changes it.
@@ -168,12 +174,12 @@ impl Sender {
         headers.insert(AUTHORIZATION, bearer);
         headers.insert("x-api-key", x_key);
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        if config.delivery.compression == Compression::Gzip {
-            headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
-        }
-        // reqwest follows HTTPS_PROXY / HTTP_PROXY / ALL_PROXY and NO_PROXY
-        // from the environment by default.
+        let base = config.api.base_url.get_ref().trim_end_matches('/');
+        // Redirects are answers, not directions: following one would send
+        // the key (X-Api-Key survives reqwest's cross-origin rule) and the
+        // events to wherever a proxy or a misconfigured gateway points.
         let mut builder = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
             .default_headers(headers)
             .timeout(config.api.timeout)
             .connect_timeout(config.api.timeout.min(Duration::from_secs(10)))
@@ -193,8 +199,14 @@ impl Sender {
                 builder = builder.add_root_certificate(cert);
             }
         }
+        // reqwest follows HTTPS_PROXY / HTTP_PROXY / ALL_PROXY and NO_PROXY
+        // from the environment. A plain-http URL (loopback only, by config
+        // validation) never goes through a proxy: the key would cross the
+        // network in clear.
+        if base.starts_with("http://") {
+            builder = builder.no_proxy();
+        }
         let client = builder.build()?;
-        let base = config.api.base_url.get_ref().trim_end_matches('/');
         Ok(Sender {
             client,
             url: format!("{base}{BATCH_PATH}"),
@@ -232,6 +244,8 @@ impl Flusher {
             share: Share::new(requests, per),
             consecutive_failures: 0,
             last_auth_log: None,
+            last_redirect_log: None,
+            sending: HashMap::new(),
             outstanding: 0,
             budget_config: (requests, per),
             reloads: Arc::default(),
@@ -278,7 +292,7 @@ impl Flusher {
             if let Some(r) = reload {
                 self.apply(r);
             }
-            while let Some(done) = in_flight.try_join_next() {
+            while let Some(done) = in_flight.try_join_next_with_id() {
                 self.completed(done)?;
             }
             self.stats
@@ -294,7 +308,7 @@ impl Flusher {
             };
             if in_flight.len() >= max_in_flight || gate > now {
                 tokio::select! {
-                    Some(done) = in_flight.join_next() => self.completed(done)?,
+                    Some(done) = in_flight.join_next_with_id() => self.completed(done)?,
                     _ = tokio::time::sleep_until(gate), if gate > now => {}
                     _ = tokio::time::sleep(Duration::from_millis(200)) => {}
                 }
@@ -314,7 +328,7 @@ impl Flusher {
                     Ok(b) => b,
                     Err(wait) => {
                         tokio::select! {
-                            Some(done) = in_flight.join_next() => self.completed(done)?,
+                            Some(done) = in_flight.join_next_with_id() => self.completed(done)?,
                             _ = self.queue.appended.notified() => {}
                             _ = tokio::time::sleep(wait) => {}
                         }
@@ -328,10 +342,15 @@ impl Flusher {
             self.stats.requests.fetch_add(1, Ordering::Relaxed);
             self.outstanding += 1;
             let sender = self.sender.clone();
-            in_flight.spawn(async move {
+            let copy = batch.clone();
+            let task = in_flight.spawn(async move {
+                if crate::ops::test_hook("panic-delivery") {
+                    panic!("test hook panic-delivery: a delivery task panics");
+                }
                 let reply = sender.send(&batch).await;
                 (batch, reply)
             });
+            self.sending.insert(task.id(), copy);
             self.stats
                 .in_flight
                 .store(in_flight.len(), Ordering::SeqCst);
@@ -339,7 +358,7 @@ impl Flusher {
         // Shutdown: no new requests; let those in flight finish.
         let deadline = Instant::now() + self.limits.shutdown_timeout;
         while !in_flight.is_empty() {
-            match tokio::time::timeout_at(deadline, in_flight.join_next()).await {
+            match tokio::time::timeout_at(deadline, in_flight.join_next_with_id()).await {
                 Ok(Some(done)) => self.completed(done)?,
                 Ok(None) => break,
                 Err(_) => {
@@ -352,7 +371,11 @@ impl Flusher {
                 }
             }
         }
-        for batch in self.retry.drain(..) {
+        for batch in self
+            .retry
+            .drain(..)
+            .chain(self.sending.drain().map(|(_, b)| b))
+        {
             self.queue.release(&batch);
         }
         self.stats.in_flight.store(0, Ordering::SeqCst);
@@ -396,15 +419,25 @@ impl Flusher {
 
     fn completed(
         &mut self,
-        done: Result<(Batch, Reply), tokio::task::JoinError>,
+        done: Result<(tokio::task::Id, (Batch, Reply)), tokio::task::JoinError>,
     ) -> Result<(), FlushError> {
         self.outstanding = self.outstanding.saturating_sub(1);
         let (batch, reply) = match done {
-            Ok(d) => d,
-            // A request task cannot panic short of a bug; its batch is still
-            // marked in flight and is sent again after a restart.
+            Ok((id, d)) => {
+                self.sending.remove(&id);
+                d
+            }
             Err(e) => {
-                error!(error = %e, "a delivery task failed");
+                // Its batch goes back to the queue either way; a panic is a
+                // bug, and ends the process (the service manager restarts it).
+                if let Some(batch) = self.sending.remove(&e.id()) {
+                    self.queue.release(&batch);
+                }
+                if e.is_panic() {
+                    let message = crate::ops::panic_message(e.into_panic());
+                    return Err(FlushError::Panicked(message));
+                }
+                warn!(error = %e, "a delivery task was cancelled; its batch is sent again");
                 return Ok(());
             }
         };
@@ -426,11 +459,32 @@ impl Flusher {
             }
             Outcome::RateLimited(wait) => {
                 self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+                let max = self.limits.max_backoff;
+                let wait = answer::clamp_wait(wait, max, "retry-after");
                 debug!(
                     wait_ms = wait.as_millis() as u64,
                     "rate limited by the server"
                 );
-                self.not_before = self.not_before.max(now + wait);
+                self.not_before = self.not_before.max(answer::after(now, wait, max));
+                self.retry.push_front(batch);
+            }
+            Outcome::Redirected(status, location) => {
+                self.stats.rejected_requests.fetch_add(1, Ordering::Relaxed);
+                self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+                let wait = backoff(self.consecutive_failures, self.limits.max_backoff);
+                if self
+                    .last_redirect_log
+                    .is_none_or(|t| t.elapsed() >= AUTH_LOG_EVERY)
+                {
+                    error!(
+                        status, location = %location,
+                        "the API answered with a redirect, which is not followed (the key and the events \
+                         go only to api.base_url); set api.base_url to the API's real address. Every event \
+                         is kept; retrying with backoff"
+                    );
+                    self.last_redirect_log = Some(now);
+                }
+                self.hold(now + wait);
                 self.retry.push_front(batch);
             }
             Outcome::BadRequest(detail) => {
@@ -519,7 +573,12 @@ impl Flusher {
 
     /// Shares the tenant's budget with its other clients (see `share`).
     fn follow_rate_headers(&mut self, reply: &Reply, now: Instant) {
-        let (Some(remaining), Some(reset)) = (reply.remaining, reply.reset) else {
+        let Some(RateHeaders {
+            remaining,
+            reset,
+            limit,
+        }) = reply.rate
+        else {
             return;
         };
         let now_unix = std::time::SystemTime::now()
@@ -529,7 +588,7 @@ impl Flusher {
         let observation = Observation {
             remaining,
             reset,
-            limit: reply.limit,
+            limit,
             counted: !matches!(reply.outcome, Outcome::RateLimited(_)),
             other_in_flight: self.outstanding,
         };
@@ -547,6 +606,8 @@ impl Flusher {
             Advice::Pace(gap) => self.pace_gap = Some(gap),
             Advice::WaitUntil(at) => {
                 self.pace_gap = None;
+                // Whatever the headers said, no longer than max_backoff.
+                let at = at.min(answer::after(now, self.limits.max_backoff, Duration::ZERO));
                 self.not_before = self.not_before.max(at);
             }
         }
@@ -555,50 +616,50 @@ impl Flusher {
 
 impl Sender {
     async fn send(&self, batch: &Batch) -> Reply {
+        let mut request = self.client.post(&self.url);
         let body = match self.compression {
             Compression::None => batch.body.clone(),
             Compression::Gzip => {
                 let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-                let _ = gz.write_all(&batch.body);
-                match gz.finish() {
-                    Ok(v) => bytes::Bytes::from(v),
+                match gz.write_all(&batch.body).and_then(|()| gz.finish()) {
+                    Ok(v) => {
+                        request = request.header(CONTENT_ENCODING, "gzip");
+                        bytes::Bytes::from(v)
+                    }
+                    // Sent as it is, and said so by the missing header.
                     Err(_) => batch.body.clone(),
                 }
             }
         };
-        let response = match self.client.post(&self.url).body(body).send().await {
+        let mut response = match request.body(body).send().await {
             Ok(r) => r,
             Err(e) => {
                 return Reply {
                     outcome: Outcome::Transient(without_url(&e)),
-                    remaining: None,
-                    reset: None,
-                    limit: None,
+                    rate: None,
                 }
             }
         };
         let status = response.status().as_u16();
-        let header_u64 = |name: &str| {
-            response
-                .headers()
-                .get(name)?
-                .to_str()
-                .ok()?
-                .trim()
-                .parse::<u64>()
-                .ok()
-        };
-        let remaining = header_u64("x-ratelimit-remaining");
-        let reset = header_u64("x-ratelimit-reset");
-        let limit = header_u64("x-ratelimit-limit");
+        let now = std::time::SystemTime::now();
+        let rate = answer::rate_headers(response.headers(), now);
         let outcome = match status {
             200..=299 => Outcome::Delivered,
+            300..=399 => {
+                let location = response
+                    .headers()
+                    .get(reqwest::header::LOCATION)
+                    .and_then(|l| l.to_str().ok())
+                    .map(|l| l.chars().take(200).collect())
+                    .unwrap_or_else(|| "(no Location)".to_string());
+                Outcome::Redirected(status, location)
+            }
             429 => Outcome::RateLimited(
-                retry_after(response.headers()).unwrap_or(Duration::from_secs(1)),
+                answer::retry_after(response.headers(), now).unwrap_or(Duration::from_secs(1)),
             ),
             413 => Outcome::TooLarge,
             400 | 401 | 403 => {
-                let detail = ErrorBody::parse(&response.text().await.unwrap_or_default());
+                let detail = ErrorBody::parse(&bounded_text(&mut response).await);
                 if status == 400 {
                     Outcome::BadRequest(detail)
                 } else {
@@ -606,95 +667,29 @@ impl Sender {
                 }
             }
             other => {
-                let detail = ErrorBody::parse(&response.text().await.unwrap_or_default());
+                let detail = ErrorBody::parse(&bounded_text(&mut response).await);
                 Outcome::Transient(format!(
                     "HTTP {other} {} {} {}",
                     detail.code, detail.message, detail.request_id
                 ))
             }
         };
-        Reply {
-            outcome,
-            remaining,
-            reset,
-            limit,
-        }
+        Reply { outcome, rate }
     }
 }
 
-/// The documented error body, `{"error": {"code", "message", "requestId"}}`.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct ErrorBody {
-    pub code: String,
-    pub message: String,
-    pub request_id: String,
-}
-
-impl ErrorBody {
-    fn reason(&self, status: u16) -> DeadReason {
-        DeadReason {
-            status,
-            code: self.code.clone(),
-            message: self.message.clone(),
-            request_id: self.request_id.clone(),
+/// At most [`answer::MAX_ERROR_BODY`] bytes of an answer's body, as text:
+/// an error page can be megabytes, or never end.
+async fn bounded_text(response: &mut reqwest::Response) -> String {
+    let mut body = Vec::new();
+    while let Ok(Some(chunk)) = response.chunk().await {
+        let room = answer::MAX_ERROR_BODY.saturating_sub(body.len());
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if body.len() >= answer::MAX_ERROR_BODY {
+            break;
         }
     }
-
-    pub fn parse(body: &str) -> ErrorBody {
-        let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
-        let field = |k: &str| v["error"][k].as_str().unwrap_or_default().to_string();
-        let mut parsed = ErrorBody {
-            code: field("code"),
-            message: field("message"),
-            request_id: field("requestId"),
-        };
-        if parsed.message.is_empty() {
-            // An HTML page from a proxy or WAF: keep a short, printable excerpt.
-            parsed.message = body.chars().take(200).filter(|c| !c.is_control()).collect();
-        }
-        parsed
-    }
-}
-
-/// Reads `Retry-After` (delta-seconds or an HTTP date), falling back to
-/// `X-RateLimit-Reset` (Unix seconds).
-pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    if let Some(v) = headers.get(RETRY_AFTER).and_then(|v| v.to_str().ok()) {
-        if let Ok(secs) = v.trim().parse::<u64>() {
-            return Some(Duration::from_secs(secs));
-        }
-        if let Ok(at) = httpdate_parse(v) {
-            return Some(
-                at.duration_since(std::time::SystemTime::now())
-                    .unwrap_or_default(),
-            );
-        }
-    }
-    let reset: u64 = headers
-        .get("x-ratelimit-reset")?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .ok()?
-        .as_secs();
-    Some(Duration::from_secs(reset.saturating_sub(now).max(1)))
-}
-
-fn httpdate_parse(s: &str) -> Result<std::time::SystemTime, humantime::TimestampError> {
-    // humantime parses RFC 3339; HTTP dates (IMF-fixdate) are handled by hand.
-    let t = time::PrimitiveDateTime::parse(
-        s.trim(),
-        time::macros::format_description!(
-            "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
-        ),
-    )
-    .map_err(|_| humantime::TimestampError::InvalidFormat)?;
-    let secs = t.assume_utc().unix_timestamp();
-    Ok(std::time::UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64))
+    String::from_utf8_lossy(&body).into_owned()
 }
 
 /// Exponential backoff with full jitter: a random wait in [0, min(cap, 0.5s·2^n)].
@@ -727,55 +722,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn retry_after_forms() {
-        let mut h = HeaderMap::new();
-        h.insert(RETRY_AFTER, HeaderValue::from_static("7"));
-        assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
-        let mut h = HeaderMap::new();
-        h.insert(
-            RETRY_AFTER,
-            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
-        );
-        assert_eq!(
-            retry_after(&h),
-            Some(Duration::ZERO),
-            "a date in the past means now"
-        );
-        let mut h = HeaderMap::new();
-        let reset = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
-            + 30;
-        h.insert(
-            "x-ratelimit-reset",
-            HeaderValue::from_str(&reset.to_string()).unwrap(),
-        );
-        let d = retry_after(&h).unwrap();
-        assert!(
-            d >= Duration::from_secs(29) && d <= Duration::from_secs(30),
-            "{d:?}"
-        );
-        assert_eq!(retry_after(&HeaderMap::new()), None);
-    }
-
-    #[test]
     fn backoff_is_capped_and_jittered() {
+        let cap = Duration::from_secs(5);
         for attempt in 0..40 {
-            assert!(backoff(attempt, Duration::from_secs(5)) <= Duration::from_secs(5));
+            assert!(backoff(attempt, cap) <= cap);
         }
-    }
-
-    #[test]
-    fn error_body() {
-        let e = ErrorBody::parse(
-            r#"{"error":{"code":"INVALID_TENANT","message":"no","requestId":"req_1"}}"#,
-        );
-        assert_eq!(e.code, "INVALID_TENANT");
-        assert_eq!(e.request_id, "req_1");
-        assert_eq!(
-            ErrorBody::parse("<html>blocked</html>").message,
-            "<html>blocked</html>"
-        );
+        // Jittered: many different waits, not one value (nor its cap).
+        let waits: std::collections::BTreeSet<Duration> =
+            (0..200).map(|_| backoff(10, cap)).collect();
+        assert!(waits.len() > 100, "{} distinct waits of 200", waits.len());
+        // Growing: the first attempt waits at most 1 s, later ones reach the cap's range.
+        assert!((0..200).all(|_| backoff(1, cap) <= Duration::from_secs(1)));
+        assert!((0..200).any(|_| backoff(10, cap) > Duration::from_secs(3)));
     }
 }

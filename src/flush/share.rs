@@ -158,7 +158,14 @@ impl Share {
         }
         let remaining = window.remaining;
         let left = obs.reset as f64 - now_unix;
-        let until_reset = |extra: f64| now + Duration::from_secs_f64((left + extra).max(0.0));
+        // The headers were checked for sense (flush::answer), but no number
+        // from a server becomes an unchecked `Instant` or `Duration`.
+        let per = self.per;
+        let until_reset = |extra: f64| {
+            let wait = Duration::try_from_secs_f64((left + extra).max(0.0)).unwrap_or(per);
+            now.checked_add(wait.min(per.saturating_mul(60)))
+                .unwrap_or(now)
+        };
         self.advice = if left <= 0.0 {
             // The window has ended already: the next answer tells more.
             Advice::Free
@@ -168,7 +175,11 @@ impl Share {
                 // in the next window.
                 Advice::WaitUntil(until_reset(0.02))
             } else {
-                Advice::Pace(Duration::from_secs_f64(left / remaining as f64))
+                Advice::Pace(
+                    Duration::try_from_secs_f64(left / remaining as f64)
+                        .unwrap_or(per)
+                        .min(per),
+                )
             }
         } else if remaining == 0 {
             // Alone, and our own requests spent the window: our own budget

@@ -51,6 +51,17 @@ fn nofile() -> Option<libc::rlimit> {
     (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0).then_some(lim)
 }
 
+/// The message a panic was raised with (a `&str` or a `String`).
+pub fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    match payload.downcast::<String>() {
+        Ok(s) => *s,
+        Err(payload) => match payload.downcast::<&'static str>() {
+            Ok(s) => (*s).to_string(),
+            Err(_) => "(a panic without a message)".to_string(),
+        },
+    }
+}
+
 /// Whether the test hook `name` is on (`THOTH_INGEST_TEST_HOOK`, comma
 /// separated). Only the integration tests set it, to make the real binary
 /// misbehave in ways no input can force (a source stuck in I/O).

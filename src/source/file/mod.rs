@@ -278,6 +278,9 @@ impl FileSource {
 
     /// Follows the files until shutdown is requested.
     pub fn run(mut self) -> Result<(), SourceError> {
+        if crate::ops::test_hook("panic-source") {
+            panic!("test hook panic-source: a source thread panics");
+        }
         if crate::ops::test_hook("stall-sources") {
             // Like a read stuck on a dead network file system: deaf to shutdown.
             loop {

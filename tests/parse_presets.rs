@@ -343,7 +343,21 @@ fn hostile_lines_are_skipped_not_panicked_on() {
                 line,
                 read_at: Timestamp::from_unix_micros(0),
             };
-            let _ = p.parse(&rec, &mut buf);
+            let result = p.parse(&rec, &mut buf);
+            // Lines that hold no event (unterminated nesting, NULs, an empty
+            // object, nothing) are skipped, each for a stated reason.
+            if [0, 1, 7, 8, 9].contains(&i) {
+                assert!(result.is_err(), "{preset}: line {i} made {result:?}");
+            }
+            if i == 9 {
+                assert!(
+                    matches!(result, Err(Skip::EmptyLine | Skip::NotJsonRpc)),
+                    "{preset}: the empty line: {result:?}"
+                );
+            }
+            if i == 0 && preset != "mcp-claude-desktop" {
+                assert_eq!(result, Err(Skip::InvalidJson), "{preset}: deep array");
+            }
         }
         for e in buf.iter() {
             serde_json::from_slice::<serde_json::Value>(e).expect("events are valid JSON");

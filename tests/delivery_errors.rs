@@ -95,6 +95,39 @@ fn one_poison_event_is_dead_lettered_and_the_rest_delivered() {
     assert!(letter.request_id.starts_with("req_"));
     assert!(letter.event.contains("POISON here"));
     assert!(queue.is_empty(), "nothing else waits");
+    drop(queue);
+    // Purge, on a copy of this state (one dead letter): it is deleted, and
+    // not put back in the queue.
+    let copy = dir.path().join("state-copy");
+    let cp = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(dir.path().join("state"))
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    let copy_config = dir.path().join("copy.toml");
+    std::fs::write(
+        &copy_config,
+        std::fs::read_to_string(&config).unwrap().replace(
+            &format!("{:?}", dir.path().join("state").display().to_string()),
+            &format!("{:?}", copy.display().to_string()),
+        ),
+    )
+    .unwrap();
+    let purged = std::process::Command::new(BIN)
+        .arg("--config")
+        .arg(&copy_config)
+        .args(["dead-letter", "purge"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&purged.stdout);
+    assert!(said.contains("1 dead letter(s) deleted"), "{said}");
+    let purged_queue = Queue::open(&copy, 8 << 20).unwrap();
+    assert_eq!(purged_queue.dead_letters(), 0);
+    assert!(purged_queue.is_empty(), "purged, not queued again");
+    drop(purged_queue);
+    let queue = Queue::open(&dir.path().join("state"), 8 << 20).unwrap();
     assert_eq!(queue.dead_letter_retry().unwrap(), 1);
     assert_eq!(
         queue.peek_batch(10, usize::MAX).unwrap().map(|b| b.events),

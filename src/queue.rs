@@ -867,6 +867,18 @@ impl Queue {
     /// Appends `events` and sets checkpoint `key` to `value` atomically, and
     /// returns once both are on disk.
     pub fn commit(&self, events: &EventBuf, key: &[u8], value: &[u8]) -> Result<(), QueueError> {
+        self.commit_removing_dead(events, key, value, &[])
+    }
+
+    /// [`commit`](Self::commit), also removing the dead letters `dead` in
+    /// the same transaction (what `dead-letter retry` puts back).
+    fn commit_removing_dead(
+        &self,
+        events: &EventBuf,
+        key: &[u8],
+        value: &[u8],
+        dead: &[u64],
+    ) -> Result<(), QueueError> {
         let committed_at = Timestamp::now();
         // Cut the events into chunks and build their headers outside the lock.
         let mut headers: Vec<Vec<u8>> = Vec::new();
@@ -952,14 +964,28 @@ impl Queue {
                 .encode()
             })
             .collect();
-        let result: Result<(), TransactionError<()>> = (&self.chunks, &self.checkpoints)
-            .transaction(|(chunks, checkpoints)| {
-                for (i, p) in pointers.iter().enumerate() {
-                    chunks.insert(&(first_seq + i as u64).to_be_bytes(), &p[..])?;
-                }
-                checkpoints.insert(key, value)?;
-                Ok::<(), ConflictableTransactionError<()>>(())
-            });
+        let insert = |chunks: &sled::transaction::TransactionalTree,
+                      checkpoints: &sled::transaction::TransactionalTree| {
+            for (i, p) in pointers.iter().enumerate() {
+                chunks.insert(&(first_seq + i as u64).to_be_bytes(), &p[..])?;
+            }
+            checkpoints.insert(key, value)?;
+            Ok::<(), ConflictableTransactionError<()>>(())
+        };
+        let result: Result<(), TransactionError<()>> = if dead.is_empty() {
+            (&self.chunks, &self.checkpoints)
+                .transaction(|(chunks, checkpoints)| insert(chunks, checkpoints))
+        } else {
+            (&self.chunks, &self.checkpoints, &self.dead).transaction(
+                |(chunks, checkpoints, dead_tree)| {
+                    insert(chunks, checkpoints)?;
+                    for seq in dead {
+                        dead_tree.remove(&seq.to_be_bytes())?;
+                    }
+                    Ok(())
+                },
+            )
+        };
         match result {
             Ok(()) => {}
             Err(TransactionError::Storage(e)) => return Err(self.storage(e)),
@@ -1268,7 +1294,8 @@ impl Queue {
     }
 
     /// Puts every dead letter back into the queue, under its original event
-    /// id, and removes it from the dead-letter tree. Returns how many.
+    /// id, and removes it from the dead-letter tree, atomically. Returns how
+    /// many.
     pub fn dead_letter_retry(&self) -> Result<usize, QueueError> {
         let letters = self.dead_letter_list()?;
         if letters.is_empty() {
@@ -1280,13 +1307,9 @@ impl Queue {
             events.ends.push(events.bytes.len() as u32);
         }
         let n = Timestamp::now().unix_micros.to_le_bytes();
-        self.commit(&events, b"dead-letter/retried-at", &n)?;
-        for (key, _) in &letters {
-            self.dead
-                .remove(key.to_be_bytes())
-                .map_err(|e| self.storage(e))?;
-        }
-        self.sync()?;
+        let keys: Vec<u64> = letters.iter().map(|(key, _)| *key).collect();
+        // One transaction: a crash leaves them either dead or queued, never both.
+        self.commit_removing_dead(&events, b"dead-letter/retried-at", &n, &keys)?;
         Ok(letters.len())
     }
 

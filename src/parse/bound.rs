@@ -51,6 +51,7 @@ pub fn write_bounded(event: &Event<'_>, full_len: usize, max: usize, out: &mut V
     // Lowered by a quarter at a time: one long value keeps most of the
     // bound, many long values share it.
     let mut cap = max;
+    let mut last_len = usize::MAX;
     loop {
         let mut cuts = Cuts::default();
         let mut cut = cap_strings(event, cap, &mut cuts);
@@ -63,11 +64,58 @@ pub fn write_bounded(event: &Event<'_>, full_len: usize, max: usize, out: &mut V
         cut.metadata = Metadata::from_map(&meta);
         out.truncate(start);
         cut.write_json(out);
-        if out.len() - start <= max || cap <= MIN_CAP {
+        let len = out.len() - start;
+        if len <= max || cap <= MIN_CAP {
             return;
         }
-        cap -= cap / 4;
+        // Nothing was cut at this cap: lower it to below the longest string
+        // left instead of serializing the event again for nothing (a line of
+        // 200,000 tiny entries goes straight to dropping).
+        cap = if len >= last_len {
+            let longest = longest_string(&cut, &meta);
+            (longest - longest / 4).min(cap - cap / 4).max(MIN_CAP)
+        } else {
+            cap - cap / 4
+        };
+        last_len = len;
     }
+}
+
+/// Length of the longest string (or key) the event still has.
+fn longest_string(e: &Event<'_>, meta: &Map<String, Value>) -> usize {
+    fn in_value(v: &Value) -> usize {
+        match v {
+            Value::String(s) => s.len(),
+            Value::Array(items) => items.iter().map(in_value).max().unwrap_or(0),
+            Value::Object(map) => in_map(map),
+            _ => 0,
+        }
+    }
+    fn in_map(map: &Map<String, Value>) -> usize {
+        map.iter()
+            .map(|(k, v)| k.len().max(in_value(v)))
+            .max()
+            .unwrap_or(0)
+    }
+    let fields = [&e.content, &e.tool_name, &e.session_id, &e.user_id];
+    fields
+        .iter()
+        .map(|s| s.len())
+        .chain(
+            e.agent_id
+                .iter()
+                .chain(e.violation_id.iter())
+                .map(|s| s.len()),
+        )
+        .chain(
+            e.approved_scope
+                .iter()
+                .chain(&e.session_tool_calls)
+                .map(|s| s.len()),
+        )
+        .chain(std::iter::once(in_map(meta)))
+        .max()
+        .unwrap_or(0)
 }
 
 /// The event with every string field and list item cut to `cap` bytes.

@@ -196,6 +196,10 @@ pub struct QueueConfig {
     pub max_bytes: ByteSize,
     #[serde(default)]
     pub when_full: WhenFull,
+    /// Bound on the events the API refused, kept for `dead-letter list`:
+    /// past it the oldest are deleted and counted.
+    #[serde(default = "default_dead_letter_max_bytes")]
+    pub dead_letter_max_bytes: ByteSize,
 }
 
 impl Default for QueueConfig {
@@ -204,6 +208,7 @@ impl Default for QueueConfig {
             cache: default_cache(),
             max_bytes: default_queue_max_bytes(),
             when_full: WhenFull::default(),
+            dead_letter_max_bytes: default_dead_letter_max_bytes(),
         }
     }
 }
@@ -482,6 +487,9 @@ fn default_shutdown_timeout() -> Duration {
 }
 fn default_queue_max_bytes() -> ByteSize {
     ByteSize(1 << 30)
+}
+fn default_dead_letter_max_bytes() -> ByteSize {
+    ByteSize(64 << 20)
 }
 fn default_cache() -> ByteSize {
     ByteSize(64 << 20)
@@ -798,6 +806,14 @@ impl Config {
                 0..0,
                 "delivery.batch_max_bytes",
                 "must be at least 4KiB".into(),
+            ));
+        }
+        if self.queue.dead_letter_max_bytes.0 < 64 << 10 {
+            return Err(self.invalid(
+                text,
+                0..0,
+                "queue.dead_letter_max_bytes",
+                "must be at least 64KiB".into(),
             ));
         }
         let max_event = self.redaction.max_event_bytes.0;

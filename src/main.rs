@@ -134,6 +134,10 @@ struct ReceiverArgs {
     /// The private key of --tls-cert (PEM).
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Answer batches from this script first: one JSON step a line
+    /// (status, headers, body, delay_ms, accept, close), then healthily.
+    #[arg(long, conflicts_with = "tls_cert")]
+    script: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -181,9 +185,11 @@ fn dead_letter(path: &Path, cmd: DeadLetterCmd) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string(letter)?);
             }
             eprintln!(
-                "{} dead letter(s) in {}",
+                "{} dead letter(s) ({} bytes) in {}; {} older ones deleted by queue.dead_letter_max_bytes",
                 letters.len(),
-                config.state.dir.display()
+                queue.dead_letter_bytes(),
+                config.state.dir.display(),
+                queue.dead_letters_dropped(),
             );
         }
         DeadLetterCmd::Retry => {
@@ -419,6 +425,13 @@ async fn receiver(args: ReceiverArgs) -> anyhow::Result<ExitCode> {
         refuse_keys_for: args.refuse_keys_for,
         reject_content: args.reject_content,
         tls: args.tls_cert.zip(args.tls_key),
+        script: match &args.script {
+            Some(path) => Some(
+                thoth_ingest::receiver::script::load(path)
+                    .map_err(|e| anyhow::anyhow!("--script {e}"))?,
+            ),
+            None => None,
+        },
     };
     let mut signals = ops::StopSignals::install().context("cannot install signal handlers")?;
     let (server, handle) = Receiver::bind(config.clone())

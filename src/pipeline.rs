@@ -35,6 +35,7 @@ impl Pipeline {
             config.queue.max_bytes.0,
             config.queue.when_full == crate::config::WhenFull::DropOldest,
         );
+        queue.set_dead_letter_bound(config.queue.dead_letter_max_bytes.0)?;
         let shutdown = Arc::new(AtomicBool::new(false));
         let (fail_tx, failures) = mpsc::unbounded_channel();
         let mut sources = Vec::new();
@@ -133,6 +134,8 @@ impl Pipeline {
             config.queue.max_bytes.0,
             config.queue.when_full == crate::config::WhenFull::DropOldest,
         );
+        self.queue
+            .set_dead_letter_bound(config.queue.dead_letter_max_bytes.0)?;
         *self.reload.lock().unwrap_or_else(|p| p.into_inner()) = Some(settings);
         Ok(())
     }

@@ -566,7 +566,16 @@ pub struct Queue {
     closing: std::sync::atomic::AtomicBool,
     /// Bytes of chunks not yet fully acknowledged.
     queued_bytes: AtomicU64,
+    /// Bytes of dead letters (keys and records), their bound, and how many
+    /// the bound has dropped (also kept under [`DEAD_DROPPED_KEY`]).
+    dead_bytes: AtomicU64,
+    dead_max_bytes: AtomicU64,
+    dead_dropped: AtomicU64,
+    dead_warned: Mutex<Option<std::time::Instant>>,
 }
+
+/// Checkpoint key of the count of dead letters dropped by the bound.
+const DEAD_DROPPED_KEY: &[u8] = b"dead-letter/dropped";
 
 impl Queue {
     /// Opens (or creates) the queue in `dir`, with at most `cache_bytes` of
@@ -656,6 +665,16 @@ impl Queue {
         };
         segments.start_new(last_segment + 1).map_err(io)?;
 
+        let mut dead_bytes = 0u64;
+        for item in dead.iter() {
+            let (k, v) = item.map_err(storage)?;
+            dead_bytes = dead_bytes.saturating_add((k.len() + v.len()) as u64);
+        }
+        let dead_dropped = checkpoints
+            .get(DEAD_DROPPED_KEY)
+            .map_err(storage)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map_or(0, u64::from_le_bytes);
         let mut read = ReadState::default();
         for item in acks.iter() {
             let (k, v) = item.map_err(storage)?;
@@ -681,6 +700,10 @@ impl Queue {
             drop_oldest: std::sync::atomic::AtomicBool::new(false),
             closing: std::sync::atomic::AtomicBool::new(false),
             queued_bytes: AtomicU64::new(queued_bytes),
+            dead_bytes: AtomicU64::new(dead_bytes),
+            dead_max_bytes: AtomicU64::new(u64::MAX),
+            dead_dropped: AtomicU64::new(dead_dropped),
+            dead_warned: Mutex::new(None),
         })
     }
 
@@ -750,6 +773,91 @@ impl Queue {
     pub fn set_bound(&self, max_bytes: u64, drop_oldest: bool) {
         self.max_bytes.store(max_bytes, Ordering::Relaxed);
         self.drop_oldest.store(drop_oldest, Ordering::Relaxed);
+    }
+
+    /// Bounds the dead letters' bytes: past it, the oldest are dropped and
+    /// counted. Applied at once to what is already stored.
+    pub fn set_dead_letter_bound(&self, max_bytes: u64) -> Result<(), QueueError> {
+        self.dead_max_bytes.store(max_bytes, Ordering::Relaxed);
+        let _read = self.read.lock().unwrap_or_else(|p| p.into_inner());
+        let (evict, freed) = self.dead_to_evict(0)?;
+        if evict.is_empty() {
+            return Ok(());
+        }
+        let mut batch = sled::Batch::default();
+        for key in &evict {
+            batch.remove(key);
+        }
+        self.dead.apply_batch(batch).map_err(|e| self.storage(e))?;
+        self.dead_evicted(evict.len(), freed, 0)?;
+        self.sync()
+    }
+
+    /// The oldest dead letters to drop so that `incoming` more bytes fit
+    /// under the bound, and the bytes they free. The newest letter is kept
+    /// even when it alone is over the bound.
+    fn dead_to_evict(&self, incoming: u64) -> Result<(Vec<IVec>, u64), QueueError> {
+        let max = self.dead_max_bytes.load(Ordering::Relaxed);
+        let over = self
+            .dead_bytes
+            .load(Ordering::Relaxed)
+            .saturating_add(incoming)
+            .saturating_sub(max);
+        let mut evict = Vec::new();
+        let mut freed = 0u64;
+        if over == 0 {
+            return Ok((evict, freed));
+        }
+        for item in self.dead.iter() {
+            if freed >= over {
+                break;
+            }
+            let (k, v) = item.map_err(|e| self.storage(e))?;
+            freed = freed.saturating_add((k.len() + v.len()) as u64);
+            evict.push(k);
+        }
+        Ok((evict, freed))
+    }
+
+    /// Accounts for dead letters dropped by the bound: the count survives a
+    /// restart (bookkeeping a crash may lose without harm), and the operator
+    /// hears about it at most once a minute.
+    fn dead_evicted(&self, dropped: usize, freed: u64, added: u64) -> Result<(), QueueError> {
+        self.dead_bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                Some(b.saturating_add(added).saturating_sub(freed))
+            })
+            .ok();
+        if dropped == 0 {
+            return Ok(());
+        }
+        let total = self
+            .dead_dropped
+            .fetch_add(dropped as u64, Ordering::Relaxed)
+            .saturating_add(dropped as u64);
+        self.put_checkpoint(DEAD_DROPPED_KEY, &total.to_le_bytes())?;
+        let mut warned = self.dead_warned.lock().unwrap_or_else(|p| p.into_inner());
+        if warned.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(60)) {
+            *warned = Some(std::time::Instant::now());
+            tracing::warn!(
+                dropped,
+                dropped_total = total,
+                max_bytes = self.dead_max_bytes.load(Ordering::Relaxed),
+                "the dead letters are over queue.dead_letter_max_bytes: the oldest were deleted. \
+                 Look at `thoth-ingest dead-letter list` for why the API refuses events"
+            );
+        }
+        Ok(())
+    }
+
+    /// Dead letters dropped by `queue.dead_letter_max_bytes`, ever.
+    pub fn dead_letters_dropped(&self) -> u64 {
+        self.dead_dropped.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of dead letters stored.
+    pub fn dead_letter_bytes(&self) -> u64 {
+        self.dead_bytes.load(Ordering::Relaxed)
     }
 
     /// Makes waiting commits give up with [`QueueError::Closing`].
@@ -1204,8 +1312,17 @@ impl Queue {
             updates.retain(|(s, _)| *s != p.seq);
             updates.push((p.seq, encoded));
         }
+        let added: u64 = dead
+            .unwrap_or_default()
+            .iter()
+            .map(|(k, r)| (k.len() + r.len()) as u64)
+            .sum();
+        let (evict, freed) = self.dead_to_evict(added)?;
         let result: Result<(), TransactionError<()>> = (&self.chunks, &self.acks, &self.dead)
             .transaction(|(chunks, acks, dead_tree)| {
+                for key in &evict {
+                    dead_tree.remove(key)?;
+                }
                 for (key, record) in dead.unwrap_or_default() {
                     dead_tree.insert(&key[..], record.as_slice())?;
                 }
@@ -1228,6 +1345,7 @@ impl Queue {
             Err(TransactionError::Storage(e)) => return Err(self.storage(e)),
             Err(TransactionError::Abort(())) => unreachable!("the ack never aborts"),
         }
+        self.dead_evicted(evict.len(), freed, added)?;
         drop(read);
         self.acked_events
             .fetch_add(batch.events as u64, Ordering::Relaxed);
@@ -1310,6 +1428,7 @@ impl Queue {
         let keys: Vec<u64> = letters.iter().map(|(key, _)| *key).collect();
         // One transaction: a crash leaves them either dead or queued, never both.
         self.commit_removing_dead(&events, b"dead-letter/retried-at", &n, &keys)?;
+        self.dead_bytes.store(0, Ordering::Relaxed);
         Ok(letters.len())
     }
 
@@ -1317,6 +1436,7 @@ impl Queue {
     pub fn dead_letter_purge(&self) -> Result<usize, QueueError> {
         let n = self.dead.len();
         self.dead.clear().map_err(|e| self.storage(e))?;
+        self.dead_bytes.store(0, Ordering::Relaxed);
         self.sync()?;
         Ok(n)
     }
@@ -1545,6 +1665,62 @@ mod tests {
             "checkpoint did not move"
         );
         assert_eq!(q.dropped_events(), 0);
+    }
+
+    fn reason() -> DeadReason {
+        DeadReason {
+            status: 400,
+            code: "VALIDATION_ERROR".into(),
+            message: "refused".into(),
+            request_id: String::new(),
+        }
+    }
+
+    #[test]
+    fn dead_letters_are_bounded_oldest_dropped_counted_and_remembered() {
+        let dir = tempfile::tempdir().unwrap();
+        let one_letter;
+        {
+            let q = Queue::open(dir.path(), 8 << 20).unwrap();
+            q.commit(&events(12, "a"), b"src", b"1").unwrap();
+            let first = q.peek_batch(1, usize::MAX).unwrap().unwrap();
+            q.take(&first);
+            q.set_aside(&first, &reason()).unwrap();
+            one_letter = q.dead_letter_bytes();
+            assert!(one_letter > 400, "{one_letter}");
+            // Room for three and a half letters.
+            q.set_dead_letter_bound(one_letter * 7 / 2).unwrap();
+            for _ in 1..10 {
+                let b = q.peek_batch(1, usize::MAX).unwrap().unwrap();
+                q.take(&b);
+                q.set_aside(&b, &reason()).unwrap();
+            }
+            let kept: Vec<String> = q
+                .dead_letter_list()
+                .unwrap()
+                .iter()
+                .map(|(_, l)| {
+                    let e: serde_json::Value = serde_json::from_str(&l.event).unwrap();
+                    e["content"].as_str().unwrap()[..3].to_string()
+                })
+                .collect();
+            assert_eq!(kept, ["a-7", "a-8", "a-9"], "the newest are kept");
+            assert_eq!(q.dead_letters_dropped(), 7);
+            assert!(q.dead_letter_bytes() <= one_letter * 7 / 2);
+            // The rest of the queue is untouched.
+            assert_eq!(q.peek_batch(100, usize::MAX).unwrap().unwrap().events, 2);
+        }
+        // After a restart: bytes recounted, the drop count remembered, and a
+        // lower bound applies at once to what is stored.
+        let q = Queue::open(dir.path(), 8 << 20).unwrap();
+        assert_eq!(q.dead_letters_dropped(), 7);
+        assert_eq!(q.dead_letters(), 3);
+        q.set_dead_letter_bound(one_letter + 1).unwrap();
+        assert_eq!(q.dead_letters(), 1);
+        assert_eq!(q.dead_letters_dropped(), 9);
+        assert_eq!(q.dead_letter_bytes(), one_letter);
+        assert_eq!(q.dead_letter_purge().unwrap(), 1);
+        assert_eq!(q.dead_letter_bytes(), 0);
     }
 
     #[test]

@@ -319,3 +319,35 @@ fn a_panic_ends_the_daemon_loudly_and_loses_nothing() {
         assert!(ids.values().all(|s| s.len() == 1), "{hook}: one id a line");
     }
 }
+
+/// A 400 without the API's error body comes from something in between (a
+/// WAF, a proxy): it says nothing about the event, which is kept and sent
+/// again rather than set aside.
+#[test]
+fn a_400_that_is_not_the_apis_sets_nothing_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    let html = "<html><body>Request blocked</body></html>";
+    let refused = format!(
+        "HTTP/1.1 400 Bad Request\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{html}",
+        html.len()
+    );
+    let server = Scripted::start(vec![refused.clone(), refused.clone(), refused, accepted()]);
+    let config = config_for(dir.path(), &server.addr, "");
+    append_lines(&dir.path().join("logs/a.jsonl"), 0..1);
+    let mut daemon = logged(dir.path(), &config, |_| {});
+    let seqs = server.wait_accepted(1, Duration::from_secs(30));
+    assert_eq!(seqs, [0]);
+    assert!(terminate(&mut daemon).success());
+    let statuses: Vec<u16> = server.seen().iter().map(|s| s.status).collect();
+    assert_eq!(statuses, [400, 400, 400, 202]);
+    let listed = std::process::Command::new(BIN)
+        .args(["--config", config.to_str().unwrap(), "dead-letter", "list"])
+        .output()
+        .unwrap();
+    assert!(listed.status.success());
+    assert!(listed.stdout.is_empty(), "nothing set aside");
+    let said = String::from_utf8_lossy(&listed.stderr);
+    assert!(said.contains("0 dead letter(s)"), "{said}");
+    let log = std::fs::read_to_string(dir.path().join("daemon.err")).unwrap();
+    assert!(log.contains("without the API's error body"), "{log}");
+}

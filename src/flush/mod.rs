@@ -293,7 +293,7 @@ impl Flusher {
                 self.apply(r);
             }
             while let Some(done) = in_flight.try_join_next_with_id() {
-                self.completed(done)?;
+                self.completed(done).await?;
             }
             self.stats
                 .in_flight
@@ -308,7 +308,7 @@ impl Flusher {
             };
             if in_flight.len() >= max_in_flight || gate > now {
                 tokio::select! {
-                    Some(done) = in_flight.join_next_with_id() => self.completed(done)?,
+                    Some(done) = in_flight.join_next_with_id() => self.completed(done).await?,
                     _ = tokio::time::sleep_until(gate), if gate > now => {}
                     _ = tokio::time::sleep(Duration::from_millis(200)) => {}
                 }
@@ -324,11 +324,11 @@ impl Flusher {
                     continue;
                 }
                 Some(b) => b,
-                None => match self.next_batch()? {
+                None => match self.next_batch().await? {
                     Ok(b) => b,
                     Err(wait) => {
                         tokio::select! {
-                            Some(done) = in_flight.join_next_with_id() => self.completed(done)?,
+                            Some(done) = in_flight.join_next_with_id() => self.completed(done).await?,
                             _ = self.queue.appended.notified() => {}
                             _ = tokio::time::sleep(wait) => {}
                         }
@@ -359,7 +359,7 @@ impl Flusher {
         let deadline = Instant::now() + self.limits.shutdown_timeout;
         while !in_flight.is_empty() {
             match tokio::time::timeout_at(deadline, in_flight.join_next_with_id()).await {
-                Ok(Some(done)) => self.completed(done)?,
+                Ok(Some(done)) => self.completed(done).await?,
                 Ok(None) => break,
                 Err(_) => {
                     info!(
@@ -396,11 +396,9 @@ impl Flusher {
 
     /// A new batch from the queue, or how long to wait for one: a partial
     /// batch waits up to `linger` for more events.
-    fn next_batch(&mut self) -> Result<Result<Batch, Duration>, FlushError> {
-        let Some(batch) = self
-            .queue
-            .peek_batch(self.limits.batch_max_events, self.limits.batch_max_bytes)?
-        else {
+    async fn next_batch(&mut self) -> Result<Result<Batch, Duration>, FlushError> {
+        let (events, bytes) = (self.limits.batch_max_events, self.limits.batch_max_bytes);
+        let Some(batch) = self.on_disk(move |q| q.peek_batch(events, bytes)).await? else {
             return Ok(Err(Duration::from_millis(200)));
         };
         let full = batch.events >= self.limits.batch_max_events
@@ -417,7 +415,7 @@ impl Flusher {
         Ok(Ok(batch))
     }
 
-    fn completed(
+    async fn completed(
         &mut self,
         done: Result<(tokio::task::Id, (Batch, Reply)), tokio::task::JoinError>,
     ) -> Result<(), FlushError> {
@@ -448,10 +446,11 @@ impl Flusher {
         }
         match reply.outcome {
             Outcome::Delivered => {
-                self.queue.ack(&batch)?;
+                let events = batch.events;
+                self.on_disk(move |q| q.ack(&batch)).await?;
                 self.stats
                     .delivered_events
-                    .fetch_add(batch.events as u64, Ordering::Relaxed);
+                    .fetch_add(events as u64, Ordering::Relaxed);
                 self.consecutive_failures = 0;
                 if self.last_auth_log.take().is_some() {
                     info!("the API accepts the key again; delivery resumed");
@@ -487,6 +486,20 @@ impl Flusher {
                 self.hold(now + wait);
                 self.retry.push_front(batch);
             }
+            Outcome::BadRequest(detail) if batch.events == 1 && detail.code.is_empty() => {
+                // Not the API's error body: a proxy or a WAF in between. Its
+                // refusal says nothing about the event, which is kept.
+                self.stats.rejected_requests.fetch_add(1, Ordering::Relaxed);
+                self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+                let wait = backoff(self.consecutive_failures, self.limits.max_backoff);
+                warn!(
+                    message = %detail.message, retry_in_ms = wait.as_millis() as u64,
+                    "a 400 without the API's error body (from a proxy or gateway on the way?): \
+                     the event is kept and sent again"
+                );
+                self.hold(now + wait);
+                self.retry.push_front(batch);
+            }
             Outcome::BadRequest(detail) => {
                 self.stats.rejected_requests.fetch_add(1, Ordering::Relaxed);
                 if batch.events == 1 {
@@ -494,7 +507,8 @@ impl Flusher {
                         code = %detail.code, message = %detail.message, request_id = %detail.request_id,
                         "the API refused an event; it is set aside (see `thoth-ingest dead-letter list`)"
                     );
-                    self.queue.set_aside(&batch, &detail.reason(400))?;
+                    let reason = detail.reason(400);
+                    self.on_disk(move |q| q.set_aside(&batch, &reason)).await?;
                 } else {
                     debug!(events = batch.events, code = %detail.code, "batch refused with 400; splitting it to find the bad events");
                     let (first, rest) = batch.split_at(batch.events / 2);
@@ -518,7 +532,7 @@ impl Flusher {
                         ),
                         request_id: String::new(),
                     };
-                    self.queue.set_aside(&batch, &reason)?;
+                    self.on_disk(move |q| q.set_aside(&batch, &reason)).await?;
                 } else {
                     let smaller = (batch.body.len() / 2).max(4096);
                     if smaller < self.limits.batch_max_bytes {
@@ -547,11 +561,11 @@ impl Flusher {
                         "the API refused the key; every event is kept and sending is retried every {}s. \
                          Check the key (THOTH_API_KEY, THOTH_API_KEY_FILE, the thoth-api-key credential or \
                          api.api_key_file), its tenant, and that it has the events:write scope",
-                        AUTH_RETRY.as_secs()
+                        AUTH_RETRY.min(self.limits.max_backoff).as_secs()
                     );
                     self.last_auth_log = Some(now);
                 }
-                self.hold(now + AUTH_RETRY);
+                self.hold(now + AUTH_RETRY.min(self.limits.max_backoff));
                 self.retry.push_front(batch);
             }
             Outcome::Transient(why) => {
@@ -564,6 +578,25 @@ impl Flusher {
             }
         }
         Ok(())
+    }
+
+    /// Runs queue work (sled, fsync, segment reads) on tokio's blocking
+    /// pool: a slow disk must not stall the two workers that drive the
+    /// requests in flight and the timers.
+    async fn on_disk<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Queue) -> Result<T, QueueError> + Send + 'static,
+    ) -> Result<T, FlushError> {
+        let queue = self.queue.clone();
+        match tokio::task::spawn_blocking(move || work(&queue)).await {
+            Ok(result) => Ok(result?),
+            Err(e) if e.is_panic() => Err(FlushError::Panicked(crate::ops::panic_message(
+                e.into_panic(),
+            ))),
+            Err(e) => Err(FlushError::Panicked(format!(
+                "queue work was cancelled: {e}"
+            ))),
+        }
     }
 
     /// Holds requests back until `until` (or longer, if already held).

@@ -22,6 +22,11 @@ use axum::routing::{get, post};
 use axum::Router;
 use serde_json::{json, Value};
 
+pub mod script;
+
+/// The batch endpoint of the API.
+const BATCH_PATH: &str = "/v1/events/batch";
+
 #[derive(Debug, Clone)]
 pub struct ReceiverConfig {
     pub listen: SocketAddr,
@@ -45,6 +50,8 @@ pub struct ReceiverConfig {
     pub reject_content: Option<String>,
     /// Serve HTTPS with this certificate chain and private key (PEM files).
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// Answer batches from this script first ([`script`]); plain HTTP only.
+    pub script: Option<Vec<script::Step>>,
 }
 
 impl Default for ReceiverConfig {
@@ -61,6 +68,7 @@ impl Default for ReceiverConfig {
             refuse_keys_for: Duration::ZERO,
             reject_content: None,
             tls: None,
+            script: None,
         }
     }
 }
@@ -78,6 +86,9 @@ pub struct ReceiverStats {
     pub gzip_requests: u64,
     /// Answers by status code.
     pub status: BTreeMap<u16, u64>,
+    /// Requests answered by a step of `--script`.
+    #[serde(default)]
+    pub scripted: u64,
 }
 
 struct Window {
@@ -169,10 +180,20 @@ impl Receiver {
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        if let Some(steps) = self.shared.config.script.clone() {
+            if self.tls.is_some() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "--script serves plain HTTP only; drop --tls-cert",
+                ));
+            }
+            let steps = Arc::new(Mutex::new(steps.into()));
+            return script::serve(self.listener, self.shared, steps, shutdown).await;
+        }
         let app = Router::new()
             // Body size is this receiver's own --max-body check, answered 413.
             .route(
-                "/v1/events/batch",
+                BATCH_PATH,
                 post(batch).layer(axum::extract::DefaultBodyLimit::disable()),
             )
             .route("/healthz", get(|| async { "ok" }))

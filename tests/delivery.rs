@@ -116,10 +116,13 @@ fn bad_lines_are_skipped_or_repaired_and_the_rest_delivered() {
     bytes.extend_from_slice(b"{\"seq\":3,\"content\":\"no newline yet\"}");
     std::fs::write(dir.path().join("logs/bad.jsonl"), &bytes).unwrap();
     let stats = receiver.wait_unique(3, Duration::from_secs(30));
-    std::thread::sleep(Duration::from_millis(500));
+    // A barrier: a line written after, to another file, delivered. The
+    // unterminated line was read before it, and would have come first.
+    append_lines(&dir.path().join("logs/after.jsonl"), 100..101);
+    let seqs = wait_seqs(&receiver, 4, Duration::from_secs(30));
     assert_eq!(
-        receiver.stats().unique_event_ids,
-        3,
+        seqs,
+        [0, 1, 2, 100].into(),
         "the unterminated last line waits for its newline"
     );
     let mut f = std::fs::OpenOptions::new()
@@ -127,7 +130,7 @@ fn bad_lines_are_skipped_or_repaired_and_the_rest_delivered() {
         .open(dir.path().join("logs/bad.jsonl"))
         .unwrap();
     f.write_all(b"\n").unwrap();
-    let stats_after = receiver.wait_unique(4, Duration::from_secs(30));
+    let stats_after = receiver.wait_unique(5, Duration::from_secs(30));
     assert_eq!(stats.rejected_events + stats_after.rejected_events, 0);
     let events = receiver.stored();
     let repaired = events

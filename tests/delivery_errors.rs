@@ -50,9 +50,13 @@ fn one_poison_event_is_dead_lettered_and_the_rest_delivered() {
             .unwrap();
     }
     append_lines(&path, 138..500);
-    let mut daemon = start_daemon(&config);
+    let log = dir.path().join("daemon.err");
+    let mut daemon = start_daemon_cmd(&config, |c| {
+        c.env("THOTH_API_KEY", KEY)
+            .stderr(std::fs::File::create(&log).unwrap());
+    });
     let seqs = wait_seqs(&receiver, 499, Duration::from_secs(60));
-    std::thread::sleep(Duration::from_millis(500));
+    wait_log(&log, "it is set aside", Duration::from_secs(30));
     let dead_letter = |verb: &str| {
         std::process::Command::new(BIN)
             .arg("--config")

@@ -151,7 +151,7 @@ fn a_full_disk_pauses_and_resumes_without_loss() {
     let filler = s.state.join("filler");
     let filled = fill(&filler);
     append_lines(&s.log, 1000..6000);
-    std::thread::sleep(Duration::from_secs(3));
+    wait_log(&stderr, "disk full", Duration::from_secs(30));
     still_up_and_disk_full_logged(&mut daemon, &stderr);
     let while_full = stored_seqs(&s.receiver).len();
     eprintln!("disk full ({filled} bytes of filler): {while_full} of 6000 lines delivered");
@@ -174,7 +174,7 @@ fn a_daemon_started_on_a_full_disk_waits_for_room_instead_of_exiting() {
     fill(&filler);
     append_lines(&s.log, 1000..3000);
     let (mut daemon, stderr) = start_logged(&s.config, s.dir.path());
-    std::thread::sleep(Duration::from_secs(4));
+    wait_log(&stderr, "disk full", Duration::from_secs(30));
     let text = still_up_and_disk_full_logged(&mut daemon, &stderr);
     let while_full = stored_seqs(&s.receiver).len();
     eprintln!("started on a full disk: {while_full} of 3000 lines delivered\n{text}");
@@ -194,7 +194,7 @@ fn a_disk_that_fills_while_deliveries_are_acknowledged_loses_nothing() {
     let filler = s.state.join("filler");
     fill(&filler);
     append_lines(&s.log, 6000..8000);
-    std::thread::sleep(Duration::from_secs(5));
+    wait_log(&stderr, "disk full", Duration::from_secs(30));
     let text = still_up_and_disk_full_logged(&mut daemon, &stderr);
     let while_full = stored_seqs(&s.receiver).len();
     eprintln!(

@@ -384,7 +384,7 @@ fn an_unreadable_file_is_logged_once_and_read_when_it_becomes_readable() {
     );
     let seqs = wait_seqs(&receiver, 1, Duration::from_secs(20));
     assert_eq!(seqs.into_iter().collect::<Vec<_>>(), vec![1]);
-    std::thread::sleep(Duration::from_secs(3)); // a few scans
+    wait_log(&stderr, "cannot open file", Duration::from_secs(20));
     std::fs::set_permissions(
         logs.join("closed.jsonl"),
         std::fs::Permissions::from_mode(0o644),

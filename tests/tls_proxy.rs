@@ -68,13 +68,16 @@ fn ca_file_makes_a_private_ca_trusted() {
     let (receiver, cert) = tls_receiver(dir.path());
     let config = https_config(dir.path(), &receiver.addr, "");
     append_lines(&dir.path().join("logs/a.jsonl"), 0..500);
+    let log = dir.path().join("daemon.err");
     let mut daemon = start_daemon_cmd(&config, |c| {
-        without_proxies(c);
+        without_proxies(c)
+            .env("THOTH_API_KEY", KEY)
+            .stderr(std::fs::File::create(&log).unwrap());
     });
 
     // Without ca_file the certificate is refused: nothing arrives, nothing
     // is lost, the daemon keeps trying.
-    std::thread::sleep(Duration::from_secs(2));
+    wait_log(&log, "delivery failed; will retry", Duration::from_secs(20));
     assert!(stored_seqs(&receiver).is_empty());
     assert!(daemon.try_wait().unwrap().is_none());
 

@@ -355,3 +355,21 @@ pub fn queued_ids_and_contents(queue: &thoth_ingest::queue::Queue) -> Vec<(Strin
         })
         .collect()
 }
+
+/// Waits until the log at `path` contains `needle`, or panics after
+/// `timeout` with the log; returns the log. A condition to wait on before a
+/// check that something did *not* happen, instead of a fixed sleep.
+pub fn wait_log(path: &Path, needle: &str, timeout: Duration) -> String {
+    let start = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "{needle:?} not logged within {timeout:?}:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -242,7 +242,7 @@ impl Default for Defaults {
 }
 
 /// What of a line may be copied into an event (`[redaction]`). The built-in
-/// secret detectors always run; `patterns` add to them.
+/// secret detectors run unless named in `disable`; `patterns` add to them.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedactionConfig {
@@ -259,6 +259,9 @@ pub struct RedactionConfig {
     /// More secrets to replace: `{ name = "...", regex = "..." }`.
     #[serde(default)]
     pub patterns: Vec<crate::parse::redact::UserPattern>,
+    /// Built-in detectors not to run, by name (`jwt`, `cookie`, ...).
+    #[serde(default)]
+    pub disable: Vec<String>,
 }
 
 impl RedactionConfig {
@@ -277,6 +280,7 @@ impl Default for RedactionConfig {
             metadata_allow: None,
             max_event_bytes: default_max_event_bytes(),
             patterns: Vec::new(),
+            disable: Vec::new(),
         }
     }
 }
@@ -844,8 +848,15 @@ impl Config {
                 "must be at least 1".into(),
             ));
         }
-        if let Err(e) = crate::parse::redact::Redactor::new(&self.redaction.patterns) {
-            return Err(self.invalid(text, 0..0, "redaction.patterns", e.to_string()));
+        if let Err(e) = crate::parse::redact::Redactor::with_disabled(
+            &self.redaction.patterns,
+            &self.redaction.disable,
+        ) {
+            let key = match e {
+                crate::parse::redact::RedactError::UnknownDetector(_) => "redaction.disable",
+                _ => "redaction.patterns",
+            };
+            return Err(self.invalid(text, 0..0, key, e.to_string()));
         }
         let mut names = std::collections::HashSet::new();
         for (i, source) in self.sources.iter().enumerate() {

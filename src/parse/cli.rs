@@ -144,6 +144,10 @@ pub fn run(
     };
 
     let mut stats = ParseStats::default();
+    let mut redactions: std::collections::BTreeMap<String, u64> = Default::default();
+    if args.explain {
+        super::redact::explain_start();
+    }
     let mut events = EventBuf::with_max_event_bytes(event_bound);
     let mut buf = Vec::new();
     let mut offset = 0u64;
@@ -174,6 +178,20 @@ pub fn run(
             out.write_all(e).map_err(ParseCliError::Output)?;
             out.write_all(b"\n").map_err(ParseCliError::Output)?;
         }
+        if args.explain {
+            let mut fired = super::redact::explain_take();
+            fired.sort();
+            fired.dedup();
+            for f in fired {
+                writeln!(
+                    notes,
+                    "line {number} (byte {offset}): redacted {} ({})",
+                    f.field, f.detector
+                )
+                .map_err(ParseCliError::Output)?;
+                *redactions.entry(f.detector).or_default() += 1;
+            }
+        }
         if args.explain && events.is_empty() {
             let reason = stats
                 .skipped
@@ -197,6 +215,10 @@ pub fn run(
         .map_err(ParseCliError::Output)?;
         for (reason, count) in &stats.skipped {
             writeln!(notes, "  {count:>8}  {}", reason.as_str()).map_err(ParseCliError::Output)?;
+        }
+        for (detector, count) in &redactions {
+            writeln!(notes, "  {count:>8}  redacted by {detector}")
+                .map_err(ParseCliError::Output)?;
         }
         if stats.state_evictions > 0 {
             writeln!(notes, "  {} state entries evicted", stats.state_evictions)

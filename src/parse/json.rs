@@ -207,7 +207,7 @@ impl Parser for JsonParser {
             meta.raw(k, v);
         }
         event.metadata = meta.finish();
-        out.push(&event);
+        self.red.push(out, &mut event);
         Ok(1)
     }
 
@@ -309,7 +309,10 @@ mod tests {
             parse_one(r#"{"content":"pw=x AKIAIOSFODNN7EXAMPLE","env":{"k":"password=hunter2"}}"#)
                 .unwrap();
         assert_eq!(e["content"], "pw=x [REDACTED:a");
-        assert_eq!(e["metadata"]["env"]["k"], "password=[REDACTED:password]");
+        assert_eq!(
+            e["metadata"]["env"]["k"],
+            "password=[REDACTED:secret-assignment]"
+        );
     }
 
     #[test]

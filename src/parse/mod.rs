@@ -7,6 +7,7 @@
 pub mod bound;
 pub mod cli;
 pub mod json;
+pub mod policy;
 pub mod presets;
 pub mod redact;
 pub mod rules;
@@ -15,11 +16,9 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use serde_json::value::RawValue;
-
 use crate::config::{Config, SourceConfig};
-use crate::event::{EnforcementMode, Event, MetadataBuilder, Timestamp};
-use redact::{RedactedJson, Redactor};
+use crate::event::{EnforcementMode, Event, Timestamp};
+pub use policy::{MetaWriter, Redaction};
 
 /// The built-in parsers, accepted by `parser = "..."` on a source beside the
 /// `[parsers.NAME]` of the config.
@@ -123,195 +122,6 @@ impl EventContext {
             ttl: occurred_at.unix_seconds().saturating_add(self.ttl_secs),
             violation_id: None,
         }
-    }
-}
-
-/// What may be copied from a line into an event: secrets are redacted from
-/// `content` and every metadata string, `content` is bounded, and metadata
-/// keys are filtered by `metadata_allow`. Shared by all parsers of a source.
-#[derive(Debug)]
-pub struct Redaction {
-    pub redactor: Redactor,
-    pub content_max_bytes: usize,
-    /// When set, the only metadata keys kept (besides `call_id`).
-    pub metadata_allow: Option<Vec<String>>,
-}
-
-impl Redaction {
-    /// The built-in detectors and the given content bound.
-    pub fn builtin(content_max_bytes: usize) -> Redaction {
-        Redaction {
-            redactor: Redactor::builtin(),
-            content_max_bytes,
-            metadata_allow: None,
-        }
-    }
-
-    /// The `[redaction]` table of the config.
-    pub fn from_config(config: &Config) -> Redaction {
-        let r = &config.redaction;
-        Redaction {
-            // Patterns were compiled once at config validation, so this cannot
-            // fail here; builtins alone would be the safe side if it did.
-            redactor: Redactor::new(&r.patterns).unwrap_or_else(|_| Redactor::builtin()),
-            content_max_bytes: usize::try_from(r.content_max_bytes.0).unwrap_or(usize::MAX),
-            metadata_allow: r.metadata_allow.clone(),
-        }
-    }
-
-    /// `text` redacted and cut to `content_max_bytes`.
-    pub fn content<'a>(&self, text: Cow<'a, str>) -> Cow<'a, str> {
-        match text {
-            Cow::Borrowed(s) => self.bound(s),
-            Cow::Owned(s) => match self.bound(&s) {
-                Cow::Borrowed(b) if b.len() == s.len() => Cow::Owned(s),
-                other => Cow::Owned(other.into_owned()),
-            },
-        }
-    }
-
-    fn bound<'a>(&self, s: &'a str) -> Cow<'a, str> {
-        let max = self.content_max_bytes;
-        // Redact a window a little larger than what is kept: a redaction can
-        // shorten the text, and a secret cut at `max` must still be seen whole.
-        let window = truncate_utf8(s, max.saturating_mul(4).saturating_add(1024));
-        let mut red = self.redactor.redact(window);
-        if red.len() < max && window.len() < s.len() {
-            red = self.redactor.redact(s);
-        }
-        match red {
-            Cow::Borrowed(b) => Cow::Borrowed(truncate_utf8(b, max)),
-            Cow::Owned(o) if o.len() <= max => Cow::Owned(o),
-            Cow::Owned(o) => Cow::Owned(truncate_utf8(&o, max).to_string()),
-        }
-    }
-
-    /// A metadata object that redacts every string and honours `metadata_allow`.
-    pub fn metadata(&self) -> MetaWriter<'_> {
-        MetaWriter {
-            builder: crate::event::Metadata::builder(),
-            policy: self,
-        }
-    }
-}
-
-/// Builds an event's metadata: strings are redacted, keys outside
-/// `metadata_allow` are left out. `call_id` is always kept: it is what joins
-/// a PRE to its POST downstream.
-pub struct MetaWriter<'c> {
-    builder: MetadataBuilder,
-    policy: &'c Redaction,
-}
-
-impl MetaWriter<'_> {
-    fn allowed(&self, key: &str) -> bool {
-        key == "call_id"
-            || self
-                .policy
-                .metadata_allow
-                .as_ref()
-                .is_none_or(|keys| keys.iter().any(|k| k == key))
-    }
-
-    pub fn str(&mut self, key: &str, value: &str) {
-        if self.allowed(key) {
-            self.builder.str(key, &self.policy.redactor.redact(value));
-        }
-    }
-
-    pub fn opt_str(&mut self, key: &str, value: Option<&str>) {
-        if let Some(v) = value {
-            self.str(key, v);
-        }
-    }
-
-    pub fn bool(&mut self, key: &str, value: bool) {
-        if self.allowed(key) {
-            self.builder.bool(key, value);
-        }
-    }
-
-    /// A JSON value as written in the line; strings inside it are redacted.
-    pub fn raw(&mut self, key: &str, value: &RawValue) {
-        if !self.allowed(key) {
-            return;
-        }
-        let text = value.get();
-        // serde_json accepts `1e400` as raw text but not as a number: a value
-        // that does not read back as JSON numbers would fail the whole batch
-        // at the API, so it goes in as a string.
-        if !text.starts_with('"') && serde_json::from_str::<NumbersInRange>(text).is_err() {
-            self.builder.str(key, &self.policy.redactor.redact(text));
-            return;
-        }
-        match self.policy.redactor.redact_json(value) {
-            None => self.builder.raw(key, value),
-            Some(RedactedJson::Value(v)) => self.builder.value(key, &v),
-            Some(RedactedJson::Text(t)) => self.builder.str(key, &t),
-        }
-    }
-
-    pub fn opt_raw(&mut self, key: &str, value: Option<&RawValue>) {
-        if let Some(v) = value {
-            self.raw(key, v);
-        }
-    }
-
-    pub fn finish(self) -> crate::event::Metadata<'static> {
-        self.builder.finish()
-    }
-}
-
-/// Deserializes any JSON value and fails where serde_json's own value
-/// would: on a number out of the f64 range, which skipping (`IgnoredAny`,
-/// `RawValue`) lets through.
-struct NumbersInRange;
-
-impl<'de> serde::Deserialize<'de> for NumbersInRange {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = NumbersInRange;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("any JSON value")
-            }
-            fn visit_bool<E>(self, _: bool) -> Result<NumbersInRange, E> {
-                Ok(NumbersInRange)
-            }
-            fn visit_i64<E>(self, _: i64) -> Result<NumbersInRange, E> {
-                Ok(NumbersInRange)
-            }
-            fn visit_u64<E>(self, _: u64) -> Result<NumbersInRange, E> {
-                Ok(NumbersInRange)
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<NumbersInRange, E> {
-                Ok(NumbersInRange)
-            }
-            fn visit_str<E>(self, _: &str) -> Result<NumbersInRange, E> {
-                Ok(NumbersInRange)
-            }
-            fn visit_unit<E>(self) -> Result<NumbersInRange, E> {
-                Ok(NumbersInRange)
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                self,
-                mut seq: A,
-            ) -> Result<NumbersInRange, A::Error> {
-                while seq.next_element::<NumbersInRange>()?.is_some() {}
-                Ok(NumbersInRange)
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut map: A,
-            ) -> Result<NumbersInRange, A::Error> {
-                while map
-                    .next_entry::<serde::de::IgnoredAny, NumbersInRange>()?
-                    .is_some()
-                {}
-                Ok(NumbersInRange)
-            }
-        }
-        d.deserialize_any(V)
     }
 }
 

@@ -175,7 +175,7 @@ impl ClaudeCode {
                 meta.opt_str("stop_reason", string(message.stop_reason).as_deref());
                 self.common_metadata(line, &mut meta);
                 e.metadata = meta.finish();
-                out.push(&e);
+                self.red.push(out, &mut e);
                 index += 1;
             }
         }
@@ -201,7 +201,7 @@ impl ClaudeCode {
             meta.opt_str("message_id", message_id.as_deref());
             self.common_metadata(line, &mut meta);
             e.metadata = meta.finish();
-            out.push(&e);
+            self.red.push(out, &mut e);
             index += 1;
         }
         match index {
@@ -253,7 +253,7 @@ impl ClaudeCode {
             meta.bool("is_error", is_error);
             self.common_metadata(line, &mut meta);
             e.metadata = meta.finish();
-            out.push(&e);
+            self.red.push(out, &mut e);
             index += 1;
         }
         if index == 0 {

@@ -162,7 +162,7 @@ impl Codex {
                 meta.opt_str("status", string(p.status).as_deref());
                 self.context_metadata(&mut meta);
                 e.metadata = meta.finish();
-                out.push(&e);
+                self.red.push(out, &mut e);
                 Ok(1)
             }
             Some("function_call_output" | "custom_tool_call_output") => {
@@ -181,7 +181,7 @@ impl Codex {
                 meta.opt_str("call_id", call_id.as_deref());
                 self.context_metadata(&mut meta);
                 e.metadata = meta.finish();
-                out.push(&e);
+                self.red.push(out, &mut e);
                 Ok(1)
             }
             // Messages, reasoning, web searches: no tool call of the agent's own.
@@ -211,7 +211,7 @@ impl Codex {
                 );
                 self.context_metadata(&mut meta);
                 e.metadata = meta.finish();
-                out.push(&e);
+                self.red.push(out, &mut e);
                 Ok(1)
             }
             Some("exec_command_end") if string(p.status).as_deref() == Some("declined") => {
@@ -230,7 +230,7 @@ impl Codex {
                 meta.opt_raw("exit_code", p.exit_code);
                 self.context_metadata(&mut meta);
                 e.metadata = meta.finish();
-                out.push(&e);
+                self.red.push(out, &mut e);
                 Ok(1)
             }
             _ => Err(Skip::IgnoredRecordType),

@@ -167,7 +167,7 @@ impl Parser for McpClaudeDesktop {
             meta.opt_str("call_id", call_id.as_deref());
             meta.str("server", parts.server);
             e.metadata = meta.finish();
-            out.push(&e);
+            self.red.push(out, &mut e);
             return Ok(1);
         }
 
@@ -205,7 +205,7 @@ impl Parser for McpClaudeDesktop {
         meta.bool("is_error", is_error);
         meta.opt_raw("error_code", error.as_ref().and_then(|e| e.code));
         e.metadata = meta.finish();
-        out.push(&e);
+        self.red.push(out, &mut e);
         Ok(1)
     }
 

@@ -220,7 +220,7 @@ impl OtelGenAi {
         meta.opt_raw("span_id", top_raw("spanId").or(top_raw("span_id")));
         meta.opt_raw("span_name", top_raw("name"));
         e.metadata = meta.finish();
-        out.push(&e);
+        self.red.push(out, &mut e);
         Ok(())
     }
 }

@@ -685,7 +685,7 @@ impl RulesParser {
             meta.str(key, &t.render(fields, tables)?);
         }
         e.metadata = meta.finish();
-        out.push(&e);
+        self.red.push(out, &mut e);
         Ok(1)
     }
 

@@ -1,0 +1,354 @@
+//! What of a line may be copied into an event, and how: every string is
+//! screened for secrets (content, metadata keys and values, tool name,
+//! session, user and agent ids), `content` is bounded, and metadata keys are
+//! filtered by `metadata_allow`. One [`Redaction`] is shared by the parsers
+//! of a source.
+
+use std::borrow::Cow;
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+use serde_json::value::RawValue;
+
+use super::redact::{self, RedactedJson, Redactor};
+use super::{truncate_utf8, EventBuf};
+use crate::config::Config;
+use crate::event::{Event, MetadataBuilder};
+
+/// What may be copied from a line into an event, shared by all parsers of
+/// a source.
+#[derive(Debug)]
+pub struct Redaction {
+    pub redactor: Redactor,
+    pub content_max_bytes: usize,
+    /// When set, the only metadata keys kept (besides `call_id`).
+    pub metadata_allow: Option<Vec<String>>,
+    /// Strings that repeat from event to event (metadata keys, session,
+    /// user and agent ids, tool names) already found clean.
+    clean: Mutex<CleanCache>,
+}
+
+/// Short strings known to hold no secret (and, for keys, not to name one).
+#[derive(Debug, Default)]
+struct CleanCache {
+    keys: HashSet<Box<str>>,
+    values: HashSet<Box<str>>,
+}
+
+/// Longest string the cache keeps, and most entries in each set (it is
+/// emptied when full: a flood of distinct ids costs screening, not memory).
+const CACHE_MAX_LEN: usize = 128;
+const CACHE_MAX_ENTRIES: usize = 4096;
+/// Longest JSON content screened as a tree (a longer one is screened as text).
+const JSON_CONTENT_MAX: usize = 1 << 20;
+
+impl Redaction {
+    /// The built-in detectors and the given content bound.
+    pub fn builtin(content_max_bytes: usize) -> Redaction {
+        Redaction::with(Redactor::builtin(), content_max_bytes, None)
+    }
+
+    fn with(
+        redactor: Redactor,
+        content_max_bytes: usize,
+        metadata_allow: Option<Vec<String>>,
+    ) -> Redaction {
+        Redaction {
+            redactor,
+            content_max_bytes,
+            metadata_allow,
+            clean: Mutex::default(),
+        }
+    }
+
+    /// The `[redaction]` table of the config.
+    pub fn from_config(config: &Config) -> Redaction {
+        let r = &config.redaction;
+        Redaction::with(
+            // Patterns and names were checked once at config validation, so
+            // this cannot fail here; builtins alone would be the safe side.
+            Redactor::with_disabled(&r.patterns, &r.disable)
+                .unwrap_or_else(|_| Redactor::builtin()),
+            usize::try_from(r.content_max_bytes.0).unwrap_or(usize::MAX),
+            r.metadata_allow.clone(),
+        )
+    }
+
+    /// `text` redacted and cut to `content_max_bytes`.
+    pub fn content<'a>(&self, text: Cow<'a, str>) -> Cow<'a, str> {
+        match text {
+            Cow::Borrowed(s) => self.bound(s),
+            Cow::Owned(s) => match self.bound(&s) {
+                Cow::Borrowed(b) if b.len() == s.len() => Cow::Owned(s),
+                other => Cow::Owned(other.into_owned()),
+            },
+        }
+    }
+
+    fn bound<'a>(&self, s: &'a str) -> Cow<'a, str> {
+        if let Some(tree) = self.json_content(s) {
+            return Cow::Owned(truncate_utf8(&tree, self.content_max_bytes).to_string());
+        }
+        let max = self.content_max_bytes;
+        // Redact a window a little larger than what is kept: a redaction can
+        // shorten the text, and a secret cut at `max` must still be seen whole.
+        let window = truncate_utf8(s, max.saturating_mul(4).saturating_add(1024));
+        let mut red = self.redactor.redact_field("content", window);
+        if red.len() < max && window.len() < s.len() {
+            red = self.redactor.redact_field("content", s);
+        }
+        match red {
+            Cow::Borrowed(b) => Cow::Borrowed(truncate_utf8(b, max)),
+            Cow::Owned(o) if o.len() <= max => Cow::Owned(o),
+            Cow::Owned(o) => Cow::Owned(truncate_utf8(&o, max).to_string()),
+        }
+    }
+
+    /// Content that is JSON text (a tool's input, copied raw): screened as
+    /// a tree, decoded, with keys that name a secret redacted whole, and
+    /// written again if anything was found. None when it is not JSON or
+    /// held nothing.
+    fn json_content(&self, s: &str) -> Option<String> {
+        let first = s.trim_start().as_bytes().first()?;
+        if !matches!(first, b'{' | b'[') || s.len() > JSON_CONTENT_MAX {
+            return None;
+        }
+        let raw: &RawValue = serde_json::from_str(s).ok()?;
+        match self.redactor.redact_json("content", raw)? {
+            RedactedJson::Value(v) => serde_json::to_string(&v).ok(),
+            RedactedJson::Text(t) => Some(t),
+        }
+    }
+
+    /// A metadata object that redacts every key and string and honours
+    /// `metadata_allow`.
+    pub fn metadata(&self) -> MetaWriter<'_> {
+        MetaWriter {
+            builder: crate::event::Metadata::builder(),
+            policy: self,
+        }
+    }
+
+    /// Screens the event's own strings (tool name, session, user and agent
+    /// ids, tool history, scope, violation) and appends it to `out`.
+    pub fn push(&self, out: &mut EventBuf, e: &mut Event<'_>) {
+        self.screen_id("tool_name", &mut e.tool_name);
+        self.screen_id("session_id", &mut e.session_id);
+        self.screen_id("user_id", &mut e.user_id);
+        if let Some(agent) = e.agent_id.as_mut() {
+            self.screen_id("agent_id", agent);
+        }
+        if let Some(v) = e.violation_id.as_mut() {
+            self.screen_id("violation_id", v);
+        }
+        for t in e.session_tool_calls.iter_mut() {
+            self.screen_id("session_tool_calls", t);
+        }
+        for t in e.approved_scope.iter_mut() {
+            self.screen_id("approved_scope", t);
+        }
+        out.push(e);
+    }
+
+    fn screen_id(&self, field: &str, value: &mut Cow<'_, str>) {
+        if self.known_clean(value, false) {
+            return;
+        }
+        match self.redactor.redact_field(field, value) {
+            Cow::Owned(r) => *value = Cow::Owned(r),
+            Cow::Borrowed(_) => self.remember_clean(value, false),
+        }
+    }
+
+    fn known_clean(&self, s: &str, key: bool) -> bool {
+        if s.len() > CACHE_MAX_LEN || redact::explain_active() {
+            return false;
+        }
+        let cache = self.clean.lock().unwrap_or_else(|p| p.into_inner());
+        if key {
+            cache.keys.contains(s)
+        } else {
+            cache.values.contains(s)
+        }
+    }
+
+    fn remember_clean(&self, s: &str, key: bool) {
+        if s.len() > CACHE_MAX_LEN {
+            return;
+        }
+        let mut cache = self.clean.lock().unwrap_or_else(|p| p.into_inner());
+        let set = if key {
+            &mut cache.keys
+        } else {
+            &mut cache.values
+        };
+        if set.len() >= CACHE_MAX_ENTRIES {
+            set.clear();
+        }
+        set.insert(s.into());
+    }
+
+    /// A metadata key screened: itself redacted if it holds a secret, and
+    /// whether it names one (its value is then redacted whole).
+    fn screen_key<'k>(&self, key: &'k str) -> (Cow<'k, str>, bool) {
+        if self.known_clean(key, true) {
+            return (Cow::Borrowed(key), false);
+        }
+        let names_secret = self.redactor.is_secret_name(key);
+        let field = meta_field(key);
+        let screened = self.redactor.redact_field(&field, key);
+        if !names_secret && matches!(screened, Cow::Borrowed(_)) {
+            self.remember_clean(key, true);
+        }
+        (screened, names_secret)
+    }
+}
+
+/// The name of a metadata field for `parse --explain` (built only then).
+fn meta_field(key: &str) -> Cow<'_, str> {
+    if redact::explain_active() {
+        Cow::Owned(format!("metadata.{key}"))
+    } else {
+        Cow::Borrowed(key)
+    }
+}
+
+/// Builds an event's metadata: keys and strings are redacted, keys outside
+/// `metadata_allow` are left out. `call_id` is always kept: it is what joins
+/// a PRE to its POST downstream.
+pub struct MetaWriter<'c> {
+    builder: MetadataBuilder,
+    policy: &'c Redaction,
+}
+
+impl MetaWriter<'_> {
+    fn allowed(&self, key: &str) -> bool {
+        key == "call_id"
+            || self
+                .policy
+                .metadata_allow
+                .as_ref()
+                .is_none_or(|keys| keys.iter().any(|k| k == key))
+    }
+
+    pub fn str(&mut self, key: &str, value: &str) {
+        if !self.allowed(key) {
+            return;
+        }
+        let (name, secret) = self.policy.screen_key(key);
+        if secret && !redact::is_placeholder(value, true) {
+            redact::record_named(&meta_field(key));
+            self.builder.str(&name, "[REDACTED:secret-assignment]");
+            return;
+        }
+        let value = self.policy.redactor.redact_field(&meta_field(key), value);
+        self.builder.str(&name, &value);
+    }
+
+    pub fn opt_str(&mut self, key: &str, value: Option<&str>) {
+        if let Some(v) = value {
+            self.str(key, v);
+        }
+    }
+
+    pub fn bool(&mut self, key: &str, value: bool) {
+        if self.allowed(key) {
+            let (name, _) = self.policy.screen_key(key);
+            self.builder.bool(&name, value);
+        }
+    }
+
+    /// A JSON value as written in the line; keys and strings inside it are
+    /// redacted, and all of it when its key names a secret.
+    pub fn raw(&mut self, key: &str, value: &RawValue) {
+        if !self.allowed(key) {
+            return;
+        }
+        let (name, secret) = self.policy.screen_key(key);
+        let red = &self.policy.redactor;
+        let field = meta_field(key);
+        if secret {
+            let mut v: serde_json::Value = serde_json::from_str(value.get())
+                .unwrap_or_else(|_| serde_json::Value::String(value.get().to_string()));
+            red.redact_named_value(&mut v, &field);
+            self.builder.value(&name, &v);
+            return;
+        }
+        let text = value.get();
+        // serde_json accepts `1e400` as raw text but not as a number: a value
+        // that does not read back as JSON numbers would fail the whole batch
+        // at the API, so it goes in as a string.
+        if !text.starts_with('"') && serde_json::from_str::<NumbersInRange>(text).is_err() {
+            self.builder.str(&name, &red.redact_field(&field, text));
+            return;
+        }
+        match red.redact_json(&field, value) {
+            None => self.builder.raw(&name, value),
+            Some(RedactedJson::Value(v)) => self.builder.value(&name, &v),
+            Some(RedactedJson::Text(t)) => self.builder.str(&name, &t),
+        }
+    }
+
+    pub fn opt_raw(&mut self, key: &str, value: Option<&RawValue>) {
+        if let Some(v) = value {
+            self.raw(key, v);
+        }
+    }
+
+    pub fn finish(self) -> crate::event::Metadata<'static> {
+        self.builder.finish()
+    }
+}
+
+/// Deserializes any JSON value and fails where serde_json's own value
+/// would: on a number out of the f64 range, which skipping (`IgnoredAny`,
+/// `RawValue`) lets through.
+struct NumbersInRange;
+
+impl<'de> serde::Deserialize<'de> for NumbersInRange {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = NumbersInRange;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<NumbersInRange, E> {
+                Ok(NumbersInRange)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<NumbersInRange, E> {
+                Ok(NumbersInRange)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<NumbersInRange, E> {
+                Ok(NumbersInRange)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<NumbersInRange, E> {
+                Ok(NumbersInRange)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<NumbersInRange, E> {
+                Ok(NumbersInRange)
+            }
+            fn visit_unit<E>(self) -> Result<NumbersInRange, E> {
+                Ok(NumbersInRange)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<NumbersInRange, A::Error> {
+                while seq.next_element::<NumbersInRange>()?.is_some() {}
+                Ok(NumbersInRange)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<NumbersInRange, A::Error> {
+                while map
+                    .next_entry::<serde::de::IgnoredAny, NumbersInRange>()?
+                    .is_some()
+                {}
+                Ok(NumbersInRange)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}

@@ -6,6 +6,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashSet;
+use std::hash::BuildHasherDefault;
 use std::sync::Mutex;
 
 use serde_json::value::RawValue;
@@ -31,8 +32,31 @@ pub struct Redaction {
 /// Short strings known to hold no secret (and, for keys, not to name one).
 #[derive(Debug, Default)]
 struct CleanCache {
-    keys: HashSet<Box<str>>,
-    values: HashSet<Box<str>>,
+    keys: HashSet<Box<str>, BuildHasherDefault<Fnv>>,
+    values: HashSet<Box<str>, BuildHasherDefault<Fnv>>,
+}
+
+/// FNV-1a: the cache's strings are short and not chosen to collide (a
+/// collision costs a comparison, and the set is bounded), so SipHash's
+/// defence against flooding buys nothing here but time.
+#[derive(Default)]
+struct Fnv(u64);
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for b in bytes {
+            h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
 }
 
 /// Longest string the cache keeps, and most entries in each set (it is
@@ -86,13 +110,17 @@ impl Redaction {
     }
 
     fn bound<'a>(&self, s: &'a str) -> Cow<'a, str> {
-        if let Some(tree) = self.json_content(s) {
-            return Cow::Owned(truncate_utf8(&tree, self.content_max_bytes).to_string());
-        }
         let max = self.content_max_bytes;
+        let window = truncate_utf8(s, max.saturating_mul(4).saturating_add(1024));
+        if !self.redactor.might_match(window) && !redact::has_hiding_escape(window) {
+            // The common case: nothing any detector needs is in what is kept.
+            return Cow::Borrowed(truncate_utf8(s, max));
+        }
+        if let Some(tree) = self.json_content(s) {
+            return Cow::Owned(truncate_utf8(&tree, max).to_string());
+        }
         // Redact a window a little larger than what is kept: a redaction can
         // shorten the text, and a secret cut at `max` must still be seen whole.
-        let window = truncate_utf8(s, max.saturating_mul(4).saturating_add(1024));
         let mut red = self.redactor.redact_field("content", window);
         if red.len() < max && window.len() < s.len() {
             red = self.redactor.redact_field("content", s);

@@ -15,6 +15,9 @@ pub struct Builtin {
     pub kind: &'static str,
     /// Lowercase substrings, one of which occurs in any match.
     pub triggers: &'static [&'static str],
+    /// The triggers are case-sensitive and looked for in the text as it is:
+    /// for a short prefix whose lowercase form is everywhere (`SK`, `SG.`).
+    pub exact: bool,
     pub pattern: &'static str,
     /// The secret must hold a digit: it tells a random key from a word
     /// with the same prefix (`sk-learn-compatible-estimators`).
@@ -32,6 +35,7 @@ const fn vendor(
     Builtin {
         kind,
         triggers,
+        exact: false,
         pattern,
         needs_digit: false,
         contextual: false,
@@ -46,6 +50,7 @@ const fn context(
     Builtin {
         kind,
         triggers,
+        exact: false,
         pattern,
         needs_digit: false,
         contextual: true,
@@ -149,11 +154,14 @@ pub const BUILTINS: &[Builtin] = &[
     ),
     vendor("npm-token", &["npm_"], r"\bnpm_[A-Za-z0-9]{36}\b"),
     vendor("huggingface-token", &["hf_"], r"\bhf_[A-Za-z0-9]{30,}\b"),
-    vendor(
-        "sendgrid-key",
-        &["sg."],
-        r"\bSG\.[A-Za-z0-9_\-]{16,32}\.[A-Za-z0-9_\-]{30,50}",
-    ),
+    Builtin {
+        exact: true,
+        ..vendor(
+            "sendgrid-key",
+            &["SG."],
+            r"\bSG\.[A-Za-z0-9_\-]{16,32}\.[A-Za-z0-9_\-]{30,50}",
+        )
+    },
     vendor(
         "digitalocean-token",
         &["dop_v1_", "doo_v1_", "dor_v1_"],
@@ -169,7 +177,10 @@ pub const BUILTINS: &[Builtin] = &[
         &["accountkey", "sharedaccesskey"],
         r"(?i:AccountKey|SharedAccessKey)\s*=\s*(?P<s>[A-Za-z0-9+/]{20,}={0,2})",
     ),
-    vendor("twilio-key", &["sk"], r"\bSK[0-9a-fA-F]{32}\b"),
+    Builtin {
+        exact: true,
+        ..vendor("twilio-key", &["SK"], r"\bSK[0-9a-fA-F]{32}\b")
+    },
     vendor("mailgun-key", &["key-"], r"\bkey-[0-9a-f]{32}\b"),
     vendor(
         "jwt",
@@ -178,7 +189,7 @@ pub const BUILTINS: &[Builtin] = &[
     ),
     vendor(
         "basic-auth",
-        &["basic"],
+        &["authorization"],
         r#"(?i:authorization)["']?\s*[:=]\s*["']?(?i:basic)\s+(?P<s>[A-Za-z0-9+/]{6,}={0,2})"#,
     ),
     vendor(
@@ -270,8 +281,29 @@ pub fn assignment_triggers() -> Vec<String> {
         "secret",
         "credential",
         "credentials",
-        "key",
         "token",
+        // `key` alone is everywhere (`{"key": ..., "value": ...}`): only
+        // the names `secret-assignment` takes as a key's.
+        "_key",
+        "-key",
+        "apikey",
+        "secretkey",
+        "accesskey",
+        "privatekey",
+        "signingkey",
+        "encryptionkey",
+        "masterkey",
+        "clientkey",
+        "accountkey",
+        "appkey",
+        "servicekey",
+        "licensekey",
+        "subscriptionkey",
+        "storagekey",
+        "webhookkey",
+        "deploykey",
+        "sshkey",
+        "sharedkey",
     ];
     const AFTER: &[&str] = &["=", ":", "\"", "'", "\\", " =", " :"];
     NAMES

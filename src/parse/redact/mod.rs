@@ -92,6 +92,9 @@ pub struct Redactor {
     triggers: AhoCorasick,
     /// For each trigger pattern, the built-in detector it belongs to.
     trigger_owner: Vec<usize>,
+    /// Case-sensitive triggers, looked for in the text as it is, with the
+    /// detector each belongs to.
+    exact: Vec<(memchr::memmem::Finder<'static>, usize)>,
     builtins: Vec<Detector>,
     user_screen: Option<RegexSet>,
     user: Vec<Detector>,
@@ -142,12 +145,20 @@ impl Redactor {
         }
         let mut trigger_words: Vec<String> = Vec::new();
         let mut trigger_owner = Vec::new();
+        let mut exact = Vec::new();
         let mut builtins = Vec::new();
         for b in BUILTINS
             .iter()
             .filter(|b| !disabled.iter().any(|d| d == b.kind))
         {
-            let words: Vec<String> = if b.triggers.is_empty() {
+            if b.exact {
+                for t in b.triggers {
+                    exact.push((memchr::memmem::Finder::new(t.as_bytes()), builtins.len()));
+                }
+            }
+            let words: Vec<String> = if b.exact {
+                Vec::new()
+            } else if b.triggers.is_empty() {
                 detectors::assignment_triggers()
             } else {
                 b.triggers.iter().map(|t| t.to_string()).collect()
@@ -211,6 +222,7 @@ impl Redactor {
             screen,
             triggers,
             trigger_owner,
+            exact,
             builtins,
             user_screen,
             user: user_detectors,
@@ -218,12 +230,17 @@ impl Redactor {
         })
     }
 
-    /// Which built-in detectors could match `s` (lowercased).
-    fn candidates(&self, lower: &[u8]) -> u64 {
+    /// Which built-in detectors could match `s` (`lower` is `s` lowercased).
+    fn candidates(&self, s: &str, lower: &[u8]) -> u64 {
         let mut mask = 0u64;
         if self.screen.is_match(lower) {
             for m in self.triggers.find_overlapping_iter(lower) {
                 mask |= 1 << self.trigger_owner[m.pattern().as_usize()];
+            }
+        }
+        for (finder, owner) in &self.exact {
+            if finder.find(s.as_bytes()).is_some() {
+                mask |= 1 << owner;
             }
         }
         mask
@@ -232,6 +249,10 @@ impl Redactor {
     /// True if some detector might match: the cheap test before any work.
     pub fn might_match(&self, s: &str) -> bool {
         with_lowercase(s, |lower| self.screen.is_match(lower))
+            || self
+                .exact
+                .iter()
+                .any(|(f, _)| f.find(s.as_bytes()).is_some())
             || self.user_screen.as_ref().is_some_and(|u| u.is_match(s))
     }
 
@@ -258,7 +279,7 @@ impl Redactor {
 
     fn redact_text<'a>(&self, field: &str, s: &'a str) -> Cow<'a, str> {
         let mut out = Cow::Borrowed(s);
-        let mask = with_lowercase(s, |lower| self.candidates(lower));
+        let mask = with_lowercase(s, |lower| self.candidates(s, lower));
         if mask != 0 {
             for (i, d) in self.builtins.iter().enumerate() {
                 if mask & (1 << i) != 0 {
@@ -280,7 +301,14 @@ impl Redactor {
     /// True when an object key says its value is a secret (`password`,
     /// `aws_secret_access_key`, `clientSecret`, `GITHUB_TOKEN`).
     pub fn is_secret_name(&self, key: &str) -> bool {
-        key.len() <= 256 && self.secret_name.is_match(key)
+        // Most keys hold none of these: no regex for them.
+        const PARTS: [&[u8]; 6] = [b"pass", b"pwd", b"secret", b"credential", b"key", b"token"];
+        let k = key.as_bytes();
+        k.len() <= 256
+            && PARTS
+                .iter()
+                .any(|p| k.windows(p.len()).any(|w| w.eq_ignore_ascii_case(p)))
+            && self.secret_name.is_match(key)
     }
 
     /// A JSON value with every key and string in it redacted, or None if
@@ -535,7 +563,7 @@ fn replace_all<'a>(s: Cow<'a, str>, d: &Detector, field: &str) -> Cow<'a, str> {
 
 /// True when `s` holds a `\uXXXX` or `\/` escape, which can split a
 /// secret or the trigger that finds it.
-fn has_hiding_escape(s: &str) -> bool {
+pub fn has_hiding_escape(s: &str) -> bool {
     memchr::memchr_iter(b'\\', s.as_bytes())
         .any(|i| matches!(s.as_bytes().get(i + 1), Some(b'u' | b'/')))
 }

@@ -95,6 +95,10 @@ pub struct Redactor {
     /// Case-sensitive triggers, looked for in the text as it is, with the
     /// detector each belongs to.
     exact: Vec<(memchr::memmem::Finder<'static>, usize)>,
+    /// Words of secret names ([`detectors::SECRET_WORDS`]), and the
+    /// detectors they wake.
+    names: AhoCorasick,
+    by_name: u64,
     builtins: Vec<Detector>,
     user_screen: Option<RegexSet>,
     user: Vec<Detector>,
@@ -146,6 +150,7 @@ impl Redactor {
         let mut trigger_words: Vec<String> = Vec::new();
         let mut trigger_owner = Vec::new();
         let mut exact = Vec::new();
+        let mut by_name = 0u64;
         let mut builtins = Vec::new();
         for b in BUILTINS
             .iter()
@@ -156,10 +161,11 @@ impl Redactor {
                     exact.push((memchr::memmem::Finder::new(t.as_bytes()), builtins.len()));
                 }
             }
+            if b.by_name {
+                by_name |= 1 << builtins.len();
+            }
             let words: Vec<String> = if b.exact {
                 Vec::new()
-            } else if b.triggers.is_empty() {
-                detectors::assignment_triggers()
             } else {
                 b.triggers.iter().map(|t| t.to_string()).collect()
             };
@@ -192,6 +198,14 @@ impl Redactor {
         };
         let screen = build(MatchKind::LeftmostFirst);
         let triggers = build(MatchKind::Standard);
+        let names = match AhoCorasickBuilder::new()
+            .match_kind(MatchKind::LeftmostFirst)
+            .build(detectors::SECRET_WORDS)
+        {
+            Ok(ac) => ac,
+            Err(e) => unreachable!("fixed secret words always build: {e}"),
+        };
+
         let mut user_detectors = Vec::new();
         for p in user {
             let regex = compile(&p.name, &p.regex)?;
@@ -223,6 +237,8 @@ impl Redactor {
             triggers,
             trigger_owner,
             exact,
+            names,
+            by_name,
             builtins,
             user_screen,
             user: user_detectors,
@@ -243,12 +259,32 @@ impl Redactor {
                 mask |= 1 << owner;
             }
         }
+        if self.by_name != 0 && self.names.is_match(lower) {
+            mask |= self.by_name;
+        }
         mask
     }
 
     /// True if some detector might match: the cheap test before any work.
     pub fn might_match(&self, s: &str) -> bool {
-        with_lowercase(s, |lower| self.screen.is_match(lower))
+        let (screened, named) = with_lowercase(s, |lower| {
+            (
+                self.screen.is_match(lower),
+                self.by_name != 0 && self.names.is_match(lower),
+            )
+        });
+        // A secret's name is a common word (`input_tokens`): it counts only
+        // where a context detector finds something.
+        // Escaped text (JSON inside a JSON string) is decoded first.
+        let named = named
+            && (memchr::memchr(b'\\', s.as_bytes()).is_some()
+                || self
+                    .builtins
+                    .iter()
+                    .enumerate()
+                    .any(|(i, d)| self.by_name & (1 << i) != 0 && d.regex.is_match(s)));
+        screened
+            || named
             || self
                 .exact
                 .iter()
@@ -515,6 +551,10 @@ fn is_weak_word(name: &str, value: &str) -> bool {
 
 fn replace_all<'a>(s: Cow<'a, str>, d: &Detector, field: &str) -> Cow<'a, str> {
     let text: &str = &s;
+    // The lazy DFA answers this fast; captures run only where a match is.
+    if !d.regex.is_match(text) {
+        return s;
+    }
     let mut out: Option<String> = None;
     let mut last = 0;
     for caps in d.regex.captures_iter(text) {

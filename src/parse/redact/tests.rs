@@ -181,3 +181,58 @@ fn json_values_are_redacted_inside() {
     let clean: Box<RawValue> = serde_json::from_str(r#"{"a":"b"}"#).unwrap();
     assert!(Redactor::builtin().redact_json("", &clean).is_none());
 }
+
+#[test]
+fn a_detector_can_be_disabled_by_name_and_an_unknown_name_is_refused() {
+    let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U";
+    let without = Redactor::with_disabled(&[], &["jwt".to_string()]).unwrap();
+    assert_eq!(without.redact(jwt), jwt);
+    assert_eq!(
+        without.redact("AKIAIOSFODNN7EXAMPLE"),
+        "[REDACTED:aws-access-key]",
+        "the others still run"
+    );
+    let e = Redactor::with_disabled(&[], &["jwtt".to_string()]).unwrap_err();
+    assert!(e.to_string().contains("`jwtt`"), "{e}");
+}
+
+#[test]
+fn escapes_do_not_hide_a_secret() {
+    let token = format!("ghp_{}", "a1B2".repeat(9));
+    let escaped = format!("token \\u0067{}", &token[1..]);
+    assert_eq!(r(&escaped), "token [REDACTED:github-token]");
+    assert_eq!(
+        r("postgres:\\/\\/app:s3cr3t@db\\/app"),
+        "postgres://app:[REDACTED:url-password]@db/app"
+    );
+    unchanged("a path C:\\\\Users\\\\u0000 with no secret");
+}
+
+#[test]
+fn quoted_values_go_whole_and_placeholders_stay() {
+    assert_eq!(
+        r(r#"{"password": "two words, and a comma"}"#),
+        r#"{"password": "[REDACTED:secret-assignment]"}"#
+    );
+    assert_eq!(
+        r("export CLIENT_SECRET='a b c'"),
+        "export CLIENT_SECRET='[REDACTED:secret-assignment]'"
+    );
+    unchanged("export API_TOKEN=$VAULT_TOKEN");
+    unchanged("return authenticate(user=user, password=password)");
+    unchanged("PWD=/home/ana/project");
+    unchanged("error: invalid token: signature mismatch");
+}
+
+#[test]
+fn each_screen_stays_small_enough_for_its_simd_prefilter() {
+    // Past 64 patterns aho-corasick gives up Teddy, and the screen that
+    // every string goes through gets several times slower.
+    let red = Redactor::builtin();
+    assert!(
+        red.screen.patterns_len() <= 64,
+        "{}",
+        red.screen.patterns_len()
+    );
+    assert!(red.names.patterns_len() <= 64);
+}

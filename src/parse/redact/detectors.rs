@@ -45,19 +45,17 @@ const fn vendor(
     }
 }
 
+/// A value known by its context (placeholders kept), woken by a secret's
+/// name as well as by its own triggers.
 const fn context(
     kind: &'static str,
     triggers: &'static [&'static str],
     pattern: &'static str,
 ) -> Builtin {
     Builtin {
-        kind,
-        triggers,
-        exact: false,
         by_name: true,
-        pattern,
-        needs_digit: false,
         contextual: true,
+        ..vendor(kind, triggers, pattern)
     }
 }
 

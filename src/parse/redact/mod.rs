@@ -404,9 +404,15 @@ impl Redactor {
                         }
                         Cow::Borrowed(_) => key,
                     };
-                    // Two keys redacted alike both stay.
-                    while map.contains_key(&key) {
-                        key.push('+');
+                    // Two keys redacted alike both stay. The suffix starts at
+                    // the map's size, so a line of many such keys costs one
+                    // probe each, not a growing string per collision.
+                    if map.contains_key(&key) {
+                        let mut n = map.len();
+                        while map.contains_key(&format!("{key}#{n}")) {
+                            n += 1;
+                        }
+                        key = format!("{key}#{n}");
                     }
                     map.insert(key, value);
                     path.truncate(len);

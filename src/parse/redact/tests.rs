@@ -236,3 +236,16 @@ fn each_screen_stays_small_enough_for_its_simd_prefilter() {
     );
     assert!(red.names.patterns_len() <= 64);
 }
+
+#[test]
+fn many_keys_redacted_alike_all_stay() {
+    let keys: Vec<String> = (0..20_000)
+        .map(|i| format!("\"AKIA{:016}\": {i}", i))
+        .collect();
+    let raw: Box<RawValue> = serde_json::from_str(&format!("{{{}}}", keys.join(","))).unwrap();
+    let Some(RedactedJson::Value(v)) = Redactor::builtin().redact_json("", &raw) else {
+        panic!("expected a redacted tree");
+    };
+    assert_eq!(v.as_object().unwrap().len(), 20_000, "no entry lost");
+    assert!(v.get("[REDACTED:aws-access-key]").is_some());
+}

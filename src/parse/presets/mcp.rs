@@ -74,12 +74,17 @@ fn split_line(line: &str) -> Option<LogLine<'_>> {
     let (ts, rest) = line.split_once(' ')?;
     let rest = rest.strip_prefix('[')?;
     let (server, rest) = rest.split_once("] ")?;
-    let (from_client, json) = match rest.find(FROM_CLIENT) {
-        Some(i) => (true, &rest[i + FROM_CLIENT.len()..]),
-        None => {
-            let i = rest.find(FROM_SERVER)?;
-            (false, &rest[i + FROM_SERVER.len()..])
-        }
+    // `[<level>] ` then the marker, right there: searching the whole line
+    // costs a scan of every long message and would take a server's message
+    // that quotes "Message from client: " in its JSON for the client's.
+    let rest = match rest.strip_prefix('[') {
+        Some(r) => r.split_once("] ")?.1,
+        None => rest,
+    };
+    let (from_client, json) = if let Some(json) = rest.strip_prefix(FROM_CLIENT) {
+        (true, json)
+    } else {
+        (false, rest.strip_prefix(FROM_SERVER)?)
     };
     Some(LogLine {
         at: Timestamp::parse_rfc3339(ts),
@@ -247,5 +252,12 @@ mod tests {
         assert!(l.at.is_some());
         assert!(first_message(l.json).is_some());
         assert!(split_line("2026-03-13T12:00:00.000Z [github] [info] Server started").is_none());
+        // A server's answer quoting the client's marker is still the server's.
+        let quoted = split_line(
+            r#"2026-03-13T12:00:00.000Z [fs] [info] Message from server: {"result":"Message from client: x"}"#,
+        )
+        .unwrap();
+        assert!(!quoted.from_client);
+        assert!(quoted.json.starts_with("{\"result\""));
     }
 }

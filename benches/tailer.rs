@@ -24,8 +24,7 @@ use thoth_ingest::config::{Config, Env};
 use thoth_ingest::queue::Queue;
 use thoth_ingest::source::file::identity::fingerprint_of;
 use thoth_ingest::source::file::lines::LineCutter;
-use thoth_ingest::source::file::FileSource;
-use thoth_ingest::source::SourceStats;
+use thoth_ingest::stage::SourceStats;
 
 fn line(seq: u64) -> String {
     format!(
@@ -130,11 +129,9 @@ fn file_to_queue(c: &mut Criterion) {
             );
             let config = Config::from_toml(&toml, Path::new("(bench)"), &Env::default()).unwrap();
             let queue = Arc::new(Queue::open(&config.state.dir, 64 << 20).unwrap());
-            let sc = config.sources[0].clone();
-            let parser = thoth_ingest::parse::build(&config, &sc);
-            let mut source = FileSource::new(
-                sc,
-                parser,
+            let mut source = thoth_ingest::stage::file_source(
+                &config,
+                &config.sources[0],
                 queue.clone(),
                 Arc::new(SourceStats::default()),
                 Arc::new(AtomicBool::new(false)),

@@ -1,10 +1,11 @@
 //! thoth-ingest: turns the logs of AI agents into Thoth behavioral events and
 //! ships them to the Thoth ingest API without losing any.
 //!
-//! The pipeline: [`source`] reads records, [`parse`] turns them into
-//! [`event`]s, [`queue`] holds them durably with each source's checkpoint, and
-//! [`flush`] delivers them within the tenant's request budget. [`pipeline`]
-//! wires the stages together; [`receiver`] is a local stand-in for the API.
+//! The pipeline: a [`source`] reads records and hands them to its [`stage`],
+//! where [`parse`] turns them into [`event`]s and [`queue`] holds them
+//! durably with the source's checkpoint; [`flush`] delivers them within the
+//! tenant's request budget. [`pipeline`] wires them together; [`receiver`]
+//! is a local stand-in for the API.
 
 pub mod config;
 pub mod event;
@@ -16,3 +17,4 @@ pub mod private_fs;
 pub mod queue;
 pub mod receiver;
 pub mod source;
+pub mod stage;

@@ -12,8 +12,7 @@ use tracing::{info, warn};
 use crate::config::{ApiKey, Config};
 use crate::flush::{FlushStats, Flusher, Reload, ReloadSlot};
 use crate::queue::Queue;
-use crate::source::file::FileSource;
-use crate::source::SourceStats;
+use crate::stage::SourceStats;
 
 pub struct Pipeline {
     pub queue: Arc<Queue>,
@@ -47,18 +46,16 @@ impl Pipeline {
         for source_config in &config.sources {
             let name = source_config.name.get_ref().clone();
             let stats = Arc::new(SourceStats::default());
-            let parser = crate::parse::build(config, source_config);
             let mut source_config = source_config.clone();
             source_config.max_open_files.get_or_insert(open_files_each);
-            let source = FileSource::new(
-                source_config,
-                parser,
+            let source = crate::stage::file_source(
+                config,
+                &source_config,
                 queue.clone(),
                 stats.clone(),
                 shutdown.clone(),
             )
-            .with_context(|| format!("source `{name}`"))?
-            .with_max_event_bytes(config.redaction.event_bound(&config.delivery));
+            .with_context(|| format!("source `{name}`"))?;
             let fail = fail_tx.clone();
             let source_name = name.clone();
             let thread = std::thread::Builder::new()

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use thoth_ingest::config::Config;
 use thoth_ingest::queue::Queue;
-use thoth_ingest::source::SourceStats;
+use thoth_ingest::stage::SourceStats;
 
 fn config(state: &Path, logs: &Path) -> Config {
     common::in_process_config(

@@ -15,7 +15,7 @@ use std::time::Duration;
 use thoth_ingest::config::Config;
 use thoth_ingest::queue::Queue;
 use thoth_ingest::source::file::FileSource;
-use thoth_ingest::source::SourceStats;
+use thoth_ingest::stage::SourceStats;
 
 struct Tailer {
     dir: tempfile::TempDir,
@@ -115,7 +115,7 @@ fn a_10_mib_line_is_cut_counted_and_the_next_lines_arrive() {
     t.append("a.log", ev("after").as_bytes());
     t.drain();
     assert_eq!(t.contents(), vec!["before", "after"]);
-    assert_eq!(t.stats.truncated_lines.load(Ordering::Relaxed), 1);
+    assert_eq!(t.stats.read.truncated_lines.load(Ordering::Relaxed), 1);
     // The cut line reached the parser as 1 MiB of broken JSON: skipped, counted.
     assert_eq!(t.stats.snapshot().lines, 3);
 }
@@ -134,7 +134,7 @@ fn a_long_line_cut_across_a_restart_is_not_read_as_two() {
     // Cut before the restart; after it, the rest is skipped, not parsed: the
     // restarted source parsed one line.
     assert_eq!(t.stats.snapshot().lines, 1);
-    assert_eq!(t.stats.truncated_lines.load(Ordering::Relaxed), 0);
+    assert_eq!(t.stats.read.truncated_lines.load(Ordering::Relaxed), 0);
 }
 
 #[test]
@@ -215,7 +215,7 @@ fn a_file_replaced_by_a_directory_or_deleted_is_let_go() {
     t.drain();
     assert_eq!(t.contents(), vec!["one", "b1", "b2"]);
     assert_eq!(
-        t.stats.files.load(Ordering::Relaxed),
+        t.stats.read.files.load(Ordering::Relaxed),
         1,
         "the deleted file is closed"
     );
@@ -318,7 +318,7 @@ fn checkpoints_of_files_gone_longer_than_the_retention_are_forgotten() {
     t.drain();
     let left = t.queue.checkpoints_with_prefix(b"file/t/").unwrap();
     assert_eq!(left.len(), 1, "only b.log's checkpoint stays");
-    assert!(t.stats.lag_bytes.load(Ordering::Relaxed) == 0);
+    assert!(t.stats.read.lag_bytes.load(Ordering::Relaxed) == 0);
     let _ = &t.config;
 }
 
@@ -419,7 +419,7 @@ fn exclude_globs_leave_files_out() {
     t.append("skip-me.log", ev("skipped").as_bytes());
     t.drain();
     assert_eq!(t.contents(), vec!["kept"]);
-    assert_eq!(t.stats.files.load(Ordering::Relaxed), 1);
+    assert_eq!(t.stats.read.files.load(Ordering::Relaxed), 1);
 }
 
 #[test]

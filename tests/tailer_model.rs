@@ -17,7 +17,7 @@ use proptest::prelude::*;
 use thoth_ingest::config::Config;
 use thoth_ingest::queue::Queue;
 use thoth_ingest::source::file::FileSource;
-use thoth_ingest::source::SourceStats;
+use thoth_ingest::stage::SourceStats;
 
 const FILES: usize = 2;
 

@@ -1,22 +1,81 @@
 //! Sources: where records come from and what a position in them is.
 //!
-//! A source reads its input, runs the parser, and hands events and its new
-//! position to the queue in one commit. It never writes a checkpoint by itself.
+//! A source reads records and knows where each one is; it does not parse
+//! them and does not write to the queue. It hands every record, tagged with
+//! its stream and position, to a [`Sink`] (the shared stage of
+//! `crate::stage`, which parses, redacts, bounds and commits), and asks the
+//! sink to commit what it was handed together with the stream's checkpoint:
+//! one transaction, so a restart resumes exactly after what was committed.
+//! Checkpoint values are the source's own bytes; only the source reads them.
 
 pub mod file;
 
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
 
-use crate::parse::ParseStats;
+use crate::event::Timestamp;
 
-/// Counters a source keeps for `status`, the demo and tests.
+/// A stream's parser in the sink, from [`Sink::open_stream`] until
+/// [`Sink::close_stream`]. Never reused: a record for a closed stream is an
+/// error in the source, and reaches no other stream's parser.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct StreamSlot(pub u64);
+
+/// One record handed to the sink.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordIn<'a> {
+    /// Names the stream (source and, for files, fingerprint): with
+    /// `position` it is what every event id is derived from.
+    pub stream: &'a str,
+    /// Where the record starts in its stream (a byte offset for files).
+    pub position: u64,
+    /// The record as read: any bytes (the sink repairs bad UTF-8).
+    pub bytes: &'a [u8],
+    /// When it was read: the event time of last resort.
+    pub read_at: Timestamp,
+}
+
+/// A stored checkpoint: its key and value.
+pub type KeyValue = (Vec<u8>, Vec<u8>);
+
+/// The checkpoint store or the queue refused a commit or a read.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct SinkError(pub Box<dyn std::error::Error + Send + Sync>);
+
+/// Where a source's records go: parsed into events that are held until the
+/// source commits them with its checkpoint. Implemented by `crate::stage`;
+/// tests may implement it to watch a source alone.
+pub trait Sink: Send {
+    /// Makes ready the parser of a new stream: fresh, told its origin (some
+    /// formats name the session in the file name) and given the state saved
+    /// with the stream's last checkpoint, if any.
+    fn open_stream(&mut self, origin: Option<&Path>, state: Option<&[u8]>) -> StreamSlot;
+    /// Forgets a stream's parser.
+    fn close_stream(&mut self, slot: StreamSlot);
+    /// Parses one record of the stream; its events are held until `commit`.
+    fn record(&mut self, slot: StreamSlot, record: RecordIn<'_>);
+    /// Bytes of events held: a source stops cutting records at a bound, so
+    /// one commit stays reasonable whatever the records expand to.
+    fn held_bytes(&self) -> usize;
+    /// Drops the events held (a commit of a position alone follows).
+    fn discard_held(&mut self);
+    /// The stream's parser state, to be saved in its checkpoint.
+    fn stream_state(&self, slot: StreamSlot) -> Vec<u8>;
+    /// Commits the events held and `checkpoint` under `key` in one
+    /// transaction, then holds nothing.
+    fn commit(&mut self, key: &[u8], checkpoint: &[u8]) -> Result<(), SinkError>;
+    fn checkpoint(&self, key: &[u8]) -> Result<Option<Vec<u8>>, SinkError>;
+    fn checkpoints_with_prefix(&self, prefix: &[u8]) -> Result<Vec<KeyValue>, SinkError>;
+    /// Writes a checkpoint alone (a file closed or retired): no events.
+    fn put_checkpoint(&self, key: &[u8], value: &[u8]) -> Result<(), SinkError>;
+    fn remove_checkpoint(&self, key: &[u8]) -> Result<(), SinkError>;
+}
+
+/// What a source counts as it reads, for `status`, the demo and tests.
 #[derive(Debug, Default)]
-pub struct SourceStats {
+pub struct ReadStats {
     pub bytes_read: AtomicU64,
-    pub commits: AtomicU64,
-    /// Lines that were not valid UTF-8 and had bad bytes replaced.
-    pub invalid_utf8_lines: AtomicU64,
     /// Records cut to `max_line_bytes`.
     pub truncated_lines: AtomicU64,
     /// Files followed now.
@@ -25,18 +84,9 @@ pub struct SourceStats {
     pub lag_bytes: AtomicU64,
     /// Set when a full pass over every file found nothing new to read.
     pub caught_up: AtomicBool,
-    pub parse: Mutex<ParseStats>,
 }
 
-impl SourceStats {
-    pub fn lines(&self) -> u64 {
-        self.parse.lock().map(|p| p.lines).unwrap_or(0)
-    }
-
-    pub fn snapshot(&self) -> ParseStats {
-        self.parse.lock().map(|p| p.clone()).unwrap_or_default()
-    }
-
+impl ReadStats {
     pub fn is_caught_up(&self) -> bool {
         self.caught_up.load(Ordering::SeqCst)
     }

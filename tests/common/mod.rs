@@ -329,12 +329,10 @@ parser = {parser:?}
 pub fn first_file_source(
     config: &thoth_ingest::config::Config,
     queue: std::sync::Arc<thoth_ingest::queue::Queue>,
-    stats: std::sync::Arc<thoth_ingest::source::SourceStats>,
+    stats: std::sync::Arc<thoth_ingest::stage::SourceStats>,
     shutdown: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> thoth_ingest::source::file::FileSource {
-    let source = config.sources[0].clone();
-    let parser = thoth_ingest::parse::build(config, &source);
-    thoth_ingest::source::file::FileSource::new(source, parser, queue, stats, shutdown).unwrap()
+    thoth_ingest::stage::file_source(config, &config.sources[0], queue, stats, shutdown).unwrap()
 }
 
 /// (event_id, content) of every event in `queue`, in queue order; nothing

@@ -1,6 +1,7 @@
 //! The file source: finds the files a source's globs match, follows each one
-//! through renames, truncation, deletion and compression, and commits the
-//! events of every chunk it reads together with the file's new checkpoint.
+//! through renames, truncation, deletion and compression, hands every record
+//! of a chunk to its sink, and has the sink commit them together with the
+//! file's new checkpoint.
 //!
 //! Files are known by identity ([`identity`]), not by path; lines are cut by
 //! [`lines`]. Change notices come from `notify` on the directories that hold
@@ -35,11 +36,9 @@ use tracing::{debug, info, warn};
 
 use self::identity::{Candidate, Checkpoint, Resolution, Tail, TAIL_BYTES};
 use self::lines::{Line, LineCutter, Multiline};
-use super::SourceStats;
+use super::{ReadStats, RecordIn, Sink, SinkError, StreamSlot};
 use crate::config::{SourceConfig, StartAt};
 use crate::event::Timestamp;
-use crate::parse::{parse_counted, EventBuf, ParseStats, Parser, Record};
-use crate::queue::{Queue, QueueError};
 
 /// Most bytes read from one file before the tailer moves on to the next, so
 /// a busy file cannot starve the others.
@@ -59,10 +58,10 @@ const SWEEP_EVERY: Duration = Duration::from_secs(600);
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     #[error("source `{source_name}`: {err}")]
-    Queue {
+    Store {
         source_name: String,
         #[source]
-        err: QueueError,
+        err: SinkError,
     },
 }
 
@@ -108,9 +107,10 @@ struct Tracked {
     /// The last checkpoint's position and tail, to notice a rewrite.
     committed: (u64, Tail),
     cutter: LineCutter,
-    /// This file's own parser: state across lines (sessions, pending calls)
-    /// belongs to one file, and is saved with its checkpoint.
-    parser: Box<dyn Parser>,
+    /// This file's own parser in the sink, from its identification on:
+    /// state across lines (sessions, pending calls) belongs to one file,
+    /// and is saved with its checkpoint.
+    slot: Option<StreamSlot>,
     /// The file no longer matches at any path (renamed away or deleted).
     gone_since: Option<Instant>,
     /// Found by the first scan: `start_at` applies to it.
@@ -174,7 +174,7 @@ enum Progress {
 
 enum ReadError {
     Io(std::io::Error),
-    Queue(QueueError),
+    Store(SinkError),
 }
 
 impl From<std::io::Error> for ReadError {
@@ -183,9 +183,9 @@ impl From<std::io::Error> for ReadError {
     }
 }
 
-impl From<QueueError> for ReadError {
-    fn from(e: QueueError) -> Self {
-        ReadError::Queue(e)
+impl From<SinkError> for ReadError {
+    fn from(e: SinkError) -> Self {
+        ReadError::Store(e)
     }
 }
 
@@ -193,16 +193,13 @@ pub struct FileSource {
     name: String,
     config: SourceConfig,
     matcher: FileMatcher,
-    /// The factory of per-file parsers: each tracked file gets `fresh()` of it.
-    parser: Box<dyn Parser>,
+    /// Parses, holds and commits what is read.
+    sink: Box<dyn Sink>,
     multiline: Option<regex::bytes::Regex>,
-    queue: Arc<Queue>,
-    stats: Arc<SourceStats>,
+    stats: Arc<ReadStats>,
     shutdown: Arc<AtomicBool>,
     tracked: HashMap<(u64, u64), Tracked>,
-    events: EventBuf,
     read_buf: Vec<u8>,
-    parse_stats: ParseStats,
     scans: u64,
     /// Files found so far.
     found: u64,
@@ -228,9 +225,8 @@ pub struct FileSource {
 impl FileSource {
     pub fn new(
         config: SourceConfig,
-        parser: Box<dyn Parser>,
-        queue: Arc<Queue>,
-        stats: Arc<SourceStats>,
+        sink: Box<dyn Sink>,
+        stats: Arc<ReadStats>,
         shutdown: Arc<AtomicBool>,
     ) -> Result<FileSource, globset::Error> {
         // Validated at config load; a pattern that fails here is ignored.
@@ -245,15 +241,12 @@ impl FileSource {
             name: config.name.get_ref().clone(),
             matcher: FileMatcher::new(&config)?,
             config,
-            parser,
+            sink,
             multiline,
-            queue,
             stats,
             shutdown,
             tracked: HashMap::new(),
-            events: EventBuf::default(),
             read_buf: Vec::new(),
-            parse_stats: ParseStats::default(),
             scans: 0,
             found: 0,
             failing: HashMap::new(),
@@ -268,12 +261,6 @@ impl FileSource {
             parked_checked: None,
             fd_exhaustion_warned: false,
         })
-    }
-
-    /// Holds events to `max` bytes of JSON each (see [`crate::parse::bound`]).
-    pub fn with_max_event_bytes(mut self, max: usize) -> FileSource {
-        self.events = EventBuf::with_max_event_bytes(max);
-        self
     }
 
     /// Follows the files until shutdown is requested.
@@ -423,7 +410,7 @@ impl FileSource {
             }) {
                 // The file parked here was deleted and its inode reused.
                 debug!(source = %self.name, path = %path.display(), "a parked file's inode holds another file now");
-                self.tracked.remove(&id);
+                self.forget(id);
             }
             if let Some(t) = self.tracked.get_mut(&id) {
                 if t.path != path {
@@ -484,7 +471,7 @@ impl FileSource {
                             offset: 0,
                             committed: (0, Tail::default()),
                             cutter,
-                            parser: self.parser.fresh(),
+                            slot: None,
                             gone_since: None,
                             at_startup: first,
                             seen_order: self.found,
@@ -576,7 +563,7 @@ impl FileSource {
             let reopened = t.file.is_some()
                 || self
                     .unpark(id, check_parked)
-                    .map_err(|err| SourceError::Queue {
+                    .map_err(|err| SourceError::Store {
                         source_name: self.name.clone(),
                         err,
                     })?;
@@ -606,8 +593,8 @@ impl FileSource {
                         finished.push(id);
                     }
                 }
-                Err(ReadError::Queue(err)) => {
-                    return Err(SourceError::Queue {
+                Err(ReadError::Store(err)) => {
+                    return Err(SourceError::Store {
                         source_name: self.name.clone(),
                         err,
                     })
@@ -615,7 +602,7 @@ impl FileSource {
             }
         }
         for id in finished {
-            self.close(id).map_err(|err| SourceError::Queue {
+            self.close(id).map_err(|err| SourceError::Store {
                 source_name: self.name.clone(),
                 err,
             })?;
@@ -637,7 +624,7 @@ impl FileSource {
     /// Reopens a parked file that has work waiting or, when `check_all`,
     /// that changed since it was parked. False if it stays parked: unchanged,
     /// no longer at its path, or no room in the budget.
-    fn unpark(&mut self, id: (u64, u64), check_all: bool) -> Result<bool, QueueError> {
+    fn unpark(&mut self, id: (u64, u64), check_all: bool) -> Result<bool, SinkError> {
         let Some(t) = self.tracked.get(&id) else {
             return Ok(false);
         };
@@ -695,17 +682,18 @@ impl FileSource {
     /// file (the one parked was deleted), read from its start as new.
     fn follow_as_new(&mut self, id: (u64, u64)) {
         let cutter = self.new_cutter();
-        let parser = self.parser.fresh();
         let Some(t) = self.tracked.get_mut(&id) else {
             return;
         };
+        if let Some(slot) = t.slot.take() {
+            self.sink.close_stream(slot);
+        }
         debug!(source = %self.name, path = %t.path.display(), "a parked file's inode holds another file now; following it as a new one");
         t.gz = None;
         t.ident = None;
         t.offset = 0;
         t.committed = (0, Tail::default());
         t.cutter = cutter;
-        t.parser = parser;
         t.copy_wait_since = None;
         t.size = 0;
         t.verified_size = 0;
@@ -721,7 +709,7 @@ impl FileSource {
     /// are not parked; when they are all that hold the budget, those read to
     /// their end are closed without waiting out `rotate_wait`. False when
     /// there is still no room: files that went away are still being read.
-    fn make_room(&mut self, keep: (u64, u64)) -> Result<bool, QueueError> {
+    fn make_room(&mut self, keep: (u64, u64)) -> Result<bool, SinkError> {
         if self.open_descriptors < self.max_open_files {
             return Ok(true);
         }
@@ -796,17 +784,26 @@ impl FileSource {
         )
     }
 
+    /// Stops following a file, without a word: it is another file now.
+    fn forget(&mut self, id: (u64, u64)) -> Option<Tracked> {
+        let t = self.tracked.remove(&id)?;
+        if let Some(slot) = t.slot {
+            self.sink.close_stream(slot);
+        }
+        Some(t)
+    }
+
     /// Stops following a file that went away and was read to its end.
-    fn close(&mut self, id: (u64, u64)) -> Result<(), QueueError> {
-        let Some(t) = self.tracked.remove(&id) else {
+    fn close(&mut self, id: (u64, u64)) -> Result<(), SinkError> {
+        let Some(t) = self.forget(id) else {
             return Ok(());
         };
         info!(source = %self.name, path = %t.path.display(), "file rotated away or deleted and read to its end; closed");
         if let Some(ident) = &t.ident {
-            if let Some(value) = self.queue.checkpoint(&ident.key)? {
+            if let Some(value) = self.sink.checkpoint(&ident.key)? {
                 if let Some(mut cp) = Checkpoint::decode(&value) {
                     cp.closed_at = unix_now();
-                    self.queue.put_checkpoint(&ident.key, &cp.encode())?;
+                    self.sink.put_checkpoint(&ident.key, &cp.encode())?;
                 }
             }
         }
@@ -894,7 +891,7 @@ impl FileSource {
         let mut tail_at = |offset: u64, len: u16| -> std::io::Result<Option<Tail>> {
             tail_of_file(file, offset, len)
         };
-        let candidates = candidates(&self.queue, &self.name, &fp)?;
+        let candidates = candidates(self.sink.as_ref(), &self.name, &fp)?;
         let file_id = file_identity(file, id);
         let resolution =
             identity::resolve(&self.name, &fp, id, &file_id, &candidates, &mut tail_at)?;
@@ -909,25 +906,25 @@ impl FileSource {
             Resolution::Fresh { stream } => stream.as_str(),
             Resolution::Copy { .. } => "",
         };
-        retire(&self.queue, &key, Some(new_stream))?;
+        retire(self.sink.as_ref(), &key, Some(new_stream))?;
         let t = self.tracked.get_mut(&id).ok_or_else(gone)?;
         let start_at_end = self.config.start_at == StartAt::End && t.at_startup;
-        let fresh_parser = self.parser.fresh();
-        let t = self.tracked.get_mut(&id).ok_or_else(gone)?;
-        t.parser = fresh_parser;
-        // Formats that name the session in the file name (Codex) read it here.
-        t.parser.set_origin(&t.path);
+        if let Some(old) = t.slot.take() {
+            self.sink.close_stream(old);
+        }
         t.cutter.resume(false);
         let stream = match resolution {
             Resolution::Resume(cp) | Resolution::Copy { checkpoint: cp, .. } => {
+                // Formats that name the session in the file name (Codex) read it here.
+                t.slot = Some(self.sink.open_stream(Some(&t.path), Some(&cp.parser_state)));
                 t.offset = cp.offset;
                 t.cutter.resume(cp.skipping);
-                t.parser.load_state(&cp.parser_state);
                 t.committed = (cp.offset, cp.tail);
                 debug!(source = %self.name, path = %t.path.display(), fingerprint = %fp, offset = cp.offset, stream = %cp.stream, "file identified; resuming");
                 cp.stream
             }
             Resolution::Fresh { stream } => {
+                t.slot = Some(self.sink.open_stream(Some(&t.path), None));
                 t.offset = if start_at_end {
                     end_of_last_line(t.handle()?, size)?
                 } else {
@@ -946,7 +943,7 @@ impl FileSource {
         });
         if t.offset > 0 && t.committed.0 != t.offset {
             // Pin a start at the end, so a restart does not move it.
-            self.events.clear();
+            self.sink.discard_held();
             self.commit(id)?;
         }
         Ok(true)
@@ -1093,7 +1090,7 @@ impl FileSource {
         // (resolve() then names the new stream after the old one). A copy of
         // the old content (copytruncate) found later must still recognise it,
         // so it is kept under a key of its own, as a closed file.
-        retire(&self.queue, &ident.key, None)?;
+        retire(self.sink.as_ref(), &ident.key, None)?;
         t.ident = None;
         t.offset = 0;
         t.verified_size = 0;
@@ -1101,43 +1098,47 @@ impl FileSource {
         Ok(true)
     }
 
-    /// Runs `f` with the file's line cutter, a sink that parses each record
-    /// it emits into `self.events` (cleared first), and a test of whether
-    /// those events reached what one commit may hold.
+    /// Runs `f` with the file's line cutter, a callback that hands each
+    /// record it emits to the sink (which holds nothing before), and a test
+    /// of whether the events held reached what one commit may hold.
     fn cut_with<R>(
         &mut self,
         id: (u64, u64),
         f: impl FnOnce(&mut LineCutter, &mut dyn FnMut(Line<'_>), &mut dyn FnMut() -> bool) -> R,
     ) -> Result<R, ReadError> {
         let t = self.tracked.get_mut(&id).ok_or_else(gone)?;
-        self.events.clear();
+        let sink = self.sink.as_mut();
+        sink.discard_held();
         let read_at = Timestamp::now();
         let Tracked {
             cutter,
-            parser,
+            slot,
             ident,
+            path,
             ..
         } = t;
+        let slot = *slot.get_or_insert_with(|| sink.open_stream(Some(path), None));
         let stream = ident
             .as_ref()
             .map(|i| i.stream.as_str())
             .unwrap_or_default();
-        let (events, parse_stats, stats) = (&mut self.events, &mut self.parse_stats, &self.stats);
         let held = std::cell::Cell::new(0usize);
-        let mut sink = |line: Line<'_>| {
-            handle_line(
-                line,
-                stream,
-                read_at,
-                parser.as_mut(),
-                events,
-                parse_stats,
-                stats,
+        let sink = std::cell::RefCell::new(sink);
+        let mut emit = |line: Line<'_>| {
+            let mut sink = sink.borrow_mut();
+            sink.record(
+                slot,
+                RecordIn {
+                    stream,
+                    position: line.position,
+                    bytes: line.bytes,
+                    read_at,
+                },
             );
-            held.set(events.bytes.len());
+            held.set(sink.held_bytes());
         };
         let mut full = || held.get() >= COMMIT_MAX_EVENT_BYTES;
-        Ok(f(cutter, &mut sink, &mut full))
+        Ok(f(cutter, &mut emit, &mut full))
     }
 
     /// Emits a multiline record whose timeout passed; true if one was.
@@ -1172,7 +1173,7 @@ impl FileSource {
                 .truncated_lines
                 .fetch_add(truncated, Ordering::Relaxed);
         }
-        if consumed == 0 && self.events.is_empty() {
+        if consumed == 0 && self.sink.held_bytes() == 0 {
             return self
                 .flush_stale(id)
                 .map(|f| if f { Progress::Read } else { Progress::Idle });
@@ -1185,7 +1186,7 @@ impl FileSource {
         Ok(Progress::Read)
     }
 
-    /// Commits the events in `self.events` with the file's checkpoint.
+    /// Has the sink commit the events it holds with the file's checkpoint.
     fn commit(&mut self, id: (u64, u64)) -> Result<(), ReadError> {
         let t = self.tracked.get_mut(&id).ok_or_else(gone)?;
         let Some(ident) = &t.ident else {
@@ -1207,14 +1208,13 @@ impl FileSource {
             closed_at: 0,
             disk_size: if complete { t.size } else { 0 },
             path: t.path.clone(),
-            parser_state: t.parser.save_state(),
+            parser_state: t
+                .slot
+                .map(|slot| self.sink.stream_state(slot))
+                .unwrap_or_default(),
         };
-        self.queue.commit(&self.events, &ident.key, &cp.encode())?;
+        self.sink.commit(&ident.key, &cp.encode())?;
         t.committed = (position, tail);
-        self.stats.commits.fetch_add(1, Ordering::Relaxed);
-        if let Ok(mut p) = self.stats.parse.lock() {
-            *p = self.parse_stats.clone();
-        }
         Ok(())
     }
 
@@ -1243,7 +1243,7 @@ impl FileSource {
                 return Ok(Progress::Idle); // empty
             };
             let key = identity::checkpoint_key(&self.name, &fp, id.0, id.1);
-            let candidates = candidates(&self.queue, &self.name, &fp)?;
+            let candidates = candidates(self.sink.as_ref(), &self.name, &fp)?;
             let own_complete = candidates.iter().any(|c| {
                 c.dev_ino == Some(id) && c.checkpoint.complete && c.checkpoint.disk_size == size
             });
@@ -1269,20 +1269,21 @@ impl FileSource {
                 Resolution::Fresh { stream } => stream.as_str(),
                 Resolution::Copy { .. } => "",
             };
-            retire(&self.queue, &key, Some(new_stream))?;
-            let fresh_parser = self.parser.fresh();
+            retire(self.sink.as_ref(), &key, Some(new_stream))?;
             let t = self.tracked.get_mut(&id).ok_or_else(gone)?;
-            t.parser = fresh_parser;
-            t.parser.set_origin(&t.path);
+            if let Some(old) = t.slot.take() {
+                self.sink.close_stream(old);
+            }
             let stream = match resolution {
                 Resolution::Resume(cp) | Resolution::Copy { checkpoint: cp, .. } => {
+                    t.slot = Some(self.sink.open_stream(Some(&t.path), Some(&cp.parser_state)));
                     t.offset = cp.offset;
                     t.cutter.resume(cp.skipping);
-                    t.parser.load_state(&cp.parser_state);
                     info!(source = %self.name, path = %t.path.display(), offset = cp.offset, "compressed file continues a stream already read; reading only what is new");
                     cp.stream
                 }
                 Resolution::Fresh { stream } => {
+                    t.slot = Some(self.sink.open_stream(Some(&t.path), None));
                     t.offset = 0;
                     info!(source = %self.name, path = %t.path.display(), "compressed file never read; reading it whole");
                     stream
@@ -1358,7 +1359,7 @@ impl FileSource {
         result?;
         if at_end && rest == 0 {
             // Record the file as read whole, so a restart need not decompress it.
-            self.events.clear();
+            self.sink.discard_held();
             self.commit(id)?;
         }
         Ok(Progress::Read)
@@ -1385,7 +1386,7 @@ impl FileSource {
     /// last seen, and forgets those gone longer than `checkpoint_retention`.
     fn sweep_checkpoints(&mut self) -> Result<(), SourceError> {
         self.last_sweep = Some(Instant::now());
-        let err = |err| SourceError::Queue {
+        let err = |err| SourceError::Store {
             source_name: self.name.clone(),
             err,
         };
@@ -1397,7 +1398,7 @@ impl FileSource {
         let now = unix_now();
         let retention = self.config.checkpoint_retention.as_secs();
         let all = self
-            .queue
+            .sink
             .checkpoints_with_prefix(&identity::source_prefix(&self.name))
             .map_err(err)?;
         for (key, value) in all {
@@ -1418,38 +1419,15 @@ impl FileSource {
                     .any(|(id, t)| t.ident.is_none() && identity::key_dev_ino(&key) == Some(*id));
                 if !maybe_unidentified {
                     cp.closed_at = now;
-                    self.queue.put_checkpoint(&key, &cp.encode()).map_err(err)?;
+                    self.sink.put_checkpoint(&key, &cp.encode()).map_err(err)?;
                 }
             } else if now.saturating_sub(cp.closed_at) > retention {
                 debug!(source = %self.name, key = %String::from_utf8_lossy(&key), "forgetting the checkpoint of a file gone longer than the retention");
-                self.queue.remove_checkpoint(&key).map_err(err)?;
+                self.sink.remove_checkpoint(&key).map_err(err)?;
             }
         }
         Ok(())
     }
-}
-
-/// Hands one record to the parser.
-fn handle_line(
-    line: Line<'_>,
-    stream: &str,
-    read_at: Timestamp,
-    parser: &mut dyn Parser,
-    events: &mut EventBuf,
-    parse_stats: &mut ParseStats,
-    stats: &SourceStats,
-) {
-    let (clean, repaired) = crate::parse::clean_line(line.bytes);
-    if repaired {
-        stats.invalid_utf8_lines.fetch_add(1, Ordering::Relaxed);
-    }
-    let rec = Record {
-        stream,
-        position: line.position,
-        line: &clean,
-        read_at,
-    };
-    parse_counted(parser, &rec, events, parse_stats);
 }
 
 /// Keeps the checkpoint at `key` under a key of its own, as a closed file,
@@ -1458,8 +1436,8 @@ fn handle_line(
 /// `keep` names the stream about to be written under `key`: a checkpoint of
 /// that same stream stays where it is. (A reused inode gives a new file the
 /// key of a deleted one.)
-fn retire(queue: &Queue, key: &[u8], keep: Option<&str>) -> Result<(), QueueError> {
-    let Some(value) = queue.checkpoint(key)? else {
+fn retire(store: &dyn Sink, key: &[u8], keep: Option<&str>) -> Result<(), SinkError> {
+    let Some(value) = store.checkpoint(key)? else {
         return Ok(());
     };
     let Some(mut cp) = Checkpoint::decode(&value) else {
@@ -1473,10 +1451,10 @@ fn retire(queue: &Queue, key: &[u8], keep: Option<&str>) -> Result<(), QueueErro
         format!(".{}", identity::short_hash(&[cp.stream.as_bytes()])).as_bytes(),
     );
     cp.closed_at = unix_now();
-    queue.put_checkpoint(&retired, &cp.encode())?;
+    store.put_checkpoint(&retired, &cp.encode())?;
     // Closed until the new stream's first commit: were we to stop before it,
     // the next start must not take the old position for this file's.
-    queue.put_checkpoint(key, &cp.encode())
+    store.put_checkpoint(key, &cp.encode())
 }
 
 /// Names a file for as long as it exists: device, inode and, where the file
@@ -1504,8 +1482,8 @@ fn unix_now() -> u64 {
 }
 
 /// The stored checkpoints of a source's files with this fingerprint.
-fn candidates(queue: &Queue, source: &str, fp: &str) -> Result<Vec<Candidate>, QueueError> {
-    Ok(queue
+fn candidates(store: &dyn Sink, source: &str, fp: &str) -> Result<Vec<Candidate>, SinkError> {
+    Ok(store
         .checkpoints_with_prefix(&identity::key_prefix(source, fp))?
         .into_iter()
         .filter_map(|(k, v)| {

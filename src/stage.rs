@@ -1,0 +1,185 @@
+//! The shared stage between a source and the queue: every source hands its
+//! records here. It keeps one parser per stream (state across lines belongs
+//! to one stream and is saved with its checkpoint), repairs bad UTF-8, runs
+//! the parser (presets and rules redact and bound what they copy), holds the
+//! events, and commits them with the source's checkpoint in one queue
+//! transaction (design.md invariant 1). It runs on the source's own thread:
+//! a record costs a call, not a hand-off.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::config::{Config, SourceConfig};
+use crate::parse::{clean_line, parse_counted, EventBuf, ParseStats, Parser, Record};
+use crate::queue::Queue;
+use crate::source::file::FileSource;
+use crate::source::{KeyValue, ReadStats, RecordIn, Sink, SinkError, StreamSlot};
+
+/// Counters of one source: what it read, and what the stage made of it.
+#[derive(Debug, Default)]
+pub struct SourceStats {
+    /// Kept by the source itself.
+    pub read: Arc<ReadStats>,
+    pub commits: AtomicU64,
+    /// Lines that were not valid UTF-8 and had bad bytes replaced.
+    pub invalid_utf8_lines: AtomicU64,
+    pub parse: Mutex<ParseStats>,
+}
+
+impl SourceStats {
+    pub fn lines(&self) -> u64 {
+        self.parse.lock().map(|p| p.lines).unwrap_or(0)
+    }
+
+    pub fn snapshot(&self) -> ParseStats {
+        self.parse.lock().map(|p| p.clone()).unwrap_or_default()
+    }
+
+    pub fn is_caught_up(&self) -> bool {
+        self.read.is_caught_up()
+    }
+}
+
+/// The stage of one source.
+pub struct Stage {
+    queue: Arc<Queue>,
+    /// The parser every stream's own parser is a `fresh()` copy of.
+    factory: Box<dyn Parser>,
+    parsers: HashMap<u64, Box<dyn Parser>>,
+    next_slot: u64,
+    events: EventBuf,
+    parse_stats: ParseStats,
+    stats: Arc<SourceStats>,
+}
+
+impl Stage {
+    pub fn new(factory: Box<dyn Parser>, queue: Arc<Queue>, stats: Arc<SourceStats>) -> Stage {
+        Stage {
+            queue,
+            factory,
+            parsers: HashMap::new(),
+            next_slot: 0,
+            events: EventBuf::default(),
+            parse_stats: ParseStats::default(),
+            stats,
+        }
+    }
+
+    /// Holds events to `max` bytes of JSON each (see [`crate::parse::bound`]).
+    pub fn with_max_event_bytes(mut self, max: usize) -> Stage {
+        self.events = EventBuf::with_max_event_bytes(max);
+        self
+    }
+}
+
+fn store_error(e: crate::queue::QueueError) -> SinkError {
+    SinkError(Box::new(e))
+}
+
+impl Sink for Stage {
+    fn open_stream(&mut self, origin: Option<&Path>, state: Option<&[u8]>) -> StreamSlot {
+        let mut parser = self.factory.fresh();
+        if let Some(path) = origin {
+            parser.set_origin(path);
+        }
+        if let Some(state) = state {
+            parser.load_state(state);
+        }
+        let slot = self.next_slot;
+        self.next_slot += 1;
+        self.parsers.insert(slot, parser);
+        StreamSlot(slot)
+    }
+
+    fn close_stream(&mut self, slot: StreamSlot) {
+        self.parsers.remove(&slot.0);
+    }
+
+    fn record(&mut self, slot: StreamSlot, record: RecordIn<'_>) {
+        let Some(parser) = self.parsers.get_mut(&slot.0) else {
+            debug_assert!(false, "a record for a closed stream");
+            return;
+        };
+        let (line, repaired) = clean_line(record.bytes);
+        if repaired {
+            self.stats.invalid_utf8_lines.fetch_add(1, Ordering::Relaxed);
+        }
+        let rec = Record {
+            stream: record.stream,
+            position: record.position,
+            line: &line,
+            read_at: record.read_at,
+        };
+        parse_counted(parser.as_mut(), &rec, &mut self.events, &mut self.parse_stats);
+    }
+
+    fn held_bytes(&self) -> usize {
+        self.events.bytes.len()
+    }
+
+    fn discard_held(&mut self) {
+        self.events.clear();
+    }
+
+    fn stream_state(&self, slot: StreamSlot) -> Vec<u8> {
+        self.parsers
+            .get(&slot.0)
+            .map(|p| p.save_state())
+            .unwrap_or_default()
+    }
+
+    fn commit(&mut self, key: &[u8], checkpoint: &[u8]) -> Result<(), SinkError> {
+        self.queue
+            .commit(&self.events, key, checkpoint)
+            .map_err(store_error)?;
+        self.events.clear();
+        self.stats.commits.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut p) = self.stats.parse.lock() {
+            p.clone_from(&self.parse_stats);
+        }
+        Ok(())
+    }
+
+    fn checkpoint(&self, key: &[u8]) -> Result<Option<Vec<u8>>, SinkError> {
+        Ok(self
+            .queue
+            .checkpoint(key)
+            .map_err(store_error)?
+            .map(|v| v.to_vec()))
+    }
+
+    fn checkpoints_with_prefix(&self, prefix: &[u8]) -> Result<Vec<KeyValue>, SinkError> {
+        Ok(self
+            .queue
+            .checkpoints_with_prefix(prefix)
+            .map_err(store_error)?
+            .into_iter()
+            .map(|(k, v)| (k.to_vec(), v.to_vec()))
+            .collect())
+    }
+
+    fn put_checkpoint(&self, key: &[u8], value: &[u8]) -> Result<(), SinkError> {
+        self.queue.put_checkpoint(key, value).map_err(store_error)
+    }
+
+    fn remove_checkpoint(&self, key: &[u8]) -> Result<(), SinkError> {
+        self.queue.remove_checkpoint(key).map_err(store_error)
+    }
+}
+
+/// The file source `source` of `config`, reading into `queue` through its
+/// own stage (the config's parser, redaction and event bound).
+pub fn file_source(
+    config: &Config,
+    source: &SourceConfig,
+    queue: Arc<Queue>,
+    stats: Arc<SourceStats>,
+    shutdown: Arc<AtomicBool>,
+) -> Result<FileSource, globset::Error> {
+    let parser = crate::parse::build(config, source);
+    let stage = Stage::new(parser, queue, stats.clone())
+        .with_max_event_bytes(config.redaction.event_bound(&config.delivery));
+    FileSource::new(source.clone(), Box::new(stage), stats.read.clone(), shutdown)
+}

@@ -4,6 +4,11 @@
 # out of the way. Prints events/s, the daemon's CPU seconds and peak RSS.
 #
 # usage: benches/e2e.sh [LINES=1000000] [FILES=1] [RUNS=3]
+#
+# E2E_CALLGRIND=1 runs the daemon under valgrind's callgrind and also prints
+# the instructions it executed: a figure that does not move with the load of
+# a shared machine (wall time and CPU seconds then mean nothing; use about
+# 100000 lines, callgrind is some 50 times slower).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 lines=${1:-1000000}
@@ -40,8 +45,13 @@ include = ["$work/logs/*.jsonl"]
 parser = "json"
 TOML
   start=$(date +%s.%N)
+  wrap=()
+  if [ "${E2E_CALLGRIND:-0}" = 1 ]; then
+    command -v valgrind >/dev/null || { echo "E2E_CALLGRIND=1 needs valgrind (apt-get install valgrind)" >&2; exit 2; }
+    wrap=(valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.out" --log-file="$work/valgrind.log")
+  fi
   THOTH_API_KEY=thoth_test_bench RUST_LOG=warn /usr/bin/time -v -o "$work/time.txt" \
-    $bin --config "$work/config.toml" run &
+    "${wrap[@]}" $bin --config "$work/config.toml" run &
   daemon_pid=$!
   while :; do
     accepted=$(curl -s "http://$addr/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["unique_event_ids"])')
@@ -53,6 +63,9 @@ TOML
   pkill -TERM -P "$daemon_pid" -f "thoth-ingest --config" || true
   wait "$daemon_pid" || true
   kill "$receiver_pid"; wait "$receiver_pid" 2>/dev/null || true
+  if [ "${E2E_CALLGRIND:-0}" = 1 ]; then
+    echo "run $run: daemon instructions $(sed -n 's/.*Collected : \([0-9]*\).*/\1/p' "$work/valgrind.log")"
+  fi
   user=$(sed -n 's/.*User time (seconds): //p' "$work/time.txt")
   sys=$(sed -n 's/.*System time (seconds): //p' "$work/time.txt")
   rss=$(sed -n 's/.*Maximum resident set size (kbytes): //p' "$work/time.txt")

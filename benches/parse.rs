@@ -158,7 +158,7 @@ fn parser(name: &str) -> Box<dyn Parser> {
             .iter()
             .find(|s| s.name.get_ref() == source)
             .expect("source");
-        return build(&config, source);
+        return build(&config, source).expect("the fixture parser builds");
     }
     let ctx = EventContext::preview("bench", "bench");
     let red = Arc::new(Redaction::builtin(ctx.content_max_bytes));

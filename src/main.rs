@@ -176,7 +176,7 @@ fn tune_malloc() {
 }
 
 fn dead_letter(path: &Path, cmd: DeadLetterCmd) -> anyhow::Result<ExitCode> {
-    let config = Config::load(path, &Env::from_process())?;
+    let config = thoth_ingest::parse::check::load_config(path, &Env::from_process())?;
     let queue = thoth_ingest::queue::Queue::open(&config.state.dir, config.queue.cache.0)?;
     match cmd {
         DeadLetterCmd::List => {
@@ -215,7 +215,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn validate(path: &Path) -> anyhow::Result<ExitCode> {
     let env = Env::from_process();
-    let config = match Config::load(path, &env) {
+    let config = match thoth_ingest::parse::check::load_config(path, &env) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("invalid: {e}");
@@ -257,7 +257,7 @@ async fn run(path: &Path) -> anyhow::Result<ExitCode> {
     ops::raise_fd_limit();
     let mut hups = ops::ReloadSignals::install().context("cannot install signal handlers")?;
     let env = Env::from_process();
-    let mut config = Config::load(path, &env)?;
+    let mut config = thoth_ingest::parse::check::load_config(path, &env)?;
     let (mut key, origin) = config.resolve_api_key(&env)?;
     info!(key_from = %origin, "configuration loaded from {}", path.display());
     let mut restart_only = restart_only_tables(path);
@@ -290,7 +290,7 @@ async fn run(path: &Path) -> anyhow::Result<ExitCode> {
                 // Like a restart, the new start reads the config file again
                 // (so what SIGHUP applied is not undone).
                 let env = Env::from_process();
-                match Config::load(path, &env).and_then(|c| {
+                match thoth_ingest::parse::check::load_config(path, &env).and_then(|c| {
                     let (k, _) = c.resolve_api_key(&env)?;
                     Ok((c, k))
                 }) {
@@ -367,7 +367,7 @@ fn restart_only_tables(path: &Path) -> Vec<(&'static str, Option<toml::Value>)> 
 /// not load changes nothing.
 fn reload(path: &Path, pipeline: &Pipeline, restart_only: &[(&'static str, Option<toml::Value>)]) {
     let env = Env::from_process();
-    let loaded = Config::load(path, &env).and_then(|c| {
+    let loaded = thoth_ingest::parse::check::load_config(path, &env).and_then(|c| {
         let key = c.resolve_api_key(&env)?;
         Ok((c, key))
     });
@@ -491,6 +491,7 @@ parser = "json"
         glob = samples.join("*.jsonl").display().to_string(),
     );
     let config = Config::from_toml(&toml, Path::new("(demo config)"), &Env::default())?;
+    thoth_ingest::parse::check::check(&config)?;
     let key = config::ApiKey::new("thoth_test_demo")?;
     println!(
         "demo: receiver on http://{}, samples in {}",

@@ -35,8 +35,8 @@ use std::sync::{Arc, Mutex};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 use sled::IVec;
 
+use crate::event::EventBuf;
 use crate::event::Timestamp;
-use crate::parse::EventBuf;
 
 /// Target size of one chunk: big enough that per-chunk costs vanish, small
 /// enough that a batch does not read far past what it sends.

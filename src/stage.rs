@@ -104,7 +104,9 @@ impl Sink for Stage {
         };
         let (line, repaired) = clean_line(record.bytes);
         if repaired {
-            self.stats.invalid_utf8_lines.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .invalid_utf8_lines
+                .fetch_add(1, Ordering::Relaxed);
         }
         let rec = Record {
             stream: record.stream,
@@ -112,7 +114,12 @@ impl Sink for Stage {
             line: &line,
             read_at: record.read_at,
         };
-        parse_counted(parser.as_mut(), &rec, &mut self.events, &mut self.parse_stats);
+        parse_counted(
+            parser.as_mut(),
+            &rec,
+            &mut self.events,
+            &mut self.parse_stats,
+        );
     }
 
     fn held_bytes(&self) -> usize {
@@ -177,9 +184,14 @@ pub fn file_source(
     queue: Arc<Queue>,
     stats: Arc<SourceStats>,
     shutdown: Arc<AtomicBool>,
-) -> Result<FileSource, globset::Error> {
-    let parser = crate::parse::build(config, source);
+) -> anyhow::Result<FileSource> {
+    let parser = crate::parse::build(config, source)?;
     let stage = Stage::new(parser, queue, stats.clone())
         .with_max_event_bytes(config.redaction.event_bound(&config.delivery));
-    FileSource::new(source.clone(), Box::new(stage), stats.read.clone(), shutdown)
+    Ok(FileSource::new(
+        source.clone(),
+        Box::new(stage),
+        stats.read.clone(),
+        shutdown,
+    )?)
 }

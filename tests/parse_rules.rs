@@ -26,7 +26,8 @@ fn dir() -> PathBuf {
 }
 
 fn config() -> Config {
-    Config::load(&dir().join("config.toml"), &Env::default()).expect("fixture config loads")
+    thoth_ingest::parse::check::load_config(&dir().join("config.toml"), &Env::default())
+        .expect("fixture config loads")
 }
 
 /// Loaded once for the property tests.
@@ -38,7 +39,7 @@ fn parser(config: &Config, source: &str) -> Box<dyn Parser> {
         .iter()
         .find(|s| s.name.get_ref() == source)
         .expect("fixture source");
-    build(config, s)
+    build(config, s).expect("the fixture parser builds")
 }
 
 /// Runs the log through the parser as `thoth-ingest parse --source` does

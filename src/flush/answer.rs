@@ -183,7 +183,7 @@ impl ErrorBody {
         let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
         let field = |k: &str| {
             let s = v["error"][k].as_str().unwrap_or_default();
-            crate::parse::truncate_utf8(s, 1024).to_string()
+            crate::event::truncate_utf8(s, 1024).to_string()
         };
         let mut parsed = ErrorBody {
             code: field("code"),

@@ -252,7 +252,7 @@ impl Flusher {
         })
     }
 
-    /// Where [`Pipeline`](crate::pipeline::Pipeline) puts a reload.
+    /// Where the pipeline puts a reload.
     pub fn reload_slot(&self) -> ReloadSlot {
         self.reloads.clone()
     }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use super::{
     build, build_named, parse_counted, EventBuf, EventContext, ParseStats, Record, Redaction,
 };
-use crate::config::{Config, ConfigError, Env, JsonFields};
+use crate::config::{ConfigError, Env, JsonFields};
 use crate::event::Timestamp;
 
 /// What the command was asked to do.
@@ -78,7 +78,7 @@ pub fn run(
             )
         }
         (None, Some(name), None) => {
-            let config = Config::load(&args.config, &Env::from_process())?;
+            let config = super::check::load_config(&args.config, &Env::from_process())?;
             let source = config
                 .sources
                 .iter()
@@ -88,16 +88,15 @@ pub fn run(
                     path: args.config.clone(),
                 })?;
             (
-                build(&config, source),
+                build(&config, source)?,
                 format!("{name}/preview"),
                 config.redaction.event_bound(&config.delivery),
             )
         }
         (None, None, Some(name)) => {
-            let config = Config::load(&args.config, &Env::from_process())?;
-            let set = config
-                .rule_set(name)
-                .ok_or_else(|| ParseCliError::UnknownParser {
+            let config = super::check::load_config(&args.config, &Env::from_process())?;
+            let set = super::check::rule_set(&config, name)?.ok_or_else(|| {
+                ParseCliError::UnknownParser {
                     name: name.clone(),
                     path: args.config.clone(),
                     known: if config.parsers.is_empty() {
@@ -110,7 +109,8 @@ pub fn run(
                             .collect::<Vec<_>>()
                             .join(", ")
                     },
-                })?;
+                }
+            })?;
             let ctx = EventContext::for_config(&config, name);
             let redaction = Arc::new(Redaction::from_config(&config));
             let parser: Box<dyn super::Parser> =

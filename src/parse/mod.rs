@@ -4,7 +4,7 @@
 //! Parsers do no I/O, so they are tested and benchmarked in isolation, and the
 //! `parse` command can show an operator what a line becomes.
 
-pub mod bound;
+pub mod check;
 pub mod cli;
 pub mod json;
 pub mod policy;
@@ -16,7 +16,8 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::config::{Config, SourceConfig};
+use crate::config::{Config, ConfigError, SourceConfig};
+pub use crate::event::{bound, truncate_utf8, EventBuf};
 use crate::event::{EnforcementMode, Event, Timestamp};
 pub use policy::{MetaWriter, Redaction};
 
@@ -30,8 +31,7 @@ pub const PARSER_NAMES: &[&str] = &[
     "otel-genai",
 ];
 
-/// Default bound of `content`, in bytes.
-pub const CONTENT_MAX_BYTES: usize = 4096;
+pub use crate::config::CONTENT_MAX_BYTES;
 
 /// One unit of input: a line of a file, with where it came from.
 #[derive(Debug, Clone, Copy)]
@@ -122,79 +122,6 @@ impl EventContext {
             ttl: occurred_at.unix_seconds().saturating_add(self.ttl_secs),
             violation_id: None,
         }
-    }
-}
-
-/// Events serialized back to back, with the end offset of each. No event is
-/// longer than `max_event_bytes`: a longer one is cut to fit and marked
-/// (see [`bound`]).
-#[derive(Debug, Clone)]
-pub struct EventBuf {
-    pub bytes: Vec<u8>,
-    pub ends: Vec<u32>,
-    max_event_bytes: usize,
-    /// Events cut to fit `max_event_bytes`, ever.
-    pub events_truncated: u64,
-}
-
-impl Default for EventBuf {
-    fn default() -> Self {
-        EventBuf::with_max_event_bytes(bound::DEFAULT_MAX_EVENT_BYTES)
-    }
-}
-
-impl EventBuf {
-    pub fn with_max_event_bytes(max_event_bytes: usize) -> EventBuf {
-        EventBuf {
-            bytes: Vec::new(),
-            ends: Vec::new(),
-            max_event_bytes,
-            events_truncated: 0,
-        }
-    }
-
-    pub fn push(&mut self, event: &Event<'_>) {
-        let start = self.bytes.len();
-        event.write_json(&mut self.bytes);
-        let len = self.bytes.len() - start;
-        if len > self.max_event_bytes {
-            self.bytes.truncate(start);
-            bound::write_bounded(event, len, self.max_event_bytes, &mut self.bytes);
-            self.events_truncated += 1;
-        }
-        self.ends.push(self.bytes.len() as u32);
-    }
-
-    pub fn len(&self) -> usize {
-        self.ends.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.ends.is_empty()
-    }
-
-    pub fn clear(&mut self) {
-        self.bytes.clear();
-        self.ends.clear();
-    }
-
-    /// Keeps the first `len` events.
-    pub fn truncate(&mut self, len: usize) {
-        if len < self.ends.len() {
-            let end = len.checked_sub(1).map_or(0, |i| self.ends[i] as usize);
-            self.bytes.truncate(end);
-            self.ends.truncate(len);
-        }
-    }
-
-    /// The JSON of event `i`.
-    pub fn get(&self, i: usize) -> &[u8] {
-        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
-        &self.bytes[start..self.ends[i] as usize]
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = &[u8]> + '_ {
-        (0..self.len()).map(|i| self.get(i))
     }
 }
 
@@ -348,26 +275,20 @@ pub fn build_named(
 }
 
 /// Builds the parser a source names: a preset, or a `[parsers.NAME]` of
-/// the config.
-pub fn build(config: &Config, source: &SourceConfig) -> Box<dyn Parser> {
+/// the config (compiled here; [`check::check`] has said it compiles).
+pub fn build(config: &Config, source: &SourceConfig) -> Result<Box<dyn Parser>, ConfigError> {
     let ctx = EventContext::for_source(config, source);
     let redaction = Arc::new(Redaction::from_config(config));
-    if let Some(set) = config.rule_set(source.parser.get_ref()) {
-        return Box::new(rules::RulesParser::new(set, ctx, redaction));
+    let name = source.parser.get_ref();
+    if let Some(set) = check::rule_set(config, name)? {
+        return Ok(Box::new(rules::RulesParser::new(set, ctx, redaction)));
     }
-    // Config validation admits only names in PARSER_NAMES and [parsers].
-    build_named(
-        source.parser.get_ref(),
-        ctx.clone(),
-        redaction.clone(),
-        &source.fields,
-    )
-    .unwrap_or_else(|| {
-        Box::new(json::JsonParser::with_redaction(
-            ctx,
-            redaction,
-            &source.fields,
-        ))
+    build_named(name, ctx, redaction, &source.fields).ok_or_else(|| {
+        config.invalid_at(
+            source.parser.span(),
+            &format!("sources.{}.parser", source.name.get_ref()),
+            format!("unknown parser `{name}`"),
+        )
     })
 }
 
@@ -414,16 +335,4 @@ pub fn clean_line(mut line: &[u8]) -> (std::borrow::Cow<'_, [u8]>, bool) {
         let repaired = String::from_utf8_lossy(line).into_owned().into_bytes();
         (std::borrow::Cow::Owned(repaired), true)
     }
-}
-
-/// Cuts `s` to at most `max` bytes on a character boundary.
-pub fn truncate_utf8(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }

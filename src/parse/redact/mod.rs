@@ -67,13 +67,7 @@ fn with_lowercase<R>(s: &str, f: impl FnOnce(&[u8]) -> R) -> R {
     })
 }
 
-/// A user-defined pattern: every match is replaced by `[REDACTED:<name>]`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UserPattern {
-    pub name: String,
-    pub regex: String,
-}
+pub use crate::config::UserPattern;
 
 struct Detector {
     kind: String,

@@ -11,7 +11,6 @@
 //! strftime patterns) is checked when the config is loaded, by [`compile`].
 
 mod paths;
-pub mod spec;
 mod template;
 mod timefmt;
 
@@ -23,9 +22,9 @@ use regex::{CaptureLocations, Regex};
 use serde_json::value::RawValue;
 
 use super::{EventBuf, EventContext, Parser, Record, Redaction, Skip};
+use crate::config::parsers::{ConditionSpec, Format, ParserSpec, RuleSpec, TimeSpec};
 use crate::event::EventType;
 use paths::PathTrie;
-use spec::{ConditionSpec, Format, ParserSpec, RuleSpec, TimeSpec};
 use template::Piece;
 use timefmt::TimeFormat;
 
@@ -795,17 +794,21 @@ tenant_id = "acme"
 "#;
 
     fn load(parsers: &str) -> Result<Config, String> {
-        Config::from_toml(
+        let config = Config::from_toml(
             &format!("{HEAD}{parsers}"),
             Path::new("config.toml"),
             &Env::default(),
         )
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+        crate::parse::check::check(&config).map_err(|e| e.to_string())?;
+        Ok(config)
     }
 
     fn parser(parsers: &str, name: &str) -> RulesParser {
         let config = load(parsers).expect("valid config");
-        let set = config.rule_set(name).expect("parser defined");
+        let set = crate::parse::check::rule_set(&config, name)
+            .expect("compiles")
+            .expect("parser defined");
         let ctx = EventContext::for_config(&config, name);
         RulesParser::new(set, ctx, Arc::new(Redaction::from_config(&config)))
     }
@@ -1143,7 +1146,7 @@ parser = "mine"
             "{source}\n[parsers.mine]\nformat = \"json\"\n[[parsers.mine.rules]]\nevent_type = \"TOOL_CALL_POST\"\n"
         );
         let config = load(&ok).unwrap();
-        let mut p = crate::parse::build(&config, &config.sources[0]);
+        let mut p = crate::parse::build(&config, &config.sources[0]).unwrap();
         let mut out = EventBuf::default();
         let rec = Record {
             stream: "s/0",

@@ -1,8 +1,13 @@
-//! The TOML configuration: its keys, their defaults, environment overrides and
-//! validation, and the resolution of the API key.
+//! The TOML configuration as plain data: its keys, their defaults,
+//! environment overrides, the checks that need nothing but the config, and
+//! the resolution of the API key. Parsers and redaction patterns are
+//! compiled and checked by `crate::parse::check`, which reports through
+//! [`Config::invalid_at`] in the same words.
 //!
 //! Every error names the file, the key and, where the key is in the file, its
 //! line, because it is read by an operator fixing a broken deploy.
+
+pub mod parsers;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -19,6 +24,9 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/thoth-ingest/config.toml";
 pub const DEFAULT_BASE_URL: &str = "https://api.atensecurity.com";
 /// Name of the systemd credential (`LoadCredential=thoth-api-key:...`).
 pub const SYSTEMD_CREDENTIAL: &str = "thoth-api-key";
+pub use crate::event::bound::{DEFAULT_MAX_EVENT_BYTES, MIN_MAX_EVENT_BYTES};
+/// Default bound of `content`, in bytes.
+pub const CONTENT_MAX_BYTES: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -64,13 +72,23 @@ pub struct Config {
     pub redaction: RedactionConfig,
     /// Rules parsers for in-house formats (`[parsers.NAME]`), by name.
     #[serde(default)]
-    pub parsers: BTreeMap<String, crate::parse::rules::spec::ParserSpec>,
-    /// `parsers`, checked and compiled when the file is loaded.
-    #[serde(skip)]
-    pub rule_sets: BTreeMap<String, Arc<crate::parse::rules::RuleSet>>,
+    pub parsers: BTreeMap<String, parsers::ParserSpec>,
     /// Where the file was read from, for messages.
     #[serde(skip)]
     pub path: PathBuf,
+    /// The file's text, to turn a key's place in it into a line number.
+    #[serde(skip)]
+    text: ConfigText,
+}
+
+/// The text a config was read from; left out of `Debug`.
+#[derive(Clone, Default)]
+struct ConfigText(Arc<str>);
+
+impl fmt::Debug for ConfigText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "({} bytes)", self.0.len())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -258,10 +276,18 @@ pub struct RedactionConfig {
     pub max_event_bytes: ByteSize,
     /// More secrets to replace: `{ name = "...", regex = "..." }`.
     #[serde(default)]
-    pub patterns: Vec<crate::parse::redact::UserPattern>,
+    pub patterns: Vec<UserPattern>,
     /// Built-in detectors not to run, by name (`jwt`, `cookie`, ...).
     #[serde(default)]
     pub disable: Vec<String>,
+}
+
+/// A user-defined pattern: every match is replaced by `[REDACTED:<name>]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserPattern {
+    pub name: String,
+    pub regex: String,
 }
 
 impl RedactionConfig {
@@ -286,11 +312,11 @@ impl Default for RedactionConfig {
 }
 
 fn default_max_event_bytes() -> ByteSize {
-    ByteSize(crate::parse::bound::DEFAULT_MAX_EVENT_BYTES as u64)
+    ByteSize(DEFAULT_MAX_EVENT_BYTES as u64)
 }
 
 fn default_content_max_bytes() -> ByteSize {
-    ByteSize(crate::parse::CONTENT_MAX_BYTES as u64)
+    ByteSize(CONTENT_MAX_BYTES as u64)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -707,47 +733,23 @@ impl Config {
             }
         })?;
         config.path = path.to_path_buf();
+        config.text = ConfigText(text.into());
         if let Some(url) = &env.api_url {
             config.api.base_url = Spanned::new(0..0, url.clone());
         }
         config.validate(text)?;
-        config.compile_parsers(text)?;
         Ok(config)
     }
 
-    /// The compiled rules parser `name`, if the config defines one.
-    pub fn rule_set(&self, name: &str) -> Option<Arc<crate::parse::rules::RuleSet>> {
-        self.rule_sets.get(name).cloned()
-    }
-
-    /// Whether `parser = "name"` names a preset or a `[parsers.NAME]`.
-    pub fn knows_parser(&self, name: &str) -> bool {
-        crate::parse::PARSER_NAMES.contains(&name) || self.parsers.contains_key(name)
-    }
-
-    /// Compiles every `[parsers.NAME]`; an error names the parser, the rule
-    /// and the line the rule starts on.
-    fn compile_parsers(&mut self, text: &str) -> Result<(), ConfigError> {
-        for (name, spec) in &self.parsers {
-            let set = crate::parse::rules::compile(name, spec).map_err(|e| {
-                // A parser's table may be implicit (only `[[parsers.NAME.rules]]`
-                // written), so it has no span of its own: its pattern's or its
-                // first rule's line stands in.
-                let span = match e.rule {
-                    Some(i) => spec.rules.get(i).map(|r| r.span()),
-                    None => spec.pattern.as_ref().map(|p| p.span()),
-                }
-                .or_else(|| spec.rules.first().map(|r| r.span()));
-                let key = if e.key.is_empty() {
-                    format!("parsers.{name}")
-                } else {
-                    format!("parsers.{name}.{}", e.key)
-                };
-                self.invalid(text, span.unwrap_or(0..0), &key, e.message)
-            })?;
-            self.rule_sets.insert(name.clone(), Arc::new(set));
-        }
-        Ok(())
+    /// An error about `key`, at `span` of the file when known (0..0: the
+    /// key's line is not known), for checks made after loading.
+    pub fn invalid_at(
+        &self,
+        span: std::ops::Range<usize>,
+        key: &str,
+        message: String,
+    ) -> ConfigError {
+        self.invalid(&self.text.0, span, key, message)
     }
 
     fn invalid(
@@ -821,7 +823,7 @@ impl Config {
             ));
         }
         let max_event = self.redaction.max_event_bytes.0;
-        let min_event = crate::parse::bound::MIN_MAX_EVENT_BYTES as u64;
+        let min_event = MIN_MAX_EVENT_BYTES as u64;
         if !(min_event..=8 << 20).contains(&max_event) {
             return Err(self.invalid(
                 text,
@@ -847,16 +849,6 @@ impl Config {
                 "delivery.batch_max_events",
                 "must be at least 1".into(),
             ));
-        }
-        if let Err(e) = crate::parse::redact::Redactor::with_disabled(
-            &self.redaction.patterns,
-            &self.redaction.disable,
-        ) {
-            let key = match e {
-                crate::parse::redact::RedactError::UnknownDetector(_) => "redaction.disable",
-                _ => "redaction.patterns",
-            };
-            return Err(self.invalid(text, 0..0, key, e.to_string()));
         }
         let mut names = std::collections::HashSet::new();
         for (i, source) in self.sources.iter().enumerate() {
@@ -899,24 +891,6 @@ impl Config {
                         format!("`{pattern}`: {e}"),
                     ));
                 }
-            }
-            if !self.knows_parser(source.parser.get_ref()) {
-                let known: Vec<&str> = crate::parse::PARSER_NAMES
-                    .iter()
-                    .copied()
-                    .chain(self.parsers.keys().map(|k| k.as_str()))
-                    .collect();
-                return Err(self.invalid(
-                    text,
-                    source.parser.span(),
-                    &key("parser"),
-                    format!(
-                        "unknown parser `{}`; known: {} (or define [parsers.{}])",
-                        source.parser.get_ref(),
-                        known.join(", "),
-                        source.parser.get_ref(),
-                    ),
-                ));
             }
             if !(16..=1 << 20).contains(&source.fingerprint_bytes) {
                 return Err(self.invalid(
@@ -1053,10 +1027,10 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    const GOOD: &str = r#"
+    pub(crate) const GOOD: &str = r#"
 [api]
 base_url = "https://api.atensecurity.com"
 tenant_id = "acme-corp"
@@ -1158,16 +1132,6 @@ parser = "json"
         };
         let e = Config::from_toml(GOOD, Path::new("c.toml"), &env).unwrap_err();
         assert!(e.to_string().contains("api.base_url"), "{e}");
-    }
-
-    #[test]
-    fn unknown_parser_is_named() {
-        let text = GOOD.replace("parser = \"json\"", "parser = \"yaml\"");
-        let e = load(&text).unwrap_err().to_string();
-        assert!(
-            e.contains("sources[0].parser") && e.contains("yaml") && e.contains(":22"),
-            "{e}"
-        );
     }
 
     #[test]

@@ -10,12 +10,12 @@ use std::borrow::Cow;
 
 use serde_json::{Map, Value};
 
-use super::truncate_utf8;
-use crate::event::{Event, Metadata};
+use super::{truncate_utf8, Event, Metadata};
 
-/// `max_event_bytes` unless the config says otherwise.
+/// `redaction.max_event_bytes` unless the config says otherwise.
 pub const DEFAULT_MAX_EVENT_BYTES: usize = 64 << 10;
-/// Smallest bound accepted: room for the fixed fields and the marker.
+/// Smallest `redaction.max_event_bytes` accepted: room for the fixed fields
+/// and the marker of a cut event.
 pub const MIN_MAX_EVENT_BYTES: usize = 4 << 10;
 /// The metadata key that marks a cut event.
 pub const MARK_KEY: &str = "_truncated";

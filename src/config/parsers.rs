@@ -1,5 +1,6 @@
 //! The TOML shape of a rules parser (`[parsers.NAME]`), as the operator
-//! writes it. [`super::compile`] checks it and turns it into a [`super::RuleSet`].
+//! writes it: plain data. `crate::parse::rules::compile` checks it and turns
+//! it into a rule set.
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -5,6 +5,11 @@
 //! where the event came from, never from the clock or a random number, so a
 //! re-sent event always carries the id of its first send (design invariant 3).
 
+pub mod bound;
+mod buf;
+
+pub use buf::EventBuf;
+
 use std::borrow::Cow;
 
 use serde::Serialize;
@@ -488,6 +493,18 @@ pub fn event_id(tenant_id: &str, stream_identity: &str, position: u64, index: u3
     let mut buf = Uuid::encode_buffer();
     out.push_str(id.hyphenated().encode_lower(&mut buf));
     out
+}
+
+/// Cuts `s` to at most `max` bytes on a character boundary.
+pub fn truncate_utf8(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 #[cfg(test)]

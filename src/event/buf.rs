@@ -1,0 +1,78 @@
+//! A batch of events serialized back to back: what a parser writes, what
+//! the queue stores in one commit.
+
+use super::bound;
+use super::Event;
+
+/// Events serialized back to back, with the end offset of each. No event is
+/// longer than `max_event_bytes`: a longer one is cut to fit and marked
+/// (see [`bound`]).
+#[derive(Debug, Clone)]
+pub struct EventBuf {
+    pub bytes: Vec<u8>,
+    pub ends: Vec<u32>,
+    max_event_bytes: usize,
+    /// Events cut to fit `max_event_bytes`, ever.
+    pub events_truncated: u64,
+}
+
+impl Default for EventBuf {
+    fn default() -> Self {
+        EventBuf::with_max_event_bytes(bound::DEFAULT_MAX_EVENT_BYTES)
+    }
+}
+
+impl EventBuf {
+    pub fn with_max_event_bytes(max_event_bytes: usize) -> EventBuf {
+        EventBuf {
+            bytes: Vec::new(),
+            ends: Vec::new(),
+            max_event_bytes,
+            events_truncated: 0,
+        }
+    }
+
+    pub fn push(&mut self, event: &Event<'_>) {
+        let start = self.bytes.len();
+        event.write_json(&mut self.bytes);
+        let len = self.bytes.len() - start;
+        if len > self.max_event_bytes {
+            self.bytes.truncate(start);
+            bound::write_bounded(event, len, self.max_event_bytes, &mut self.bytes);
+            self.events_truncated += 1;
+        }
+        self.ends.push(self.bytes.len() as u32);
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.ends.clear();
+    }
+
+    /// Keeps the first `len` events.
+    pub fn truncate(&mut self, len: usize) {
+        if len < self.ends.len() {
+            let end = len.checked_sub(1).map_or(0, |i| self.ends[i] as usize);
+            self.bytes.truncate(end);
+            self.ends.truncate(len);
+        }
+    }
+
+    /// The JSON of event `i`.
+    pub fn get(&self, i: usize) -> &[u8] {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        &self.bytes[start..self.ends[i] as usize]
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        (0..self.len()).map(|i| self.get(i))
+    }
+}

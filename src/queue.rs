@@ -31,6 +31,7 @@ use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 use sled::IVec;
@@ -577,6 +578,40 @@ pub struct Queue {
 /// Checkpoint key of the count of dead letters dropped by the bound.
 const DEAD_DROPPED_KEY: &[u8] = b"dead-letter/dropped";
 
+enum IndexOpen {
+    Locked,
+    Other(sled::Error),
+}
+
+/// How long an open waits for a lock that is being let go: sled releases its
+/// flock from a background thread some moments after the last handle drops
+/// (spacejam/sled#1234), so a queue closed and reopened at once, by a test,
+/// a reload or an operator's `dead-letter` command just after a stop, would
+/// otherwise be refused. A live daemon holds the lock far longer than this.
+const LOCK_RELEASE_WAIT: Duration = Duration::from_secs(2);
+
+fn open_index(path: &Path, cache_bytes: u64) -> Result<sled::Db, IndexOpen> {
+    let started = Instant::now();
+    loop {
+        let opened = sled::Config::new()
+            .path(path)
+            .cache_capacity(cache_bytes)
+            .flush_every_ms(Some(1000))
+            .open();
+        match opened {
+            Ok(db) => return Ok(db),
+            // sled reports its flock failure as a generic I/O error.
+            Err(sled::Error::Io(ref err)) if err.to_string().contains("could not acquire lock") => {
+                if started.elapsed() >= LOCK_RELEASE_WAIT {
+                    return Err(IndexOpen::Locked);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(other) => return Err(IndexOpen::Other(other)),
+        }
+    }
+}
+
 impl Queue {
     /// Opens (or creates) the queue in `dir`, with at most `cache_bytes` of
     /// sled page cache.
@@ -597,20 +632,12 @@ impl Queue {
             .mode(crate::private_fs::DIR_MODE)
             .create(&seg_dir)
             .map_err(io)?;
-        let db = sled::Config::new()
-            .path(dir.join("index"))
-            .cache_capacity(cache_bytes)
-            .flush_every_ms(Some(1000))
-            .open()
-            .map_err(|e| match e {
-                // sled reports its flock failure as a generic I/O error.
-                sled::Error::Io(ref err) if err.to_string().contains("could not acquire lock") => {
-                    QueueError::Locked {
-                        dir: dir.to_path_buf(),
-                    }
-                }
-                other => storage(other),
-            })?;
+        let db = open_index(&dir.join("index"), cache_bytes).map_err(|e| match e {
+            IndexOpen::Locked => QueueError::Locked {
+                dir: dir.to_path_buf(),
+            },
+            IndexOpen::Other(other) => storage(other),
+        })?;
         let sled_file = File::open(dir.join("index").join("db")).map_err(io)?;
         let chunks = db.open_tree("chunks").map_err(storage)?;
         let acks = db.open_tree("acks").map_err(storage)?;
@@ -1150,7 +1177,7 @@ impl Queue {
         max_bytes: usize,
     ) -> Result<Option<Batch>, QueueError> {
         let mut read = self.read.lock().unwrap_or_else(|p| p.into_inner());
-        let mut body = Vec::with_capacity((256 << 10).min(max_bytes + 16));
+        let mut body = Vec::with_capacity((256 << 10).min(max_bytes.saturating_add(16)));
         let mut spans = Vec::with_capacity(max_events.min(4096));
         let mut full = false;
         body.push(b'[');

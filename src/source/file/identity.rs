@@ -10,6 +10,7 @@
 
 use std::io::Read;
 use std::os::unix::ffi::OsStringExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
 /// Bytes before a checkpoint position that must match for a file to be the
@@ -69,17 +70,37 @@ pub fn source_prefix(source: &str) -> Vec<u8> {
     format!("file/{source}/").into_bytes()
 }
 
+/// A file while it exists: its device and inode. Outlives renames; a file
+/// deleted gives its inode to the next one created, which is why birth time
+/// and the fingerprint are checked too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FileId {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl FileId {
+    pub fn new(dev: u64, ino: u64) -> FileId {
+        FileId { dev, ino }
+    }
+
+    pub fn of(meta: &std::fs::Metadata) -> FileId {
+        FileId::new(meta.dev(), meta.ino())
+    }
+}
+
 /// Checkpoint key of one file: source, fingerprint, device and inode.
-pub fn checkpoint_key(source: &str, fingerprint: &str, dev: u64, ino: u64) -> Vec<u8> {
+pub fn checkpoint_key(source: &str, fingerprint: &str, id: FileId) -> Vec<u8> {
+    let FileId { dev, ino } = id;
     format!("file/{source}/{fingerprint}/{dev}-{ino}").into_bytes()
 }
 
-/// Device and inode named by a checkpoint key.
-pub fn key_dev_ino(key: &[u8]) -> Option<(u64, u64)> {
+/// The file named by a checkpoint key.
+pub fn key_file_id(key: &[u8]) -> Option<FileId> {
     let last = key.rsplit(|&b| b == b'/').next()?;
     let s = std::str::from_utf8(last).ok()?;
     let (d, i) = s.split_once('-')?;
-    Some((d.parse().ok()?, i.parse().ok()?))
+    Some(FileId::new(d.parse().ok()?, i.parse().ok()?))
 }
 
 const VERSION: u8 = 2;
@@ -187,7 +208,7 @@ impl<'a> Cursor<'a> {
 /// A stored checkpoint that shares a new file's fingerprint.
 #[derive(Clone)]
 pub struct Candidate {
-    pub dev_ino: Option<(u64, u64)>,
+    pub file_id: Option<FileId>,
     pub checkpoint: Checkpoint,
 }
 
@@ -203,7 +224,7 @@ pub enum Resolution {
     /// the two merely start the same way, and this one is `fresh`).
     Copy {
         checkpoint: Checkpoint,
-        of: Option<(u64, u64)>,
+        of: Option<FileId>,
         fresh: String,
     },
     /// A new stream under this name, read from `start_at`.
@@ -217,7 +238,7 @@ pub enum Resolution {
 pub fn resolve(
     source: &str,
     fingerprint: &str,
-    dev_ino: (u64, u64),
+    file_id: FileId,
     file_identity: &str,
     candidates: &[Candidate],
     tail_at: &mut dyn FnMut(u64, u16) -> std::io::Result<Option<Tail>>,
@@ -226,7 +247,7 @@ pub fn resolve(
     // rewritten (then it is a new generation of the stream).
     let own = candidates
         .iter()
-        .position(|c| c.dev_ino == Some(dev_ino) && c.checkpoint.closed_at == 0);
+        .position(|c| c.file_id == Some(file_id) && c.checkpoint.closed_at == 0);
     let mut rewritten = None;
     if let Some(i) = own {
         let cp = &candidates[i].checkpoint;
@@ -258,7 +279,7 @@ pub fn resolve(
             checkpoint.complete = false;
             return Ok(Resolution::Copy {
                 checkpoint,
-                of: c.dev_ino.filter(|_| cp.closed_at == 0),
+                of: c.file_id.filter(|_| cp.closed_at == 0),
                 fresh: fresh_name(source, fingerprint, file_identity, candidates),
             });
         }
@@ -332,16 +353,16 @@ mod tests {
         }
     }
 
-    /// `resolve` in source `s`, fingerprint `f`, for the file `dev_ino`
+    /// `resolve` in source `s`, fingerprint `f`, for the file `(dev, ino)`
     /// (named after it) holding `content`.
     fn resolve_in(
-        dev_ino: (u64, u64),
+        (dev, ino): (u64, u64),
         candidates: &[Candidate],
         content: &'static [u8],
     ) -> Resolution {
-        let name = format!("{}-{}", dev_ino.0, dev_ino.1);
-        resolve("s", "f", dev_ino, &name, candidates, &mut tails(content))
-            .expect("tails never fail")
+        let name = format!("{dev}-{ino}");
+        let id = FileId::new(dev, ino);
+        resolve("s", "f", id, &name, candidates, &mut tails(content)).expect("tails never fail")
     }
 
     #[test]
@@ -374,15 +395,15 @@ mod tests {
         assert_ne!(a, fingerprint_of(b"other\n", 64, false));
         assert!(fingerprint_of(&[b'x'; 64], 64, false).is_some());
         assert_eq!(
-            key_dev_ino(&checkpoint_key("s", "f", 8, 1234)),
-            Some((8, 1234))
+            key_file_id(&checkpoint_key("s", "f", FileId::new(8, 1234))),
+            Some(FileId::new(8, 1234))
         );
     }
 
     #[test]
     fn own_checkpoint_resumes_unless_rewritten() {
         let mine = Candidate {
-            dev_ino: Some((1, 5)),
+            file_id: Some(FileId::new(1, 5)),
             checkpoint: cp(14, b"head\nline one\n", "s/f", false),
         };
         let r = resolve_in(
@@ -408,7 +429,7 @@ mod tests {
     #[test]
     fn copies_inherit_and_look_alikes_get_their_own_stream() {
         let original = Candidate {
-            dev_ino: Some((1, 5)),
+            file_id: Some(FileId::new(1, 5)),
             checkpoint: cp(14, b"head\nline one\n", "s/f", false),
         };
         // A copy (copytruncate, or .gz) holds the same bytes up to the offset.
@@ -421,7 +442,7 @@ mod tests {
             r,
             Resolution::Copy {
                 checkpoint: original.checkpoint.clone(),
-                of: Some((1, 5)),
+                of: Some(FileId::new(1, 5)),
                 fresh: "s/f/1-6".into()
             }
         );
@@ -450,11 +471,11 @@ mod tests {
         // f1 was deleted while the daemon was stopped (its checkpoint still
         // open), then copytruncate copied f0 into the freed inode.
         let deleted = Candidate {
-            dev_ino: Some((1, 5)),
+            file_id: Some(FileId::new(1, 5)),
             checkpoint: cp(14, b"head\nother one\n", "s/f1", false),
         };
         let original = Candidate {
-            dev_ino: Some((1, 6)),
+            file_id: Some(FileId::new(1, 6)),
             checkpoint: cp(14, b"head\nline one\n", "s/f0", false),
         };
         let r = resolve_in(
@@ -466,7 +487,7 @@ mod tests {
             panic!("expected the copy of f0, got {r:?}")
         };
         assert_eq!(checkpoint.stream, "s/f0");
-        assert_eq!(of, Some((1, 6)));
+        assert_eq!(of, Some(FileId::new(1, 6)));
         // Neither matches: still the next generation of the inode's stream.
         let r = resolve_in((1, 5), &[deleted, original], b"head\nnew content\n");
         assert_eq!(
@@ -480,7 +501,7 @@ mod tests {
     #[test]
     fn a_reused_inode_is_not_taken_for_the_closed_file() {
         let gone = Candidate {
-            dev_ino: Some((1, 5)),
+            file_id: Some(FileId::new(1, 5)),
             checkpoint: cp(14, b"head\nline one\n", "s/f", true),
         };
         let r = resolve_in((1, 5), std::slice::from_ref(&gone), b"head\nnew content\n");
@@ -492,7 +513,7 @@ mod tests {
         );
         // Without a birth time to tell them apart, the names still differ.
         let gone = Candidate {
-            dev_ino: Some((1, 5)),
+            file_id: Some(FileId::new(1, 5)),
             checkpoint: cp(14, b"head\nline one\n", "s/f/1-5", true),
         };
         let r = resolve_in((1, 5), std::slice::from_ref(&gone), b"head\nnew content\n");

@@ -95,3 +95,37 @@ fn no_module_imports_itself_through_others() {
         println!("{module} -> {deps:?}");
     }
 }
+
+/// A file longer than this before its tests does more than one job.
+const MAX_LINES_BEFORE_TESTS: usize = 700;
+
+#[test]
+fn no_source_file_is_longer_than_one_job() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut lengths: Vec<(usize, String)> = files
+        .iter()
+        .map(|file| {
+            let text = std::fs::read_to_string(file).expect("source file");
+            let before_tests = text
+                .find("#[cfg(test)]\nmod tests")
+                .map_or(&text[..], |i| &text[..i]);
+            let rel = file.strip_prefix(&src).expect("under src");
+            (before_tests.lines().count(), rel.display().to_string())
+        })
+        .collect();
+    lengths.sort();
+    let too_long: Vec<&(usize, String)> = lengths
+        .iter()
+        .filter(|(n, _)| *n > MAX_LINES_BEFORE_TESTS)
+        .collect();
+    assert!(
+        too_long.is_empty(),
+        "files past {MAX_LINES_BEFORE_TESTS} lines before their tests (split them by job): {too_long:?}"
+    );
+    // The longest, for the record (cargo test -- --nocapture).
+    for (n, file) in lengths.iter().rev().take(5) {
+        println!("{n:5} src/{file}");
+    }
+}

@@ -1,0 +1,166 @@
+//! The bound on the bytes waiting for delivery: a commit at the bound waits
+//! for room or, with `drop_oldest`, drops the oldest undelivered chunks and
+//! counts their events.
+
+use std::sync::atomic::Ordering;
+
+use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+
+use super::chunk::Pointer;
+use super::{seq_of, Queue, QueueError};
+
+impl Queue {
+    /// Bounds the bytes waiting for delivery. At the bound, a commit waits for
+    /// room (sources pause, their logs are the buffer) or, with `drop_oldest`,
+    /// the oldest undelivered chunks are dropped and counted.
+    pub fn set_bound(&self, max_bytes: u64, drop_oldest: bool) {
+        self.max_bytes.store(max_bytes, Ordering::Relaxed);
+        self.drop_oldest.store(drop_oldest, Ordering::Relaxed);
+    }
+
+    /// Events dropped by `when_full = "drop_oldest"` since the queue was opened.
+    pub fn dropped_events(&self) -> u64 {
+        self.dropped_events.load(Ordering::Relaxed)
+    }
+
+    /// Waits until `incoming` more bytes fit under the bound (or drops the
+    /// oldest chunks to make room, if so configured).
+    pub(super) fn wait_for_room(&self, incoming: u64) -> Result<(), QueueError> {
+        let mut warned = false;
+        loop {
+            let max = self.max_bytes.load(Ordering::Relaxed);
+            let queued = self.queued_bytes();
+            // An empty queue always takes a commit, however large.
+            if queued == 0 || queued.saturating_add(incoming) <= max {
+                return Ok(());
+            }
+            if self.drop_oldest.load(Ordering::Relaxed) {
+                self.drop_oldest_chunk()?;
+                continue;
+            }
+            if self.is_closing() {
+                return Err(QueueError::Closing);
+            }
+            if !warned {
+                tracing::warn!(
+                    queued_bytes = queued,
+                    max_bytes = max,
+                    "queue full: sources pause until deliveries make room"
+                );
+                warned = true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    fn drop_oldest_chunk(&self) -> Result<(), QueueError> {
+        let Some((k, v)) = self.chunks.first().map_err(|e| self.storage(e))? else {
+            return Ok(());
+        };
+        let seq = seq_of(&k);
+        let ptr = Pointer::decode(&v).ok_or_else(|| self.corrupt(seq, "unreadable pointer"))?;
+        let acked = {
+            let mut read = self.read.lock().unwrap_or_else(|p| p.into_inner());
+            read.in_flight.remove(&seq);
+            if matches!(&read.cached, Some((s, _)) if *s == seq) {
+                read.cached = None;
+            }
+            read.acked.remove(&seq)
+        };
+        let already: u32 = acked
+            .map(|a| a.0.iter().map(|r| r.len() as u32).sum())
+            .unwrap_or(0);
+        let result: Result<(), TransactionError<()>> =
+            (&self.chunks, &self.acks).transaction(|(chunks, acks)| {
+                chunks.remove(&k)?;
+                acks.remove(&k)?;
+                Ok::<(), ConflictableTransactionError<()>>(())
+            });
+        match result {
+            Ok(()) => {}
+            Err(TransactionError::Storage(e)) => return Err(self.storage(e)),
+            Err(TransactionError::Abort(())) => unreachable!("the drop never aborts"),
+        }
+        let dropped = u64::from(ptr.count.saturating_sub(already));
+        self.dropped_events.fetch_add(dropped, Ordering::Relaxed);
+        self.sub_queued(u64::from(ptr.len));
+        tracing::warn!(
+            events = dropped,
+            "queue full: dropped the oldest undelivered events (when_full = drop_oldest)"
+        );
+        let mut segments = self.segments.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = segments.live.get_mut(&ptr.segment) {
+            *n = n.saturating_sub(1);
+            if *n == 0 && ptr.segment != segments.current {
+                self.sync()?;
+                segments.retire(ptr.segment).map_err(|e| self.io(e))?;
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn sub_queued(&self, n: u64) {
+        let _ = self
+            .queued_bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |q| {
+                Some(q.saturating_sub(n))
+            });
+    }
+
+    /// Bytes of events waiting for delivery (whole chunks, as stored).
+    pub fn queued_bytes(&self) -> u64 {
+        self.queued_bytes.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    use super::super::tests::{contents, events};
+
+    #[test]
+    fn a_full_queue_drops_the_oldest_when_so_configured_and_counts_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(dir.path(), 8 << 20).unwrap();
+        q.set_bound(10_000, true);
+        q.commit(&events(10, "a"), b"src", b"1").unwrap();
+        q.commit(&events(10, "b"), b"src", b"2").unwrap();
+        assert_eq!(q.dropped_events(), 10);
+        let b = q.peek_batch(100, usize::MAX).unwrap().unwrap();
+        assert_eq!(contents(&b)[0], "b-0", "only the newest events are left");
+        assert_eq!(b.events, 10);
+    }
+
+    #[test]
+    fn a_full_queue_makes_commits_wait_and_gives_up_on_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Arc::new(Queue::open(dir.path(), 8 << 20).unwrap());
+        q.set_bound(10_000, false);
+        q.commit(&events(10, "a"), b"src", b"1").unwrap();
+        let q2 = q.clone();
+        let waiting = std::thread::spawn(move || q2.commit(&events(10, "b"), b"src", b"2"));
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert!(!waiting.is_finished(), "the second commit waits for room");
+        let b = q.peek_batch(100, usize::MAX).unwrap().unwrap();
+        q.take(&b);
+        q.ack(&b).unwrap();
+        assert!(
+            waiting.join().unwrap().is_ok(),
+            "room made by a delivery lets it in"
+        );
+        assert_eq!(q.checkpoint(b"src").unwrap().as_deref(), Some(&b"2"[..]));
+        let q3 = q.clone();
+        let blocked = std::thread::spawn(move || q3.commit(&events(10, "c"), b"src", b"3"));
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        q.start_closing();
+        assert!(matches!(blocked.join().unwrap(), Err(QueueError::Closing)));
+        assert_eq!(
+            q.checkpoint(b"src").unwrap().as_deref(),
+            Some(&b"2"[..]),
+            "checkpoint did not move"
+        );
+        assert_eq!(q.dropped_events(), 0);
+    }
+}

@@ -54,19 +54,21 @@ impl Queue {
     }
 
     fn drop_oldest_chunk(&self) -> Result<(), QueueError> {
+        // Held from the look at the oldest chunk to its removal, as `finish`
+        // holds it: a delivery that completes the chunk in between would
+        // otherwise have both count it out of its segment, and the segment
+        // could be deleted while other chunks still point into it.
+        let mut read = self.read.lock().unwrap_or_else(|p| p.into_inner());
         let Some((k, v)) = self.chunks.first().map_err(|e| self.storage(e))? else {
             return Ok(());
         };
         let seq = seq_of(&k);
         let ptr = Pointer::decode(&v).ok_or_else(|| self.corrupt(seq, "unreadable pointer"))?;
-        let acked = {
-            let mut read = self.read.lock().unwrap_or_else(|p| p.into_inner());
-            read.in_flight.remove(&seq);
-            if matches!(&read.cached, Some((s, _)) if *s == seq) {
-                read.cached = None;
-            }
-            read.acked.remove(&seq)
-        };
+        read.in_flight.remove(&seq);
+        if matches!(&read.cached, Some((s, _)) if *s == seq) {
+            read.cached = None;
+        }
+        let acked = read.acked.remove(&seq);
         let already: u32 = acked
             .map(|a| a.0.iter().map(|r| r.len() as u32).sum())
             .unwrap_or(0);
@@ -76,6 +78,7 @@ impl Queue {
                 acks.remove(&k)?;
                 Ok::<(), ConflictableTransactionError<()>>(())
             });
+        drop(read);
         match result {
             Ok(()) => {}
             Err(TransactionError::Storage(e)) => return Err(self.storage(e)),
@@ -162,5 +165,40 @@ mod tests {
             "checkpoint did not move"
         );
         assert_eq!(q.dropped_events(), 0);
+    }
+
+    #[test]
+    fn dropping_the_oldest_while_deliveries_ack_counts_every_event_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Arc::new(Queue::open(dir.path(), 8 << 20).unwrap());
+        q.set_bound(6_000, true);
+        let commits = 1_500;
+        let committer = {
+            let q = q.clone();
+            std::thread::spawn(move || {
+                for i in 0..commits {
+                    q.commit(&events(4, "a"), b"src", format!("{i}").as_bytes())
+                        .unwrap();
+                }
+            })
+        };
+        while !committer.is_finished() {
+            // Small batches: chunks are completed a piece at a time.
+            if let Some(b) = q.peek_batch(3, usize::MAX).unwrap() {
+                q.take(&b);
+                q.ack(&b).unwrap();
+            }
+        }
+        committer.join().unwrap();
+        while let Some(b) = q.peek_batch(1_000, usize::MAX).unwrap() {
+            q.take(&b);
+            q.ack(&b).unwrap();
+        }
+        assert_eq!(
+            q.acked_events() + q.dropped_events(),
+            commits * 4,
+            "every event delivered or dropped, none both"
+        );
+        assert_eq!(q.queued_bytes(), 0);
     }
 }

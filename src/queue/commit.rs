@@ -122,6 +122,11 @@ impl Queue {
             checkpoints.insert(key, value)?;
             Ok::<(), ConflictableTransactionError<()>>(())
         };
+        // Counted before the chunks can be seen: a delivery may take, send and
+        // acknowledge them before this commit returns, and its subtraction
+        // must find them counted (a count left too high would keep sources
+        // waiting for room that is there).
+        self.queued_bytes.fetch_add(total, Ordering::Relaxed);
         let result: Result<(), TransactionError<()>> = if dead.is_empty() {
             (&self.chunks, &self.checkpoints)
                 .transaction(|(chunks, checkpoints)| insert(chunks, checkpoints))
@@ -138,7 +143,10 @@ impl Queue {
         };
         match result {
             Ok(()) => {}
-            Err(TransactionError::Storage(e)) => return Err(self.storage(e)),
+            Err(TransactionError::Storage(e)) => {
+                self.sub_queued(total);
+                return Err(self.storage(e));
+            }
             Err(TransactionError::Abort(())) => unreachable!("the commit never aborts"),
         }
         self.sync()?;
@@ -149,7 +157,6 @@ impl Queue {
         self.next_seq
             .store(first_seq + spans.len() as u64, Ordering::SeqCst);
         drop(segments);
-        self.queued_bytes.fetch_add(total, Ordering::Relaxed);
         self.committed_events
             .fetch_add(events.len() as u64, Ordering::Relaxed);
         self.appended.notify_one();

@@ -162,7 +162,7 @@ impl Queue {
         let keys: Vec<u64> = letters.iter().map(|(key, _)| *key).collect();
         // One transaction: a crash leaves them either dead or queued, never both.
         self.commit_removing_dead(&events, b"dead-letter/retried-at", &n, &keys)?;
-        self.dead_bytes.store(0, Ordering::Relaxed);
+        self.recount_dead_bytes()?;
         Ok(letters.len())
     }
 
@@ -170,9 +170,23 @@ impl Queue {
     pub fn dead_letter_purge(&self) -> Result<usize, QueueError> {
         let n = self.dead.len();
         self.dead.clear().map_err(|e| self.storage(e))?;
-        self.dead_bytes.store(0, Ordering::Relaxed);
+        self.recount_dead_bytes()?;
         self.sync()?;
         Ok(n)
+    }
+
+    /// Counts the dead letters' bytes again from the tree, under the lock
+    /// that setting one aside takes: a letter set aside while the others
+    /// were retried or purged stays counted against the bound.
+    fn recount_dead_bytes(&self) -> Result<(), QueueError> {
+        let _read = self.read.lock().unwrap_or_else(|p| p.into_inner());
+        let mut bytes = 0u64;
+        for item in self.dead.iter() {
+            let (k, v) = item.map_err(|e| self.storage(e))?;
+            bytes = bytes.saturating_add((k.len() + v.len()) as u64);
+        }
+        self.dead_bytes.store(bytes, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Events set aside since this process opened the queue.

@@ -54,6 +54,9 @@ impl Queue {
         let mut read = self.read.lock().unwrap_or_else(|p| p.into_inner());
         let mut updates: Vec<(u64, Option<Vec<u8>>)> = Vec::new();
         let mut finished: Vec<Pointer> = Vec::new();
+        // Events of chunks still queued: a chunk dropped by the bound while
+        // its batch was out was counted as dropped, not again as delivered.
+        let mut still_queued = 0u64;
         for p in &batch.pieces {
             let Some(v) = self
                 .chunks
@@ -62,6 +65,7 @@ impl Queue {
             else {
                 continue; // already gone
             };
+            still_queued += u64::from(p.range.end.saturating_sub(p.range.start));
             let ptr =
                 Pointer::decode(&v).ok_or_else(|| self.corrupt(p.seq, "unreadable pointer"))?;
             let set = read.acked.entry(p.seq).or_default();
@@ -114,8 +118,7 @@ impl Queue {
         }
         self.dead_evicted(evict.len(), freed, added)?;
         drop(read);
-        self.acked_events
-            .fetch_add(batch.events as u64, Ordering::Relaxed);
+        self.acked_events.fetch_add(still_queued, Ordering::Relaxed);
         let freed: u64 = finished.iter().map(|p| u64::from(p.len)).sum();
         self.sub_queued(freed);
 

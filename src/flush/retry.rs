@@ -1,0 +1,222 @@
+//! What each answer means for its batch: acknowledge it, wait out a 429,
+//! split a refused batch to find the bad events, set a lone refused event
+//! aside as a dead letter, or hold and retry with exponential backoff (a
+//! refused key, a redirect, a server error or a lost connection).
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::time::Instant;
+use tracing::{debug, error, info, warn};
+
+use super::answer;
+use super::sender::{Outcome, Reply};
+use super::{FlushError, Flusher};
+use crate::queue::{Batch, DeadReason};
+
+/// How long to wait before trying again after 401/403: a fixed key may be
+/// installed at any time, but hammering a refusing endpoint helps no one.
+const AUTH_RETRY: Duration = Duration::from_secs(15);
+/// A refused key is reported at most this often.
+const AUTH_LOG_EVERY: Duration = Duration::from_secs(300);
+
+impl Flusher {
+    pub(super) async fn completed(
+        &mut self,
+        done: Result<(tokio::task::Id, (Batch, Reply)), tokio::task::JoinError>,
+    ) -> Result<(), FlushError> {
+        self.outstanding = self.outstanding.saturating_sub(1);
+        let (batch, reply) = match done {
+            Ok((id, d)) => {
+                self.sending.remove(&id);
+                d
+            }
+            Err(e) => {
+                // Its batch goes back to the queue either way; a panic is a
+                // bug, and ends the process (the service manager restarts it).
+                if let Some(batch) = self.sending.remove(&e.id()) {
+                    self.queue.release(&batch);
+                }
+                if e.is_panic() {
+                    let message = crate::ops::panic_message(e.into_panic());
+                    return Err(FlushError::Panicked(message));
+                }
+                warn!(error = %e, "a delivery task was cancelled; its batch is sent again");
+                return Ok(());
+            }
+        };
+        let now = Instant::now();
+        if !matches!(reply.outcome, Outcome::Unauthorized(..)) {
+            // (A refused key has no tenant: its headers describe no budget.)
+            self.follow_rate_headers(&reply, now);
+        }
+        match reply.outcome {
+            Outcome::Delivered => {
+                let events = batch.events;
+                self.on_disk(move |q| q.ack(&batch)).await?;
+                self.stats
+                    .delivered_events
+                    .fetch_add(events as u64, Ordering::Relaxed);
+                self.consecutive_failures = 0;
+                if self.last_auth_log.take().is_some() {
+                    info!("the API accepts the key again; delivery resumed");
+                }
+            }
+            Outcome::RateLimited(wait) => {
+                self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+                let max = self.limits.max_backoff;
+                let wait = answer::clamp_wait(wait, max, "retry-after");
+                debug!(
+                    wait_ms = wait.as_millis() as u64,
+                    "rate limited by the server"
+                );
+                self.not_before = self.not_before.max(answer::after(now, wait, max));
+                self.retry.push_front(batch);
+            }
+            Outcome::Redirected(status, location) => {
+                self.stats.rejected_requests.fetch_add(1, Ordering::Relaxed);
+                self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+                let wait = backoff(self.consecutive_failures, self.limits.max_backoff);
+                if self
+                    .last_redirect_log
+                    .is_none_or(|t| t.elapsed() >= AUTH_LOG_EVERY)
+                {
+                    error!(
+                        status, location = %location,
+                        "the API answered with a redirect, which is not followed (the key and the events \
+                         go only to api.base_url); set api.base_url to the API's real address. Every event \
+                         is kept; retrying with backoff"
+                    );
+                    self.last_redirect_log = Some(now);
+                }
+                self.hold(now + wait);
+                self.retry.push_front(batch);
+            }
+            Outcome::BadRequest(detail) if batch.events == 1 && detail.code.is_empty() => {
+                // Not the API's error body: a proxy or a WAF in between. Its
+                // refusal says nothing about the event, which is kept.
+                self.stats.rejected_requests.fetch_add(1, Ordering::Relaxed);
+                self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+                let wait = backoff(self.consecutive_failures, self.limits.max_backoff);
+                warn!(
+                    message = %detail.message, retry_in_ms = wait.as_millis() as u64,
+                    "a 400 without the API's error body (from a proxy or gateway on the way?): \
+                     the event is kept and sent again"
+                );
+                self.hold(now + wait);
+                self.retry.push_front(batch);
+            }
+            Outcome::BadRequest(detail) => {
+                self.stats.rejected_requests.fetch_add(1, Ordering::Relaxed);
+                if batch.events == 1 {
+                    warn!(
+                        code = %detail.code, message = %detail.message, request_id = %detail.request_id,
+                        "the API refused an event; it is set aside (see `thoth-ingest dead-letter list`)"
+                    );
+                    let reason = detail.reason(400);
+                    self.on_disk(move |q| q.set_aside(&batch, &reason)).await?;
+                } else {
+                    debug!(events = batch.events, code = %detail.code, "batch refused with 400; splitting it to find the bad events");
+                    let (first, rest) = batch.split_at(batch.events / 2);
+                    self.retry.push_front(rest);
+                    self.retry.push_front(first);
+                }
+            }
+            Outcome::TooLarge => {
+                self.stats.rejected_requests.fetch_add(1, Ordering::Relaxed);
+                if batch.events == 1 {
+                    warn!(
+                        bytes = batch.body.len(),
+                        "the API refused an event as too large (413); it is set aside"
+                    );
+                    let reason = DeadReason {
+                        status: 413,
+                        code: "PAYLOAD_TOO_LARGE".into(),
+                        message: format!(
+                            "a single event of {} bytes is larger than the server accepts",
+                            batch.body.len()
+                        ),
+                        request_id: String::new(),
+                    };
+                    self.on_disk(move |q| q.set_aside(&batch, &reason)).await?;
+                } else {
+                    let smaller = (batch.body.len() / 2).max(4096);
+                    if smaller < self.limits.batch_max_bytes {
+                        warn!(
+                            from = self.limits.batch_max_bytes,
+                            to = smaller,
+                            "413 from the API: lowering the batch size"
+                        );
+                        self.limits.batch_max_bytes = smaller;
+                    }
+                    self.limits.batch_max_events =
+                        self.limits.batch_max_events.min(batch.events / 2).max(1);
+                    let (first, rest) = batch.split_at(batch.events / 2);
+                    self.retry.push_front(rest);
+                    self.retry.push_front(first);
+                }
+            }
+            Outcome::Unauthorized(status, detail) => {
+                self.stats.rejected_requests.fetch_add(1, Ordering::Relaxed);
+                if self
+                    .last_auth_log
+                    .is_none_or(|t| t.elapsed() >= AUTH_LOG_EVERY)
+                {
+                    error!(
+                        status, code = %detail.code, message = %detail.message, request_id = %detail.request_id,
+                        "the API refused the key; every event is kept and sending is retried every {}s. \
+                         Check the key (THOTH_API_KEY, THOTH_API_KEY_FILE, the thoth-api-key credential or \
+                         api.api_key_file), its tenant, and that it has the events:write scope",
+                        AUTH_RETRY.min(self.limits.max_backoff).as_secs()
+                    );
+                    self.last_auth_log = Some(now);
+                }
+                self.hold(now + AUTH_RETRY.min(self.limits.max_backoff));
+                self.retry.push_front(batch);
+            }
+            Outcome::Transient(why) => {
+                self.stats.rejected_requests.fetch_add(1, Ordering::Relaxed);
+                self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+                let wait = backoff(self.consecutive_failures, self.limits.max_backoff);
+                warn!(error = %why, retry_in_ms = wait.as_millis() as u64, "delivery failed; will retry");
+                self.hold(now + wait);
+                self.retry.push_front(batch);
+            }
+        }
+        Ok(())
+    }
+
+    /// Holds requests back until `until` (or longer, if already held).
+    fn hold(&mut self, until: Instant) {
+        self.hold_until = Some(self.hold_until.map_or(until, |h| h.max(until)));
+    }
+}
+
+/// Exponential backoff with full jitter: a random wait in [0, min(cap, 0.5s·2^n)].
+pub fn backoff(attempt: u32, cap: Duration) -> Duration {
+    let base = Duration::from_millis(500).saturating_mul(1u32 << attempt.min(20));
+    let ceiling = base.min(cap);
+    let millis = rand::thread_rng().gen_range(0..=ceiling.as_millis() as u64);
+    Duration::from_millis(millis.max(50))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_capped_and_jittered() {
+        let cap = Duration::from_secs(5);
+        for attempt in 0..40 {
+            assert!(backoff(attempt, cap) <= cap);
+        }
+        // Jittered: many different waits, not one value (nor its cap).
+        let waits: std::collections::BTreeSet<Duration> =
+            (0..200).map(|_| backoff(10, cap)).collect();
+        assert!(waits.len() > 100, "{} distinct waits of 200", waits.len());
+        // Growing: the first attempt waits at most 1 s, later ones reach the cap's range.
+        assert!((0..200).all(|_| backoff(1, cap) <= Duration::from_secs(1)));
+        assert!((0..200).any(|_| backoff(10, cap) > Duration::from_secs(3)));
+    }
+}

@@ -5,6 +5,9 @@
 #
 # usage: benches/e2e.sh [LINES=1000000] [FILES=1] [RUNS=3]
 #
+# E2E_BIN=path runs that binary instead of building this tree: a build of
+# the commit before a change, for a before-and-after comparison.
+#
 # E2E_CALLGRIND=1 runs the daemon under valgrind's callgrind and also prints
 # the instructions it executed: a figure that does not move with the load of
 # a shared machine (wall time and CPU seconds then mean nothing; use about
@@ -14,8 +17,8 @@ cd "$(dirname "$0")/.."
 lines=${1:-1000000}
 files=${2:-1}
 runs=${3:-3}
-cargo build --release -q
-bin=target/release/thoth-ingest
+[ -n "${E2E_BIN:-}" ] || cargo build --release -q
+bin=${E2E_BIN:-target/release/thoth-ingest}
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 

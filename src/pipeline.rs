@@ -48,7 +48,7 @@ impl Pipeline {
             let stats = Arc::new(SourceStats::default());
             let mut source_config = source_config.clone();
             source_config.max_open_files.get_or_insert(open_files_each);
-            let source = crate::stage::file_source(
+            let source = crate::stage::source(
                 config,
                 &source_config,
                 queue.clone(),
@@ -64,7 +64,9 @@ impl Pipeline {
                     // A panic is a bug: it must end the process (non-zero, so
                     // the service manager restarts it), not leave a healthy-
                     // looking daemon that reads nothing.
-                    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| source.run())) {
+                    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        source.run_until_shutdown()
+                    })) {
                         Ok(Ok(())) => {}
                         Ok(Err(e)) => {
                             let _ = fail.send(anyhow::Error::new(e));

@@ -11,11 +11,12 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::config::{Config, SourceConfig};
+use crate::config::{Config, SourceConfig, SourceKind};
 use crate::parse::{clean_line, parse_counted, EventBuf, ParseStats, Parser, Record};
 use crate::queue::Queue;
 use crate::source::file::FileSource;
-use crate::source::{KeyValue, ReadStats, RecordIn, Sink, SinkError, StreamSlot};
+use crate::source::journald::JournaldSource;
+use crate::source::{KeyValue, ReadStats, RecordIn, Sink, SinkError, Source, StreamSlot};
 
 /// Counters of one source: what it read, and what the stage made of it.
 #[derive(Debug, Default)]
@@ -102,6 +103,10 @@ impl Sink for Stage {
             debug_assert!(false, "a record for a closed stream");
             return;
         };
+        if let Some((key, metadata)) = record.metadata {
+            self.events
+                .set_record_metadata(Some((key, metadata.clone().into_owned())));
+        }
         let (line, repaired) = clean_line(record.bytes);
         if repaired {
             self.stats
@@ -120,6 +125,9 @@ impl Sink for Stage {
             &mut self.events,
             &mut self.parse_stats,
         );
+        if record.metadata.is_some() {
+            self.events.set_record_metadata(None);
+        }
     }
 
     fn held_bytes(&self) -> usize {
@@ -194,4 +202,29 @@ pub fn file_source(
         stats.read.clone(),
         shutdown,
     )?)
+}
+
+/// The source `source` of `config`, of whatever type, reading into `queue`
+/// through its own stage.
+pub fn source(
+    config: &Config,
+    source: &SourceConfig,
+    queue: Arc<Queue>,
+    stats: Arc<SourceStats>,
+    shutdown: Arc<AtomicBool>,
+) -> anyhow::Result<Box<dyn Source>> {
+    Ok(match source.kind {
+        SourceKind::File => Box::new(file_source(config, source, queue, stats, shutdown)?),
+        SourceKind::Journald => {
+            let parser = crate::parse::build(config, source)?;
+            let stage = Stage::new(parser, queue, stats.clone())
+                .with_max_event_bytes(config.redaction.event_bound(&config.delivery));
+            Box::new(JournaldSource::new(
+                source.clone(),
+                Box::new(stage),
+                stats.read.clone(),
+                shutdown,
+            ))
+        }
+    })
 }

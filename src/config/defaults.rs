@@ -100,6 +100,9 @@ pub(super) fn default_glob_interval() -> Duration {
 pub(super) fn default_fingerprint_bytes() -> usize {
     1024
 }
+pub(super) fn default_journalctl_path() -> PathBuf {
+    PathBuf::from("journalctl")
+}
 pub(super) fn default_max_line_bytes() -> ByteSize {
     ByteSize(1 << 20)
 }

@@ -265,6 +265,7 @@ impl Default for RedactionConfig {
 #[serde(rename_all = "lowercase")]
 pub enum SourceKind {
     File,
+    Journald,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -273,6 +274,8 @@ pub struct SourceConfig {
     pub name: Spanned<String>,
     #[serde(rename = "type")]
     pub kind: SourceKind,
+    /// Globs of the files a file source follows.
+    #[serde(default)]
     pub include: Vec<String>,
     #[serde(default)]
     pub exclude: Vec<String>,
@@ -327,6 +330,32 @@ pub struct SourceConfig {
     /// among the file sources.
     #[serde(default)]
     pub max_open_files: Option<usize>,
+    // The keys of a journald source (`type = "journald"`). Filters are
+    // journalctl's own: entries of any of `units`, of any of `identifiers`,
+    // matching `matches` (one field ORed, different fields ANDed), at
+    // `priority` or more urgent. Kept in this table, not a flattened one:
+    // serde's flatten would lose the spans errors point at.
+    /// Systemd units (`agent.service`).
+    #[serde(default)]
+    pub units: Vec<String>,
+    /// `SYSLOG_IDENTIFIER`s.
+    #[serde(default)]
+    pub identifiers: Vec<String>,
+    /// `FIELD=value` matches.
+    #[serde(default)]
+    pub matches: Vec<String>,
+    /// The least urgent level read: 0 (emerg) to 7 (debug), or its name.
+    #[serde(default)]
+    pub priority: Option<String>,
+    /// A journal directory to read instead of the system journal
+    /// (containers, tests).
+    #[serde(default)]
+    pub directory: Option<PathBuf>,
+    /// Only the entries of the current boot.
+    #[serde(default)]
+    pub current_boot_only: bool,
+    #[serde(default = "default_journalctl_path")]
+    pub journalctl_path: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]

@@ -2,7 +2,7 @@
 //! source names and globs, and the rule that the API is reached over https
 //! (plain http only to loopback). Errors name the key and its line.
 
-use super::{Config, ConfigError, MIN_MAX_EVENT_BYTES};
+use super::{Config, ConfigError, SourceConfig, SourceKind, MIN_MAX_EVENT_BYTES};
 
 impl Config {
     pub(super) fn validate(&self, text: &str) -> Result<(), ConfigError> {
@@ -112,7 +112,18 @@ impl Config {
                     format!("`{name}` is used by two sources"),
                 ));
             }
-            if source.include.is_empty() {
+            if source.kind == SourceKind::Journald {
+                if let Some((field, problem)) = journald_problem(source) {
+                    return Err(self.invalid(text, source.name.span(), &key(field), problem));
+                }
+            } else if let Some(field) = journald_key_on_a_file_source(source) {
+                return Err(self.invalid(
+                    text,
+                    source.name.span(),
+                    &key(field),
+                    "is a key of journald sources (type = \"journald\")".into(),
+                ));
+            } else if source.include.is_empty() {
                 return Err(self.invalid(
                     text,
                     source.name.span(),
@@ -204,6 +215,71 @@ pub fn check_base_url(url: &str) -> Result<(), String> {
             "`{url}`: scheme `{other}` is not supported; use https://"
         )),
     }
+}
+
+/// Syslog levels by name, most urgent first: a priority is one of these or
+/// its number.
+pub const PRIORITY_NAMES: [&str; 8] = [
+    "emerg", "alert", "crit", "err", "warning", "notice", "info", "debug",
+];
+
+/// What is wrong with a journald source's keys, if anything: the key and why.
+fn journald_problem(source: &SourceConfig) -> Option<(&'static str, String)> {
+    if !source.include.is_empty() {
+        return Some((
+            "include",
+            "a journald source reads the journal, not files: use units, identifiers or matches"
+                .into(),
+        ));
+    }
+    for m in &source.matches {
+        let field = m.split_once('=').map(|(f, _)| f).unwrap_or("");
+        let well_formed = !field.is_empty()
+            && !field.starts_with(|c: char| c.is_ascii_digit())
+            && field
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+        if !well_formed {
+            return Some((
+                "matches",
+                format!("`{m}`: write FIELD=value, the field in capitals (for example _SYSTEMD_UNIT=agent.service)"),
+            ));
+        }
+    }
+    for (name, values) in [
+        ("units", &source.units),
+        ("identifiers", &source.identifiers),
+    ] {
+        if let Some(v) = values
+            .iter()
+            .find(|v| v.is_empty() || v.contains(['\n', '\0']))
+        {
+            return Some((name, format!("`{}` is not a name", v.escape_debug())));
+        }
+    }
+    if let Some(p) = &source.priority {
+        if !PRIORITY_NAMES.contains(&p.as_str()) && !matches!(p.parse::<u8>(), Ok(0..=7)) {
+            return Some((
+                "priority",
+                format!("`{p}`: use 0 to 7 or one of {}", PRIORITY_NAMES.join(", ")),
+            ));
+        }
+    }
+    None
+}
+
+/// A journald key set on a file source, if any.
+fn journald_key_on_a_file_source(source: &SourceConfig) -> Option<&'static str> {
+    [
+        ("units", !source.units.is_empty()),
+        ("identifiers", !source.identifiers.is_empty()),
+        ("matches", !source.matches.is_empty()),
+        ("priority", source.priority.is_some()),
+        ("directory", source.directory.is_some()),
+        ("current_boot_only", source.current_boot_only),
+    ]
+    .into_iter()
+    .find_map(|(key, set)| set.then_some(key))
 }
 
 #[cfg(test)]

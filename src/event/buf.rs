@@ -2,7 +2,7 @@
 //! the queue stores in one commit.
 
 use super::bound;
-use super::Event;
+use super::{Event, Metadata};
 
 /// Events serialized back to back, with the end offset of each. No event is
 /// longer than `max_event_bytes`: a longer one is cut to fit and marked
@@ -14,6 +14,9 @@ pub struct EventBuf {
     max_event_bytes: usize,
     /// Events cut to fit `max_event_bytes`, ever.
     pub events_truncated: u64,
+    /// What the source knows of the record being parsed (a journal entry's
+    /// unit, pid, ...): added to every event's metadata under its key.
+    record_metadata: Option<(&'static str, Metadata<'static>)>,
 }
 
 impl Default for EventBuf {
@@ -29,10 +32,26 @@ impl EventBuf {
             ends: Vec::new(),
             max_event_bytes,
             events_truncated: 0,
+            record_metadata: None,
         }
     }
 
+    /// Sets what the source knows of the records parsed next, and the
+    /// metadata key it goes under (None: nothing).
+    pub fn set_record_metadata(&mut self, metadata: Option<(&'static str, Metadata<'static>)>) {
+        self.record_metadata = metadata;
+    }
+
     pub fn push(&mut self, event: &Event<'_>) {
+        let Some((key, extra)) = &self.record_metadata else {
+            return self.push_as_is(event);
+        };
+        let mut event = event.clone();
+        event.metadata = event.metadata.with_entry(key, extra);
+        self.push_as_is(&event);
+    }
+
+    fn push_as_is(&mut self, event: &Event<'_>) {
         let start = self.bytes.len();
         event.write_json(&mut self.bytes);
         let len = self.bytes.len() - start;

@@ -309,6 +309,29 @@ impl<'a> Metadata<'a> {
     pub fn is_empty(&self) -> bool {
         self.0 == "{}"
     }
+
+    /// This object with one more entry: `key`, set to the object `value`.
+    /// Both are objects this module built, so the result is one too.
+    /// Callers pick a key their parsers never write.
+    pub fn with_entry(&self, key: &str, value: &Metadata<'_>) -> Metadata<'static> {
+        let mut text = Vec::with_capacity(self.0.len() + key.len() + value.0.len() + 4);
+        text.extend_from_slice(self.0[..self.0.len() - 1].as_bytes());
+        if !self.is_empty() {
+            text.push(b',');
+        }
+        push_str(&mut text, key);
+        text.push(b':');
+        text.extend_from_slice(value.0.as_bytes());
+        text.push(b'}');
+        match String::from_utf8(text) {
+            Ok(text) => Metadata(Cow::Owned(text)),
+            Err(e) => unreachable!("built from str pieces: {e}"),
+        }
+    }
+
+    pub fn into_owned(self) -> Metadata<'static> {
+        Metadata(Cow::Owned(self.0.into_owned()))
+    }
 }
 
 /// Builds a [`Metadata`] one entry at a time. Each method writes a complete

@@ -9,11 +9,12 @@
 //! Checkpoint values are the source's own bytes; only the source reads them.
 
 pub mod file;
+pub mod journald;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use crate::event::Timestamp;
+use crate::event::{Metadata, Timestamp};
 
 /// A stream's parser in the sink, from [`Sink::open_stream`] until
 /// [`Sink::close_stream`]. Never reused: a record for a closed stream is an
@@ -31,8 +32,12 @@ pub struct RecordIn<'a> {
     pub position: u64,
     /// The record as read: any bytes (the sink repairs bad UTF-8).
     pub bytes: &'a [u8],
-    /// When it was read: the event time of last resort.
+    /// The event time of last resort: when the record was read, or when its
+    /// source says it was written (a journal entry's timestamp).
     pub read_at: Timestamp,
+    /// What the source knows of the record (a journal entry's unit, pid,
+    /// ...), and the key of every event's metadata it goes under.
+    pub metadata: Option<(&'static str, &'a Metadata<'a>)>,
 }
 
 /// A stored checkpoint: its key and value.
@@ -89,5 +94,38 @@ pub struct ReadStats {
 impl ReadStats {
     pub fn is_caught_up(&self) -> bool {
         self.caught_up.load(Ordering::SeqCst)
+    }
+}
+
+/// A source ended: its store failed, or it cannot read at all.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("source `{source_name}`: {err}")]
+    Store {
+        source_name: String,
+        #[source]
+        err: SinkError,
+    },
+    #[error("source `{source_name}`: {message}")]
+    Fatal {
+        source_name: String,
+        message: String,
+    },
+}
+
+/// A source: reads on a thread of its own until shutdown is requested.
+pub trait Source: Send {
+    fn run_until_shutdown(self: Box<Self>) -> Result<(), SourceError>;
+}
+
+impl Source for file::FileSource {
+    fn run_until_shutdown(self: Box<Self>) -> Result<(), SourceError> {
+        self.run()
+    }
+}
+
+impl Source for journald::JournaldSource {
+    fn run_until_shutdown(self: Box<Self>) -> Result<(), SourceError> {
+        self.run()
     }
 }

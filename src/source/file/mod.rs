@@ -48,6 +48,7 @@ use self::lines::{Line, LineCutter, Multiline};
 use self::read::{end_of_last_line, read_full_at, tail_of_file};
 use self::scan::stat;
 use self::watch::Wake;
+pub use super::SourceError;
 use super::{ReadStats, RecordIn, Sink, SinkError, StreamSlot};
 use crate::config::{SourceConfig, StartAt};
 use crate::event::Timestamp;
@@ -66,16 +67,6 @@ const COMMIT_MAX_EVENT_BYTES: usize = 2 * READ_CHUNK;
 const MAX_REPORTED: usize = 10_000;
 /// How often checkpoints of vanished files are looked for.
 const SWEEP_EVERY: Duration = Duration::from_secs(600);
-
-#[derive(Debug, thiserror::Error)]
-pub enum SourceError {
-    #[error("source `{source_name}`: {err}")]
-    Store {
-        source_name: String,
-        #[source]
-        err: SinkError,
-    },
-}
 
 /// Who a followed file is, once it has a fingerprint.
 struct Ident {

@@ -105,6 +105,7 @@ impl FileSource {
                     position: line.position,
                     bytes: line.bytes,
                     read_at,
+                    metadata: None,
                 },
             );
             held.set(sink.held_bytes());

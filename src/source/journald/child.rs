@@ -1,0 +1,343 @@
+//! The `journalctl` child: its arguments (the source's filters and where to
+//! start), its output read a line at a time without blocking shutdown and
+//! without holding more than a bounded line, the last of what it said on
+//! stderr (to name why it ended), and its end: killed and reaped when the
+//! source is done with it, and sent SIGTERM by the kernel if we die first.
+
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader, Read};
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::config::{SourceConfig, StartAt};
+
+/// Bytes of stderr kept to explain an exit.
+const STDERR_KEPT: usize = 4096;
+
+/// Where journalctl starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Start {
+    /// After this entry.
+    AfterCursor(String),
+    /// At the oldest entry present.
+    Oldest,
+    /// After the newest entry present.
+    Newest,
+}
+
+impl Start {
+    pub fn for_new_source(config: &SourceConfig) -> Start {
+        match config.start_at {
+            StartAt::Beginning => Start::Oldest,
+            StartAt::End => Start::Newest,
+        }
+    }
+}
+
+/// The arguments of `journalctl` for `config`, starting at `start`.
+pub fn arguments(config: &SourceConfig, start: &Start, follow: bool) -> Vec<OsString> {
+    let mut args: Vec<OsString> = vec![
+        "--output=json".into(),
+        // Every field in full: without it journalctl writes null for a
+        // value over 4096 bytes.
+        "--all".into(),
+        "--no-pager".into(),
+        "--quiet".into(),
+    ];
+    if follow {
+        args.push("--follow".into());
+    }
+    match start {
+        Start::AfterCursor(cursor) => {
+            args.push(format!("--after-cursor={cursor}").into());
+            args.push("--no-tail".into());
+        }
+        Start::Oldest => args.push("--no-tail".into()),
+        Start::Newest => args.push("--lines=0".into()),
+    }
+    if let Some(dir) = &config.directory {
+        let mut arg = OsString::from("--directory=");
+        arg.push(dir);
+        args.push(arg);
+    }
+    if config.current_boot_only {
+        args.push("--boot".into());
+    }
+    if let Some(priority) = &config.priority {
+        args.push(format!("--priority={priority}").into());
+    }
+    for unit in &config.units {
+        args.push(format!("--unit={unit}").into());
+    }
+    for identifier in &config.identifiers {
+        args.push(format!("--identifier={identifier}").into());
+    }
+    // Checked at load to be FIELD=value: none can pass for an option.
+    args.extend(config.matches.iter().map(OsString::from));
+    args
+}
+
+/// The cursor of the first entry at or after `cursor`, with no filter
+/// (the entry read last may not match filters changed since): the same
+/// cursor if the journal still holds that entry. None if the journal ends
+/// before one, or journalctl says nothing within 10 s.
+pub fn first_cursor_at(config: &SourceConfig, cursor: &str) -> std::io::Result<Option<String>> {
+    let mut args: Vec<OsString> = vec![
+        "--output=json".into(),
+        "--no-pager".into(),
+        "--quiet".into(),
+        "--output-fields=__CURSOR".into(),
+        format!("--cursor={cursor}").into(),
+    ];
+    if let Some(dir) = &config.directory {
+        let mut arg = OsString::from("--directory=");
+        arg.push(dir);
+        args.push(arg);
+    }
+    let mut journal = Journalctl::spawn_with(config, args)?;
+    let mut line = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        match journal.read_line(&mut line, 64 << 10, Duration::from_millis(200))? {
+            Line::Whole => {
+                let first = serde_json::from_slice::<serde_json::Value>(&line)
+                    .ok()
+                    .and_then(|v| v.get("__CURSOR")?.as_str().map(str::to_string));
+                return Ok(first);
+            }
+            Line::TooLong | Line::End => return Ok(None),
+            Line::Nothing => {}
+        }
+    }
+    Ok(None)
+}
+
+/// A running journalctl and its output.
+pub struct Journalctl {
+    child: Child,
+    out: BufReader<ChildStdout>,
+    stderr: Arc<Mutex<VecDeque<u8>>>,
+}
+
+/// What one read of the output gave.
+pub enum Line {
+    /// A whole line (without its newline) in the buffer given.
+    Whole,
+    /// A line longer than the limit: skipped to its end.
+    TooLong,
+    /// Nothing within the wait.
+    Nothing,
+    /// The output ended: journalctl exited.
+    End,
+}
+
+impl Journalctl {
+    /// Follows the journal from `start`, through the source's filters.
+    pub fn spawn(config: &SourceConfig, start: &Start) -> std::io::Result<Journalctl> {
+        Journalctl::spawn_with(config, arguments(config, start, true))
+    }
+
+    fn spawn_with(config: &SourceConfig, args: Vec<OsString>) -> std::io::Result<Journalctl> {
+        let mut command = Command::new(&config.journalctl_path);
+        command
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .env("SYSTEMD_COLORS", "0")
+            .env("SYSTEMD_PAGER", "");
+        // SAFETY: prctl is async-signal-safe and touches nothing of the
+        // parent's: it asks the kernel to end the child with its parent, so
+        // a daemon killed by -9 leaves no journalctl behind.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = command.spawn()?;
+        let out = child
+            .stdout
+            .take()
+            .ok_or_else(|| std::io::Error::other("journalctl has no stdout"))?;
+        let stderr = Arc::new(Mutex::new(VecDeque::new()));
+        if let Some(mut err) = child.stderr.take() {
+            let kept = stderr.clone();
+            // Drained on a thread of its own: a child blocked on a full
+            // stderr pipe would stop writing entries too.
+            let _ = std::thread::Builder::new()
+                .name("journalctl-stderr".into())
+                .spawn(move || {
+                    let mut buf = [0u8; 1024];
+                    while let Ok(n) = err.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        let mut kept = kept.lock().unwrap_or_else(|p| p.into_inner());
+                        kept.extend(&buf[..n]);
+                        let over = kept.len().saturating_sub(STDERR_KEPT);
+                        kept.drain(..over);
+                    }
+                });
+        }
+        Ok(Journalctl {
+            child,
+            out: BufReader::with_capacity(256 << 10, out),
+            stderr,
+        })
+    }
+
+    /// Whether output is buffered already: a read returns without waiting.
+    pub fn has_buffered(&self) -> bool {
+        !self.out.buffer().is_empty()
+    }
+
+    /// Reads one line into `line` (cleared first), waiting at most `wait`
+    /// for output to start; a line longer than `max` is skipped.
+    pub fn read_line(
+        &mut self,
+        line: &mut Vec<u8>,
+        max: usize,
+        wait: Duration,
+    ) -> std::io::Result<Line> {
+        line.clear();
+        if self.out.buffer().is_empty() && !readable(&self.out, wait)? {
+            return Ok(Line::Nothing);
+        }
+        let mut too_long = false;
+        loop {
+            let buf = match self.out.fill_buf() {
+                Ok(buf) => buf,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            if buf.is_empty() {
+                // A line cut by the exit is not an entry.
+                return Ok(Line::End);
+            }
+            let (take, done) = match memchr::memchr(b'\n', buf) {
+                Some(i) => (i, true),
+                None => (buf.len(), false),
+            };
+            if !too_long {
+                if line.len() + take > max {
+                    too_long = true;
+                    line.clear();
+                } else {
+                    line.extend_from_slice(&buf[..take]);
+                }
+            }
+            self.out.consume(take + usize::from(done));
+            if done {
+                return Ok(if too_long { Line::TooLong } else { Line::Whole });
+            }
+        }
+    }
+
+    /// What journalctl said on stderr, last lines first cut.
+    pub fn stderr_text(&self) -> String {
+        let kept = self.stderr.lock().unwrap_or_else(|p| p.into_inner());
+        let (a, b) = kept.as_slices();
+        let mut bytes = a.to_vec();
+        bytes.extend_from_slice(b);
+        String::from_utf8_lossy(&bytes).trim().to_string()
+    }
+
+    /// Ends it (if it still runs) and returns how it exited.
+    pub fn finish(mut self) -> std::io::Result<std::process::ExitStatus> {
+        if self.child.try_wait()?.is_none() {
+            let _ = self.child.kill();
+        }
+        let status = self.child.wait()?;
+        // The stderr thread ends with the pipe; give it a moment to keep
+        // the last words.
+        std::thread::sleep(Duration::from_millis(20));
+        Ok(status)
+    }
+}
+
+impl Drop for Journalctl {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Waits up to `wait` for `out` to have something to read (or its end).
+fn readable(out: &BufReader<ChildStdout>, wait: Duration) -> std::io::Result<bool> {
+    let mut fd = libc::pollfd {
+        fd: out.get_ref().as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = libc::c_int::try_from(wait.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: one valid pollfd, for the length given.
+    let n = unsafe { libc::poll(&mut fd, 1, ms) };
+    match n {
+        -1 => {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                Ok(false)
+            } else {
+                Err(e)
+            }
+        }
+        0 => Ok(false),
+        _ => Ok(true),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(toml_source: &str) -> SourceConfig {
+        let text = format!(
+            "[api]\ntenant_id = \"t\"\n[state]\ndir = \"/tmp/x\"\n[[sources]]\nname = \"j\"\ntype = \"journald\"\n{toml_source}"
+        );
+        crate::config::Config::from_toml(
+            &text,
+            std::path::Path::new("test.toml"),
+            &Default::default(),
+        )
+        .expect("valid config")
+        .sources
+        .remove(0)
+    }
+
+    #[test]
+    fn filters_and_start_become_arguments() {
+        let c = config(
+            "units = [\"agent.service\"]\nidentifiers = [\"mcp\"]\nmatches = [\"_UID=1000\"]\npriority = \"info\"\ndirectory = \"/j\"\n",
+        );
+        let args: Vec<String> = arguments(&c, &Start::AfterCursor("s=1;i=2".into()), true)
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect();
+        for expected in [
+            "--output=json",
+            "--all",
+            "--follow",
+            "--after-cursor=s=1;i=2",
+            "--no-tail",
+            "--directory=/j",
+            "--priority=info",
+            "--unit=agent.service",
+            "--identifier=mcp",
+            "_UID=1000",
+        ] {
+            assert!(args.iter().any(|a| a == expected), "{expected} in {args:?}");
+        }
+        let args = arguments(&c, &Start::Newest, false);
+        assert!(args.iter().any(|a| a == "--lines=0"));
+        assert!(!args.iter().any(|a| a == "--follow"));
+    }
+}

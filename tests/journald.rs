@@ -1,0 +1,261 @@
+//! The journald source against real journal files (tests/fixtures/journal/,
+//! made by its make.sh with systemd-journal-remote), read by the machine's
+//! own journalctl. The oracle is journalctl itself: the cursors it lists
+//! for the source's filters are the entries that must arrive, once each.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn journalctl() -> &'static str {
+    let found = Command::new("journalctl").arg("--version").output();
+    assert!(
+        found.is_ok_and(|o| o.status.success()),
+        "these tests need journalctl (systemd) on the PATH"
+    );
+    "journalctl"
+}
+
+/// A fixture's journal files, decompressed into `dir`.
+fn journal_dir(fixture: &str, files: &[&str], dir: &Path) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/journal")
+        .join(fixture);
+    std::fs::create_dir_all(dir).unwrap();
+    for file in files {
+        add_journal_file(&src, file, dir);
+    }
+    dir.to_path_buf()
+}
+
+fn add_journal_file(src: &Path, file: &str, dir: &Path) {
+    let gz = std::fs::File::open(src.join(format!("{file}.gz")))
+        .unwrap_or_else(|e| panic!("fixture {}/{file}.gz: {e}", src.display()));
+    let mut out = std::fs::File::create(dir.join(file)).unwrap();
+    std::io::copy(&mut flate2::read::GzDecoder::new(gz), &mut out).unwrap();
+}
+
+/// The entries journalctl lists with `args`: cursor -> MESSAGE, as JSON.
+fn entries(dir: &Path, args: &[&str]) -> BTreeMap<String, serde_json::Value> {
+    let out = Command::new(journalctl())
+        .arg(format!("--directory={}", dir.display()))
+        .args(["--output=json", "--all", "--no-pager"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "journalctl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                v["__CURSOR"].as_str().unwrap().to_string(),
+                v["MESSAGE"].clone(),
+            )
+        })
+        .collect()
+}
+
+/// Cursors of entries whose MESSAGE is a JSON object: what the json parser
+/// makes an event of.
+fn json_message_cursors(entries: &BTreeMap<String, serde_json::Value>) -> BTreeSet<String> {
+    entries
+        .iter()
+        .filter(|(_, m)| {
+            // Bytes when not UTF-8 or holding control characters (a newline).
+            let text = match m {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Array(bytes) => {
+                    let bytes: Vec<u8> = bytes
+                        .iter()
+                        .filter_map(|b| b.as_u64())
+                        .map(|b| b as u8)
+                        .collect();
+                    String::from_utf8_lossy(&bytes).into_owned()
+                }
+                _ => return false,
+            };
+            serde_json::from_str::<serde_json::Value>(&text).is_ok_and(|v| v.is_object())
+        })
+        .map(|(c, _)| c.clone())
+        .collect()
+}
+
+/// Asserts two sets of cursors are equal, naming the differences only.
+fn assert_same_cursors(got: &BTreeSet<String>, expected: &BTreeSet<String>, what: &str) {
+    let missing: Vec<_> = expected.difference(got).collect();
+    let extra: Vec<_> = got.difference(expected).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "{what}: {} missing {missing:?}, {} extra {extra:?}",
+        missing.len(),
+        extra.len()
+    );
+}
+
+fn write_journald_config(dir: &Path, receiver: &str, journal: &Path, extra: &str) -> PathBuf {
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[api]
+base_url = "http://{receiver}"
+tenant_id = "it-tenant"
+[state]
+dir = "{state}"
+[delivery]
+requests_per_minute = 100000
+linger = "100ms"
+[[sources]]
+name = "journal"
+type = "journald"
+directory = "{journal}"
+parser = "json"
+{extra}
+"#,
+            state = dir.join("state").display(),
+            journal = journal.display(),
+        ),
+    )
+    .unwrap();
+    config
+}
+
+/// Event ids by the cursor of the entry they came from.
+fn ids_by_cursor(receiver: &ReceiverProc) -> BTreeMap<String, BTreeSet<String>> {
+    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for e in receiver.stored() {
+        let cursor = e["metadata"]["journald"]["cursor"]
+            .as_str()
+            .expect("metadata.journald.cursor")
+            .to_string();
+        out.entry(cursor)
+            .or_default()
+            .insert(e["event_id"].as_str().unwrap().to_string());
+    }
+    out
+}
+
+fn wait_cursors(receiver: &ReceiverProc, n: usize) -> BTreeMap<String, BTreeSet<String>> {
+    let start = Instant::now();
+    loop {
+        let got = ids_by_cursor(receiver);
+        if got.len() >= n || start.elapsed() > Duration::from_secs(60) {
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn reads_the_filtered_entries_once_with_their_journal_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = journal_dir("basic", &["basic.journal"], &dir.path().join("journal"));
+    let receiver = ReceiverProc::start(dir.path(), &[]);
+    let config = write_journald_config(
+        dir.path(),
+        &receiver.addr,
+        &journal,
+        r#"units = ["agent.service"]"#,
+    );
+    let listed = entries(&journal, &["--unit=agent.service"]);
+    let expected = json_message_cursors(&listed);
+    assert!(
+        expected.len() >= 50,
+        "fixture too small: {}",
+        expected.len()
+    );
+    let mut daemon = start_daemon(&config);
+    let got = wait_cursors(&receiver, expected.len());
+    let cursors: BTreeSet<String> = got.keys().cloned().collect();
+    assert_same_cursors(
+        &cursors,
+        &expected,
+        "the events are exactly the unit's JSON entries",
+    );
+    assert!(got.values().all(|ids| ids.len() == 1), "one id per entry");
+    let event = &receiver.stored()[0];
+    let meta = &event["metadata"]["journald"];
+    assert_eq!(meta["systemd_unit"], "agent.service");
+    assert_eq!(meta["hostname"], "fixture-host");
+    assert!(meta["pid"].as_str().is_some_and(|p| !p.is_empty()));
+    // occurred_at is the entry's __REALTIME_TIMESTAMP (the messages carry none).
+    assert!(
+        event["occurred_at"]
+            .as_str()
+            .unwrap()
+            .starts_with("2023-11-1"),
+        "{}",
+        event["occurred_at"]
+    );
+    assert!(terminate(&mut daemon).success());
+
+    // A restart resumes after the cursor: nothing is sent again.
+    let before = receiver.stats().accepted_events;
+    let mut daemon = start_daemon(&config);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(terminate(&mut daemon).success());
+    assert_eq!(
+        receiver.stats().accepted_events,
+        before,
+        "nothing re-read after a restart"
+    );
+}
+
+#[test]
+fn kill_9_in_the_middle_loses_nothing_and_resends_only_known_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = journal_dir("basic", &["basic.journal"], &dir.path().join("journal"));
+    // Slow answers: the kill lands while batches are still out.
+    let receiver = ReceiverProc::start(dir.path(), &["--latency", "300ms"]);
+    let config = write_journald_config(dir.path(), &receiver.addr, &journal, "");
+    let expected = json_message_cursors(&entries(&journal, &[]));
+    let mut daemon = start_daemon(&config);
+    wait_cursors(&receiver, 1);
+    daemon.kill().unwrap(); // SIGKILL
+    daemon.wait().unwrap();
+    let mut daemon = start_daemon(&config);
+    let got = wait_cursors(&receiver, expected.len());
+    assert!(terminate(&mut daemon).success());
+    let cursors: BTreeSet<String> = got.keys().cloned().collect();
+    assert_same_cursors(&cursors, &expected, "every JSON entry arrived");
+    let twice: Vec<_> = got.iter().filter(|(_, ids)| ids.len() > 1).collect();
+    assert!(twice.is_empty(), "entries under two ids: {twice:?}");
+}
+
+#[test]
+fn a_missing_journalctl_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = journal_dir("basic", &["basic.journal"], &dir.path().join("journal"));
+    let receiver = ReceiverProc::start(dir.path(), &[]);
+    let config = write_journald_config(
+        dir.path(),
+        &receiver.addr,
+        &journal,
+        r#"journalctl_path = "/nonexistent/journalctl""#,
+    );
+    let out = Command::new(BIN)
+        .args(["--config", config.to_str().unwrap(), "run"])
+        .env("THOTH_API_KEY", KEY)
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "the daemon must not run without journalctl"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("journalctl not found at `/nonexistent/journalctl`"),
+        "{stderr}"
+    );
+}

@@ -4,8 +4,9 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use thoth_ingest::config::Env;
+use thoth_ingest::config::{Env, SourceConfig, SourceKind};
 use thoth_ingest::source::file::FileMatcher;
+use thoth_ingest::source::journald::{self, child::Access};
 
 pub fn validate(path: &Path) -> anyhow::Result<ExitCode> {
     let env = Env::from_process();
@@ -31,7 +32,12 @@ pub fn validate(path: &Path) -> anyhow::Result<ExitCode> {
     );
     println!("  key: from {origin}");
     println!("  state: {}", config.state.dir.display());
+    let mut unreadable = false;
     for source in &config.sources {
+        if source.kind == SourceKind::Journald {
+            unreadable |= !journal_readable(source);
+            continue;
+        }
         let files = FileMatcher::new(source)?.matching_files();
         println!(
             "  source `{}` (parser {}): {} file(s) match now",
@@ -43,5 +49,61 @@ pub fn validate(path: &Path) -> anyhow::Result<ExitCode> {
             println!("    {}", f.display());
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(if unreadable {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Says whether a journald source's journal is readable and how many
+/// entries its filters match now; false if it cannot be read.
+fn journal_readable(source: &SourceConfig) -> bool {
+    let name = source.name.get_ref();
+    let what = match &source.directory {
+        Some(dir) => format!("journal directory {}", dir.display()),
+        None => "the system journal".to_string(),
+    };
+    let access = journald::child::access(source).map_err(|e| journalctl_error(source, e));
+    match access {
+        Ok(Access::Readable) => match journald::child::count_entries(source) {
+            Ok(n) => {
+                println!(
+                    "  source `{name}` (journald, parser {}): {what} readable, {n} entries match now",
+                    source.parser.get_ref()
+                );
+                true
+            }
+            Err(e) => {
+                eprintln!("invalid: source `{name}`: {}", journalctl_error(source, e));
+                false
+            }
+        },
+        Ok(Access::NoFiles) => {
+            println!(
+                "  source `{name}` (journald, parser {}): {what} has no journal files yet",
+                source.parser.get_ref()
+            );
+            true
+        }
+        Ok(Access::Denied(why)) => {
+            eprintln!("invalid: source `{name}`: cannot read {what}: {why}");
+            false
+        }
+        Err(e) => {
+            eprintln!("invalid: source `{name}`: {e}");
+            false
+        }
+    }
+}
+
+fn journalctl_error(source: &SourceConfig, e: std::io::Error) -> String {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        format!(
+            "journalctl not found at `{}`: install systemd's journalctl, or set journalctl_path",
+            source.journalctl_path.display()
+        )
+    } else {
+        format!("journalctl: {e}")
+    }
 }

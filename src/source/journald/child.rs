@@ -116,6 +116,77 @@ pub fn first_cursor_at(config: &SourceConfig, cursor: &str) -> std::io::Result<O
     Ok(None)
 }
 
+/// Whether journalctl can read what the source names.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Access {
+    Readable,
+    /// No journal files (yet): an empty directory, or no journald.
+    NoFiles,
+    /// journalctl runs but may not read the journal: why, in its words.
+    Denied(String),
+}
+
+/// Asks journalctl whether the source's journal is readable (without
+/// `--quiet`, which would hide the notice of a user outside the journal's
+/// groups).
+pub fn access(config: &SourceConfig) -> std::io::Result<Access> {
+    let mut command = Command::new(&config.journalctl_path);
+    command.args(["--lines=0", "--no-pager"]);
+    if let Some(dir) = &config.directory {
+        let mut arg = OsString::from("--directory=");
+        arg.push(dir);
+        command.arg(arg);
+    }
+    let out = command
+        .stdin(Stdio::null())
+        .env("SYSTEMD_COLORS", "0")
+        .output()?;
+    let said = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    Ok(classify_access(out.status.success(), &said))
+}
+
+fn classify_access(success: bool, stderr: &str) -> Access {
+    if stderr.contains("insufficient permissions")
+        || stderr.contains("not seeing messages from other users")
+    {
+        return Access::Denied(format!(
+            "{stderr} (add the daemon's user to group systemd-journal)"
+        ));
+    }
+    if !success {
+        return Access::Denied(if stderr.is_empty() {
+            "journalctl failed".into()
+        } else {
+            stderr.to_string()
+        });
+    }
+    if stderr.contains("No journal files were found") {
+        return Access::NoFiles;
+    }
+    Access::Readable
+}
+
+/// How many entries the source's filters match now.
+pub fn count_entries(config: &SourceConfig) -> std::io::Result<u64> {
+    let mut args = arguments(config, &Start::Oldest, false);
+    args.push("--output-fields=__CURSOR".into());
+    let mut journal = Journalctl::spawn_with(config, args)?;
+    let mut line = Vec::new();
+    let mut n = 0u64;
+    loop {
+        match journal.read_line(&mut line, 64 << 10, Duration::from_secs(60))? {
+            Line::Whole | Line::TooLong => n += 1,
+            Line::End => return Ok(n),
+            Line::Nothing => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "journalctl said nothing for 60 s",
+                ))
+            }
+        }
+    }
+}
+
 /// A running journalctl and its output.
 pub struct Journalctl {
     child: Child,
@@ -311,6 +382,30 @@ mod tests {
         .expect("valid config")
         .sources
         .remove(0)
+    }
+
+    #[test]
+    fn journalctl_notices_tell_access() {
+        assert_eq!(classify_access(true, ""), Access::Readable);
+        assert_eq!(
+            classify_access(true, "No journal files were found."),
+            Access::NoFiles
+        );
+        let hint = "Hint: You are currently not seeing messages from other users and the system.";
+        assert!(
+            matches!(classify_access(true, hint), Access::Denied(w) if w.contains("systemd-journal"))
+        );
+        assert!(matches!(
+            classify_access(
+                false,
+                "No journal files were opened due to insufficient permissions."
+            ),
+            Access::Denied(_)
+        ));
+        assert!(matches!(
+            classify_access(false, "Failed to open /x: No such file or directory"),
+            Access::Denied(w) if w.contains("/x")
+        ));
     }
 
     #[test]

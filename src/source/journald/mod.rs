@@ -89,6 +89,19 @@ impl JournaldSource {
             }
             None => (None, None),
         };
+        match child::access(&self.config) {
+            Ok(child::Access::Readable) => {}
+            Ok(child::Access::NoFiles) => {
+                warn!(source = %self.name, "no journal files yet; following for new ones")
+            }
+            Ok(child::Access::Denied(why)) => {
+                return Err(self.fatal(format!("cannot read the journal: {why}")))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(self.not_found()),
+            Err(e) => {
+                warn!(source = %self.name, error = %e, "cannot ask journalctl whether the journal is readable")
+            }
+        }
         let slot = self.sink.open_stream(None, state.as_deref());
         let mut backoff = BACKOFF_FIRST;
         let mut from_oldest = false;
@@ -105,12 +118,7 @@ impl JournaldSource {
             };
             let mut journal = match Journalctl::spawn(&self.config, &start) {
                 Ok(j) => j,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    return Err(self.fatal(format!(
-                        "journalctl not found at `{}`: install systemd's journalctl, or set journalctl_path",
-                        self.config.journalctl_path.display()
-                    )))
-                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(self.not_found()),
                 Err(e) => {
                     warn!(source = %self.name, error = %e, "cannot start journalctl; retrying in {backoff:?}");
                     self.pause(backoff);
@@ -253,12 +261,7 @@ impl JournaldSource {
         let present = match child::first_cursor_at(&self.config, cursor) {
             Ok(Some(first)) => first == cursor,
             Ok(None) => false,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(self.fatal(format!(
-                    "journalctl not found at `{}`: install systemd's journalctl, or set journalctl_path",
-                    self.config.journalctl_path.display()
-                )))
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(self.not_found()),
             Err(e) => {
                 debug!(source = %self.name, error = %e, "cannot check the cursor; using it as it is");
                 true
@@ -271,6 +274,13 @@ impl JournaldSource {
             info!(source = %self.name, "resuming the journal after the last entry read");
         }
         Ok(present)
+    }
+
+    fn not_found(&self) -> SourceError {
+        self.fatal(format!(
+            "journalctl not found at `{}`: install systemd's journalctl, or set journalctl_path",
+            self.config.journalctl_path.display()
+        ))
     }
 
     fn fatal(&self, message: String) -> SourceError {

@@ -102,6 +102,44 @@ fn assert_same_cursors(got: &BTreeSet<String>, expected: &BTreeSet<String>, what
     );
 }
 
+/// A rules parser that makes one event of every entry: every cursor the
+/// source reads shows at the receiver.
+const EVERY_ENTRY: &str = r#"parser = "every-entry"
+
+[parsers.every-entry]
+format = "regex"
+pattern = '(?s)^(?P<all>.*)$'
+
+[[parsers.every-entry.rules]]
+name = "all"
+event_type = "TOOL_CALL_POST"
+content = "${all}"
+"#;
+
+/// The pid of `parent`'s child named `name`, from /proc.
+fn child_named(parent: u32, name: &str) -> Option<i32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+        // pid (comm) state ppid ...
+        let (comm, rest) = stat.split_once(" (")?.1.rsplit_once(") ")?;
+        let ppid: u32 = rest.split(' ').nth(1)?.parse().ok()?;
+        (ppid == parent && comm == name).then_some(pid)
+    })
+}
+
+/// Copies a journal file in as a journal does: under a temporary name, then
+/// renamed.
+fn add_file_atomically(fixture: &str, file: &str, dir: &Path) {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/journal")
+        .join(fixture);
+    let tmp = dir.join(".incoming");
+    std::fs::create_dir_all(&tmp).unwrap();
+    add_journal_file(&src, file, &tmp);
+    std::fs::rename(tmp.join(file), dir.join(file)).unwrap();
+}
+
 fn write_journald_config(dir: &Path, receiver: &str, journal: &Path, extra: &str) -> PathBuf {
     let config = dir.join("config.toml");
     std::fs::write(
@@ -120,7 +158,6 @@ linger = "100ms"
 name = "journal"
 type = "journald"
 directory = "{journal}"
-parser = "json"
 {extra}
 "#,
             state = dir.join("state").display(),
@@ -166,7 +203,7 @@ fn reads_the_filtered_entries_once_with_their_journal_fields() {
         dir.path(),
         &receiver.addr,
         &journal,
-        r#"units = ["agent.service"]"#,
+        "parser = \"json\"\nunits = [\"agent.service\"]",
     );
     let listed = entries(&journal, &["--unit=agent.service"]);
     let expected = json_message_cursors(&listed);
@@ -200,6 +237,49 @@ fn reads_the_filtered_entries_once_with_their_journal_fields() {
     );
     assert!(terminate(&mut daemon).success());
 
+    // `parse --source` on journalctl's output previews the same events,
+    // under the same ids.
+    let listing = Command::new(journalctl())
+        .arg(format!("--directory={}", journal.display()))
+        .args([
+            "--output=json",
+            "--all",
+            "--no-pager",
+            "--unit=agent.service",
+        ])
+        .output()
+        .unwrap();
+    let mut preview = Command::new(BIN)
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "parse",
+            "--source",
+            "journal",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = preview.stdin.take().unwrap();
+        stdin.write_all(&listing.stdout).unwrap();
+    }
+    let preview = preview.wait_with_output().unwrap();
+    assert!(preview.status.success());
+    let previewed: BTreeSet<String> = String::from_utf8_lossy(&preview.stdout)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["event_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let sent: BTreeSet<String> = got.values().flatten().cloned().collect();
+    assert_eq!(previewed, sent, "parse --source shows what the daemon sent");
+
     // A restart resumes after the cursor: nothing is sent again.
     let before = receiver.stats().accepted_events;
     let mut daemon = start_daemon(&config);
@@ -218,7 +298,7 @@ fn kill_9_in_the_middle_loses_nothing_and_resends_only_known_ids() {
     let journal = journal_dir("basic", &["basic.journal"], &dir.path().join("journal"));
     // Slow answers: the kill lands while batches are still out.
     let receiver = ReceiverProc::start(dir.path(), &["--latency", "300ms"]);
-    let config = write_journald_config(dir.path(), &receiver.addr, &journal, "");
+    let config = write_journald_config(dir.path(), &receiver.addr, &journal, "parser = \"json\"");
     let expected = json_message_cursors(&entries(&journal, &[]));
     let mut daemon = start_daemon(&config);
     wait_cursors(&receiver, 1);
@@ -257,5 +337,72 @@ fn a_missing_journalctl_is_a_clear_error() {
     assert!(
         stderr.contains("journalctl not found at `/nonexistent/journalctl`"),
         "{stderr}"
+    );
+}
+
+#[test]
+fn journalctl_killed_under_the_daemon_is_restarted_and_new_files_are_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = journal_dir("two-files", &["part1.journal"], &dir.path().join("journal"));
+    let receiver = ReceiverProc::start(dir.path(), &[]);
+    let config = write_journald_config(dir.path(), &receiver.addr, &journal, EVERY_ENTRY);
+    let first: BTreeSet<String> = entries(&journal, &[]).into_keys().collect();
+    let mut daemon = start_daemon(&config);
+    let got = wait_cursors(&receiver, first.len());
+    assert_same_cursors(&got.keys().cloned().collect(), &first, "the first file");
+    let journalctl = child_named(daemon.id(), "journalctl").expect("the daemon's journalctl");
+    // SAFETY: kill(2) on a pid this test found as the daemon's child.
+    unsafe {
+        libc::kill(journalctl, libc::SIGKILL);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    add_file_atomically("two-files", "part2.journal", &journal);
+    let all: BTreeSet<String> = entries(&journal, &[]).into_keys().collect();
+    assert_eq!(all.len(), 300);
+    let got = wait_cursors(&receiver, all.len());
+    assert!(terminate(&mut daemon).success());
+    assert_same_cursors(
+        &got.keys().cloned().collect(),
+        &all,
+        "both files, after journalctl was killed",
+    );
+    assert!(got.values().all(|ids| ids.len() == 1), "one id per entry");
+    let restarted = child_named(daemon.id(), "journalctl");
+    assert_ne!(restarted, Some(journalctl));
+}
+
+#[test]
+fn a_vacuumed_cursor_is_reported_and_no_entry_after_it_is_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = journal_dir("two-files", &["part1.journal"], &dir.path().join("journal"));
+    let receiver = ReceiverProc::start(dir.path(), &[]);
+    let config = write_journald_config(dir.path(), &receiver.addr, &journal, EVERY_ENTRY);
+    let first: BTreeSet<String> = entries(&journal, &[]).into_keys().collect();
+    let mut daemon = start_daemon(&config);
+    wait_cursors(&receiver, first.len());
+    assert!(terminate(&mut daemon).success());
+    // Vacuumed while the daemon was stopped: the file of its cursor is gone.
+    std::fs::remove_file(journal.join("part1.journal")).unwrap();
+    add_file_atomically("two-files", "part2.journal", &journal);
+    let second: BTreeSet<String> = entries(&journal, &[]).into_keys().collect();
+    let log = dir.path().join("daemon.log");
+    let mut daemon = start_daemon_cmd(&config, |c| {
+        c.env("THOTH_API_KEY", KEY)
+            .stderr(std::fs::File::create(&log).unwrap());
+    });
+    let got = wait_cursors(&receiver, first.len() + second.len());
+    assert!(terminate(&mut daemon).success());
+    let all: BTreeSet<String> = first.union(&second).cloned().collect();
+    // journalctl's --after-cursor would skip the oldest entry left here.
+    assert_same_cursors(
+        &got.keys().cloned().collect(),
+        &all,
+        "every entry of both files",
+    );
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        said.matches("no longer holds the last entry read").count(),
+        1,
+        "one warning names the gap: {said}"
     );
 }

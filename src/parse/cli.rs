@@ -13,10 +13,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::{
-    build, build_named, parse_counted, EventBuf, EventContext, ParseStats, Record, Redaction,
+    build, build_named, parse_counted, EventBuf, EventContext, ParseStats, Record, Redaction, Skip,
 };
-use crate::config::{ConfigError, Env, JsonFields};
+use crate::config::{ConfigError, Env, JsonFields, SourceKind};
 use crate::event::Timestamp;
+use crate::source::journald::entry::{self as journal_entry, Entry};
 
 /// What the command was asked to do.
 #[derive(Debug, Clone)]
@@ -65,6 +66,9 @@ pub fn run(
     out: &mut dyn Write,
     notes: &mut dyn Write,
 ) -> Result<ParseStats, ParseCliError> {
+    // A journald source reads `journalctl --output=json` lines: each is an
+    // entry whose MESSAGE is parsed, as the daemon does.
+    let mut journal = false;
     let (mut parser, stream, event_bound) = match (&args.preset, &args.source, &args.parser) {
         (Some(name), None, None) => {
             let ctx = EventContext::preview("preview", "preview");
@@ -87,6 +91,7 @@ pub fn run(
                     name: name.clone(),
                     path: args.config.clone(),
                 })?;
+            journal = source.kind == SourceKind::Journald;
             (
                 build(&config, source)?,
                 format!("{name}/preview"),
@@ -163,13 +168,43 @@ pub fn run(
         if let [rest @ .., b'\n'] = line {
             line = rest;
         }
+        let mut read_at = Timestamp::now();
+        let mut record_stream = None;
+        let mut position = offset;
+        let entry;
+        if journal {
+            entry = match Entry::parse(line) {
+                Ok(entry) => entry,
+                Err(e) => {
+                    if args.explain {
+                        writeln!(
+                            notes,
+                            "line {number} (byte {offset}): not a journal entry: {e}"
+                        )
+                        .map_err(ParseCliError::Output)?;
+                    }
+                    *stats.skipped.entry(Skip::NotAJournalEntry).or_default() += 1;
+                    offset += n as u64;
+                    continue;
+                }
+            };
+            line = &entry.message;
+            read_at = entry.written_at.unwrap_or(read_at);
+            let (s, p) = journal_entry::stream_and_position(
+                args.source.as_deref().unwrap_or_default(),
+                &entry.cursor,
+            );
+            record_stream = Some(s);
+            position = p;
+            events.set_record_metadata(Some(("journald", entry.metadata.clone())));
+        }
         let (line, _) = super::clean_line(line);
         let line: &[u8] = &line;
         let rec = Record {
-            stream: &stream,
-            position: offset,
+            stream: record_stream.as_deref().unwrap_or(&stream),
+            position,
             line,
-            read_at: Timestamp::now(),
+            read_at,
         };
         events.clear();
         let skipped_before = stats.skipped.clone();

@@ -164,6 +164,9 @@ pub enum Skip {
     NoPatternMatch,
     /// A rules parser: a pattern matched, but no rule's conditions held.
     NoRuleMatched,
+    /// `parse --source` of a journald source: a line that is not an entry
+    /// of `journalctl --output=json`.
+    NotAJournalEntry,
     /// A rules parser: what the chosen rule made of the line (dropped it, or
     /// found no value for a field it needs), naming the rule and the field.
     Rule(&'static str),
@@ -173,6 +176,7 @@ impl Skip {
     pub fn as_str(self) -> &'static str {
         match self {
             Skip::EmptyLine => "empty line",
+            Skip::NotAJournalEntry => "not a journal entry",
             Skip::InvalidJson => "invalid JSON",
             Skip::NotAnObject => "JSON but not an object",
             Skip::IgnoredRecordType => "record type that carries no event",

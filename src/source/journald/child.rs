@@ -21,7 +21,10 @@ const STDERR_KEPT: usize = 4096;
 /// Where journalctl starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Start {
-    /// After this entry.
+    /// After this entry: journalctl starts at it (or where it was, if the
+    /// journal no longer holds it), and the reader drops it. Not
+    /// `--after-cursor`, which steps over one entry more when the cursor's
+    /// entry is gone or does not match the filters (journalctl 252).
     AfterCursor(String),
     /// At the oldest entry present.
     Oldest,
@@ -53,7 +56,7 @@ pub fn arguments(config: &SourceConfig, start: &Start, follow: bool) -> Vec<OsSt
     }
     match start {
         Start::AfterCursor(cursor) => {
-            args.push(format!("--after-cursor={cursor}").into());
+            args.push(format!("--cursor={cursor}").into());
             args.push("--no-tail".into());
         }
         Start::Oldest => args.push("--no-tail".into()),
@@ -421,7 +424,7 @@ mod tests {
             "--output=json",
             "--all",
             "--follow",
-            "--after-cursor=s=1;i=2",
+            "--cursor=s=1;i=2",
             "--no-tail",
             "--directory=/j",
             "--priority=info",

@@ -10,8 +10,8 @@
 //! Filters run in journalctl, so every entry read moves the cursor, and a
 //! commit follows within a second: a restart never re-reads a long stretch
 //! the filters dropped. A cursor the journal no longer holds (vacuumed) is
-//! reported once, naming the gap, and reading goes on from the oldest
-//! entry. journalctl exiting is restarted with backoff from the cursor.
+//! reported, naming the gap, and reading goes on from the oldest entry
+//! after it. journalctl exiting is restarted with backoff from the cursor.
 
 pub mod child;
 pub mod entry;
@@ -104,15 +104,13 @@ impl JournaldSource {
         }
         let slot = self.sink.open_stream(None, state.as_deref());
         let mut backoff = BACKOFF_FIRST;
-        let mut from_oldest = false;
-        if let Some(c) = &cursor {
-            if !self.cursor_present(c)? {
-                from_oldest = true;
-            }
-        }
         while !self.shutdown.load(Ordering::SeqCst) {
+            if let Some(c) = &cursor {
+                // A loss is said here; journalctl then starts where the
+                // entry was, at the oldest entry after it still present.
+                self.cursor_present(c)?;
+            }
             let start = match &cursor {
-                _ if from_oldest => Start::Oldest,
                 Some(c) => Start::AfterCursor(c.clone()),
                 None => Start::for_new_source(&self.config),
             };
@@ -127,7 +125,6 @@ impl JournaldSource {
                 }
             };
             debug!(source = %self.name, ?start, "journalctl started");
-            from_oldest = false;
             let end = self.follow(&mut journal, slot, &mut cursor)?;
             let said = journal.stderr_text();
             let status = journal.finish();
@@ -143,11 +140,6 @@ impl JournaldSource {
             warn!(source = %self.name, %status, stderr = %said, "journalctl exited; restarting from the cursor in {backoff:?}");
             self.pause(backoff);
             backoff = (backoff * 2).min(BACKOFF_MAX);
-            if let Some(c) = &cursor {
-                if !self.cursor_present(c)? {
-                    from_oldest = true;
-                }
-            }
         }
         self.sink.close_stream(slot);
         debug!(source = %self.name, "journald source stopped");
@@ -168,6 +160,8 @@ impl JournaldSource {
         let mut pending = false;
         let mut oldest_pending = Instant::now();
         let mut bad_lines = 0u64;
+        // journalctl starts at the cursor's own entry, already committed.
+        let mut already_read = cursor.clone();
         loop {
             if self.shutdown.load(Ordering::SeqCst) {
                 break;
@@ -216,6 +210,11 @@ impl JournaldSource {
                     continue;
                 }
             };
+            if let Some(last) = already_read.take() {
+                if entry.cursor == last {
+                    continue;
+                }
+            }
             let (stream, position) = entry::stream_and_position(&self.name, &entry.cursor);
             if !pending {
                 oldest_pending = Instant::now();
@@ -269,7 +268,7 @@ impl JournaldSource {
         };
         if !present {
             warn!(source = %self.name, %cursor,
-                "the journal no longer holds the last entry read (vacuumed or rotated away): entries written after it and removed since were lost; reading from the oldest entry present");
+                "the journal no longer holds the last entry read (vacuumed or rotated away): entries written after it and removed since are lost; reading on from the oldest entry after it");
         } else {
             info!(source = %self.name, "resuming the journal after the last entry read");
         }

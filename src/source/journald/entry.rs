@@ -17,6 +17,18 @@ const METADATA_FIELDS: [(&str, &str); 6] = [
     ("PRIORITY", "priority"),
 ];
 
+/// The fields read from journalctl (besides __CURSOR and the timestamps,
+/// which it always writes).
+pub const FIELDS: [&str; 7] = [
+    "MESSAGE",
+    "_SYSTEMD_UNIT",
+    "SYSLOG_IDENTIFIER",
+    "_PID",
+    "_COMM",
+    "_HOSTNAME",
+    "PRIORITY",
+];
+
 #[derive(Deserialize)]
 struct Raw<'a> {
     #[serde(rename = "__CURSOR")]
@@ -98,6 +110,13 @@ impl Entry {
 /// the entry holds more than once: the first is taken), or null (too long
 /// without `--all`).
 fn field_bytes(value: &RawValue) -> Vec<u8> {
+    // Nearly every value is a string: read it without serde's untagged
+    // buffering, which costs an allocation per field of every entry.
+    if value.get().starts_with('"') {
+        return serde_json::from_str::<std::borrow::Cow<'_, str>>(value.get())
+            .map(|s| s.into_owned().into_bytes())
+            .unwrap_or_default();
+    }
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Field {
@@ -123,6 +142,19 @@ fn field_bytes(value: &RawValue) -> Vec<u8> {
 /// same on every machine that reads those files) and its sequence number.
 /// A cursor of another shape gets a hash of itself as its position.
 pub fn stream_and_position(source: &str, cursor: &str) -> (String, u64) {
+    let (id, position) = seqnum_of(cursor);
+    (
+        match id {
+            Some(id) => format!("journald/{source}/{id}"),
+            None => format!("journald/{source}/cursor"),
+        },
+        position,
+    )
+}
+
+/// The cursor's sequence-number id (None if it has none) and the position
+/// in it: its sequence number, or a hash of a cursor of another shape.
+pub fn seqnum_of(cursor: &str) -> (Option<&str>, u64) {
     let mut seqnum_id = None;
     let mut seqnum = None;
     for part in cursor.split(';') {
@@ -133,11 +165,8 @@ pub fn stream_and_position(source: &str, cursor: &str) -> (String, u64) {
         }
     }
     match (seqnum_id, seqnum) {
-        (Some(id), Some(n)) => (format!("journald/{source}/{id}"), n),
-        _ => (
-            format!("journald/{source}/cursor"),
-            fnv1a(cursor.as_bytes()),
-        ),
+        (Some(id), Some(n)) => (Some(id), n),
+        _ => (None, fnv1a(cursor.as_bytes())),
     }
 }
 

@@ -34,6 +34,8 @@ const COMMIT_MAX_EVENT_BYTES: usize = 8 << 20;
 const COMMIT_EVERY: Duration = Duration::from_secs(1);
 /// How long a read waits for output before looking at shutdown again.
 const IDLE_WAIT: Duration = Duration::from_millis(200);
+/// A pause in journalctl's output this long commits what was read.
+const PAUSE: Duration = Duration::from_millis(10);
 const BACKOFF_FIRST: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// Bytes of an output line beyond `max_line_bytes`: the entry's other fields.
@@ -160,21 +162,25 @@ impl JournaldSource {
         let mut pending = false;
         let mut oldest_pending = Instant::now();
         let mut bad_lines = 0u64;
+        let mut stream = String::new();
+        let mut stream_of: Option<String> = None;
         // journalctl starts at the cursor's own entry, already committed.
         let mut already_read = cursor.clone();
         loop {
             if self.shutdown.load(Ordering::SeqCst) {
                 break;
             }
+            // A commit (two fsyncs) per pipe-full would cap the rate: commit
+            // when the output pauses, at the size bound, or after a second.
             let due = pending
                 && (oldest_pending.elapsed() >= COMMIT_EVERY
-                    || self.sink.held_bytes() >= COMMIT_MAX_EVENT_BYTES
-                    || !journal.has_buffered());
+                    || self.sink.held_bytes() >= COMMIT_MAX_EVENT_BYTES);
             if due {
                 self.commit(slot, cursor.as_deref())?;
                 pending = false;
             }
-            let read = match journal.read_line(&mut line, max, IDLE_WAIT) {
+            let wait = if pending { PAUSE } else { IDLE_WAIT };
+            let read = match journal.read_line(&mut line, max, wait) {
                 Ok(read) => read,
                 Err(e) => {
                     warn!(source = %self.name, error = %e, "reading journalctl's output failed");
@@ -184,7 +190,11 @@ impl JournaldSource {
             match read {
                 Line::Whole => {}
                 Line::Nothing => {
-                    self.stats.caught_up.store(!pending, Ordering::SeqCst);
+                    if pending {
+                        self.commit(slot, cursor.as_deref())?;
+                        pending = false;
+                    }
+                    self.stats.caught_up.store(true, Ordering::SeqCst);
                     continue;
                 }
                 Line::TooLong => {
@@ -215,7 +225,12 @@ impl JournaldSource {
                     continue;
                 }
             }
-            let (stream, position) = entry::stream_and_position(&self.name, &entry.cursor);
+            // The stream's name changes with the journal's numbering only.
+            let (seqnum_id, position) = entry::seqnum_of(&entry.cursor);
+            if stream_of.as_deref() != Some(seqnum_id.unwrap_or("")) {
+                stream_of = Some(seqnum_id.unwrap_or("").to_string());
+                stream = entry::stream_and_position(&self.name, &entry.cursor).0;
+            }
             if !pending {
                 oldest_pending = Instant::now();
             }

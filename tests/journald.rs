@@ -406,3 +406,37 @@ fn a_vacuumed_cursor_is_reported_and_no_entry_after_it_is_skipped() {
         "one warning names the gap: {said}"
     );
 }
+
+#[test]
+fn match_and_priority_filters_are_journalctls() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = journal_dir("basic", &["basic.journal"], &dir.path().join("journal"));
+    let receiver = ReceiverProc::start(dir.path(), &[]);
+    let extra = format!(
+        "matches = [\"_SYSTEMD_UNIT=mcp-github.service\"]\npriority = \"err\"\n{EVERY_ENTRY}"
+    );
+    let config = write_journald_config(dir.path(), &receiver.addr, &journal, &extra);
+    let expected: BTreeSet<String> = entries(
+        &journal,
+        &["_SYSTEMD_UNIT=mcp-github.service", "--priority=err"],
+    )
+    .into_keys()
+    .collect();
+    assert!(
+        !expected.is_empty() && expected.len() < 40,
+        "{}",
+        expected.len()
+    );
+    let mut daemon = start_daemon(&config);
+    let got = wait_cursors(&receiver, expected.len());
+    // Nothing else trickles in after the expected ones.
+    std::thread::sleep(Duration::from_millis(1500));
+    let got_after = ids_by_cursor(&receiver);
+    assert!(terminate(&mut daemon).success());
+    assert_eq!(got.len(), got_after.len());
+    assert_same_cursors(
+        &got_after.keys().cloned().collect(),
+        &expected,
+        "the unit's errors only",
+    );
+}

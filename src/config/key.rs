@@ -156,6 +156,11 @@ mod tests {
 
     #[test]
     fn key_never_shows_in_debug() {
+        let env = Env {
+            api_key: Some("thoth_live_supersecret".into()),
+            ..Env::default()
+        };
+        assert!(!format!("{env:?}").contains("supersecret"), "{env:?}");
         let key = ApiKey::new("thoth_live_supersecret").unwrap();
         assert!(!format!("{key:?}").contains("supersecret"));
         assert!(!format!("{key}").contains("supersecret"));

@@ -79,12 +79,24 @@ impl fmt::Debug for ConfigText {
 }
 
 /// Environment the config reads, passed in so tests do not touch the process's.
-#[derive(Debug, Clone, Default)]
+/// Its `Debug` shows whether a key is set, never the key.
+#[derive(Clone, Default)]
 pub struct Env {
     pub api_url: Option<String>,
     pub api_key: Option<String>,
     pub api_key_file: Option<PathBuf>,
     pub credentials_directory: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for Env {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Env")
+            .field("api_url", &self.api_url)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<set>"))
+            .field("api_key_file", &self.api_key_file)
+            .field("credentials_directory", &self.credentials_directory)
+            .finish()
+    }
 }
 
 impl Env {

@@ -141,6 +141,19 @@ impl Config {
                     ));
                 }
             }
+            for (field, interval) in [
+                ("poll_interval", source.poll_interval),
+                ("glob_interval", source.glob_interval),
+            ] {
+                if interval.is_zero() {
+                    return Err(self.invalid(
+                        text,
+                        source.name.span(),
+                        &key(field),
+                        "must be more than 0s (0s would spin a core)".into(),
+                    ));
+                }
+            }
             if !(16..=1 << 20).contains(&source.fingerprint_bytes) {
                 return Err(self.invalid(
                     text,
@@ -318,5 +331,46 @@ mod tests {
         };
         let e = Config::from_toml(GOOD, Path::new("c.toml"), &env).unwrap_err();
         assert!(e.to_string().contains("api.base_url"), "{e}");
+    }
+
+    #[test]
+    fn zero_intervals_and_journald_keys_are_refused() {
+        let with =
+            |extra: &str| GOOD.replace("parser = \"json\"", &format!("parser = \"json\"\n{extra}"));
+        for field in ["poll_interval", "glob_interval"] {
+            let e = load(&with(&format!("{field} = \"0s\"")))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(field) && e.contains("more than 0s"), "{e}");
+        }
+        let e = load(&with("units = [\"a.service\"]"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("units") && e.contains("journald"), "{e}");
+        let journald = GOOD.replace("type = \"file\"", "type = \"journald\"");
+        let e = load(&journald).unwrap_err().to_string();
+        assert!(e.contains("include") && e.contains("journal"), "{e}");
+        let journald = |extra: &str| {
+            journald
+                .lines()
+                .filter(|l| !l.starts_with("include"))
+                .collect::<Vec<_>>()
+                .join("\n")
+                .replace("parser = \"json\"", &format!("parser = \"json\"\n{extra}"))
+        };
+        assert!(load(&journald(
+            "units = [\"agent.service\"]\npriority = \"warning\""
+        ))
+        .is_ok());
+        for (bad, field) in [
+            ("matches = [\"--output=cat\"]", "matches"),
+            ("matches = [\"lower=x\"]", "matches"),
+            ("priority = \"loud\"", "priority"),
+            ("priority = \"8\"", "priority"),
+            ("units = [\"\"]", "units"),
+        ] {
+            let e = load(&journald(bad)).unwrap_err().to_string();
+            assert!(e.contains(field), "{bad}: {e}");
+        }
     }
 }

@@ -103,6 +103,9 @@ impl Sink for Stage {
             debug_assert!(false, "a record for a closed stream");
             return;
         };
+        if !record.fields.is_empty() {
+            parser.set_record_fields(record.fields);
+        }
         if let Some((key, metadata)) = record.metadata {
             self.events
                 .set_record_metadata(Some((key, metadata.clone().into_owned())));
@@ -127,6 +130,11 @@ impl Sink for Stage {
         );
         if record.metadata.is_some() {
             self.events.set_record_metadata(None);
+        }
+        if !record.fields.is_empty() {
+            if let Some(parser) = self.parsers.get_mut(&slot.0) {
+                parser.set_record_fields(&[]);
+            }
         }
     }
 

@@ -440,3 +440,57 @@ fn match_and_priority_filters_are_journalctls() {
         "the unit's errors only",
     );
 }
+
+#[test]
+fn rules_test_and_copy_the_entry_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = journal_dir("basic", &["basic.journal"], &dir.path().join("journal"));
+    let receiver = ReceiverProc::start(dir.path(), &[]);
+    let rules = r#"parser = "errors"
+
+[parsers.errors]
+format = "regex"
+pattern = '(?s)^(?P<all>.*)$'
+
+[[parsers.errors.rules]]
+name = "errors"
+when = { field = "journald.priority", equals = "3" }
+event_type = "TOOL_CALL_POST"
+tool_name = "${journald.syslog_identifier}"
+content = "${journald.systemd_unit}: ${all}"
+
+[[parsers.errors.rules]]
+name = "the rest"
+drop = true
+"#;
+    let config = write_journald_config(dir.path(), &receiver.addr, &journal, rules);
+    let expected: BTreeSet<String> = entries(&journal, &["PRIORITY=3"]).into_keys().collect();
+    assert!(
+        !expected.is_empty() && expected.len() < 20,
+        "{}",
+        expected.len()
+    );
+    let mut daemon = start_daemon(&config);
+    let got = wait_cursors(&receiver, expected.len());
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(terminate(&mut daemon).success());
+    assert_same_cursors(
+        &got.keys().cloned().collect(),
+        &expected,
+        "the PRIORITY=3 entries",
+    );
+    assert_eq!(
+        ids_by_cursor(&receiver).len(),
+        expected.len(),
+        "nothing else"
+    );
+    for e in receiver.stored() {
+        let unit = e["metadata"]["journald"]["systemd_unit"].as_str().unwrap();
+        let content = e["content"].as_str().unwrap();
+        assert!(content.starts_with(&format!("{unit}: ")), "{content}");
+        assert_eq!(
+            e["tool_name"],
+            e["metadata"]["journald"]["syslog_identifier"]
+        );
+    }
+}

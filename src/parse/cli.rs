@@ -197,6 +197,7 @@ pub fn run(
             record_stream = Some(s);
             position = p;
             events.set_record_metadata(Some(("journald", entry.metadata.clone())));
+            parser.set_record_fields(&entry.fields);
         }
         let (line, _) = super::clean_line(line);
         let line: &[u8] = &line;

@@ -258,6 +258,11 @@ pub trait Parser: Send {
     /// since some formats name things only in the file name (the session id
     /// of a Codex rollout). Not part of the saved state.
     fn set_origin(&mut self, _path: &std::path::Path) {}
+
+    /// What the source tells of the next records (a journal entry's unit,
+    /// pid, ...), by name; empty after them. Rules parsers test and copy
+    /// them as `journald.NAME`; other parsers ignore them.
+    fn set_record_fields(&mut self, _fields: &[(&'static str, String)]) {}
 }
 
 /// Builds the parser named `name` (one of [`PARSER_NAMES`]).

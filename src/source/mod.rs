@@ -38,6 +38,8 @@ pub struct RecordIn<'a> {
     /// What the source knows of the record (a journal entry's unit, pid,
     /// ...), and the key of every event's metadata it goes under.
     pub metadata: Option<(&'static str, &'a Metadata<'a>)>,
+    /// The same by name, for parsers that test and copy them (rules).
+    pub fields: &'a [(&'static str, String)],
 }
 
 /// A stored checkpoint: its key and value.

@@ -15,6 +15,7 @@ use super::{
     Action, Condition, Emit, EventTypeOf, FieldId, Part, Rule, RuleError, RuleSet, Template, Test,
     TimeOf, LINE_FIELD,
 };
+use super::{SOURCE_FIELDS, SOURCE_PREFIX};
 use crate::config::parsers::{ConditionSpec, Format, ParserSpec, RuleSpec, TimeSpec};
 use crate::event::EventType;
 use crate::parse::Skip;
@@ -201,6 +202,18 @@ impl RuleCompiler<'_> {
     fn field(&mut self, pattern: usize, name: &str) -> Result<FieldId, String> {
         if name == LINE_FIELD {
             return Ok(FieldId::Line);
+        }
+        if let Some(field) = name.strip_prefix(SOURCE_PREFIX) {
+            return SOURCE_FIELDS
+                .iter()
+                .position(|n| *n == field)
+                .map(FieldId::Source)
+                .ok_or_else(|| {
+                    format!(
+                        "no source field `{name}` (a journald source gives {SOURCE_PREFIX}{})",
+                        SOURCE_FIELDS.join(&format!(", {SOURCE_PREFIX}"))
+                    )
+                });
         }
         match self.set.format {
             Format::Json => self.set.trie.slot(name).map(FieldId::Slot),

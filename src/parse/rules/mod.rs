@@ -43,7 +43,16 @@ enum FieldId {
     Line,
     Group(usize),
     Slot(usize),
+    /// What the source tells of the record: `journald.NAME`, an index into
+    /// [`SOURCE_FIELDS`].
+    Source(usize),
 }
+
+/// The fields a source gives a record, as rules name them after
+/// `journald.`.
+const SOURCE_FIELDS: [&str; 7] = crate::source::journald::entry::FIELD_NAMES;
+/// The prefix of a source's fields in a rule.
+const SOURCE_PREFIX: &str = "journald.";
 
 /// What is wrong with a parser's spec, and where.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -152,6 +161,8 @@ pub struct RulesParser {
     locs: Vec<CaptureLocations>,
     /// Whether each pattern was tried on the current line, and matched.
     state: Vec<Match>,
+    /// What the source tells of the current record (see [`FieldId::Source`]).
+    source_fields: Vec<(&'static str, String)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -188,6 +199,29 @@ tenant_id = "acme"
     /// The config error of `parsers`, with the example header.
     pub(super) fn error(parsers: &str) -> String {
         load(parsers).expect_err("config error")
+    }
+
+    #[test]
+    fn journal_fields_are_named_or_refused() {
+        let spec = |field: &str| {
+            format!(
+                r#"
+[parsers.j]
+format = "regex"
+pattern = '(?P<all>.*)'
+[[parsers.j.rules]]
+name = "r"
+event_type = "TOOL_CALL_POST"
+content = "${{{field}}}"
+"#
+            )
+        };
+        assert!(load(&spec("journald.systemd_unit")).is_ok());
+        let e = error(&spec("journald.unit"));
+        assert!(
+            e.contains("journald.unit") && e.contains("journald.systemd_unit"),
+            "{e}"
+        );
     }
 
     #[test]

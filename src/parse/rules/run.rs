@@ -22,19 +22,28 @@ enum Fields<'a> {
     Regex {
         text: &'a str,
         locs: &'a CaptureLocations,
+        source: &'a [(&'static str, String)],
     },
     Json {
         line: &'a [u8],
         values: &'a [Option<&'a RawValue>],
+        source: &'a [(&'static str, String)],
     },
 }
 
 impl<'a> Fields<'a> {
     fn get(&self, id: FieldId) -> Option<Cow<'a, str>> {
         match (self, id) {
+            (Fields::Regex { source, .. } | Fields::Json { source, .. }, FieldId::Source(i)) => {
+                let name = super::SOURCE_FIELDS.get(i)?;
+                source
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, v)| Cow::Borrowed(v.as_str()))
+            }
             (Fields::Regex { text, .. }, FieldId::Line) => Some(Cow::Borrowed(*text)),
             (Fields::Json { line, .. }, FieldId::Line) => Some(String::from_utf8_lossy(line)),
-            (Fields::Regex { text, locs }, FieldId::Group(g)) => {
+            (Fields::Regex { text, locs, .. }, FieldId::Group(g)) => {
                 let (start, end) = locs.get(g)?;
                 text.get(start..end).map(Cow::Borrowed)
             }
@@ -124,6 +133,7 @@ impl RulesParser {
             red,
             locs,
             state: Vec::new(),
+            source_fields: Vec::new(),
         }
     }
 
@@ -213,6 +223,7 @@ impl Parser for RulesParser {
                 let fields = Fields::Json {
                     line: rec.line,
                     values: &values,
+                    source: &self.source_fields,
                 };
                 for rule in &self.set.rules {
                     if rule.when.iter().all(|c| c.holds(&fields)) {
@@ -245,6 +256,7 @@ impl Parser for RulesParser {
                     let fields = Fields::Regex {
                         text: &text,
                         locs: &self.locs[p],
+                        source: &self.source_fields,
                     };
                     if rule.when.iter().all(|c| c.holds(&fields)) {
                         return self.decide(rule, rec, &fields, out);
@@ -257,6 +269,11 @@ impl Parser for RulesParser {
                 }
             }
         }
+    }
+
+    fn set_record_fields(&mut self, fields: &[(&'static str, String)]) {
+        self.source_fields.clear();
+        self.source_fields.extend_from_slice(fields);
     }
 
     fn fresh(&self) -> Box<dyn Parser> {

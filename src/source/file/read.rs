@@ -106,6 +106,7 @@ impl FileSource {
                     bytes: line.bytes,
                     read_at,
                     metadata: None,
+                    fields: &[],
                 },
             );
             held.set(sink.held_bytes());

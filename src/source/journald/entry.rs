@@ -7,6 +7,18 @@ use serde_json::value::RawValue;
 
 use crate::event::{Metadata, Timestamp};
 
+/// What an entry tells of itself, by name: in `metadata.journald`, and as
+/// `journald.NAME` fields to a rules parser.
+pub const FIELD_NAMES: [&str; 7] = [
+    "systemd_unit",
+    "syslog_identifier",
+    "pid",
+    "comm",
+    "hostname",
+    "priority",
+    "cursor",
+];
+
 /// Entry fields copied to every event's metadata, under the names given.
 const METADATA_FIELDS: [(&str, &str); 6] = [
     ("_SYSTEMD_UNIT", "systemd_unit"),
@@ -60,6 +72,8 @@ pub struct Entry {
     /// `__REALTIME_TIMESTAMP`, when the entry was written.
     pub written_at: Option<Timestamp>,
     pub metadata: Metadata<'static>,
+    /// The same as `metadata`, by name (one of [`FIELD_NAMES`]).
+    pub fields: Vec<(&'static str, String)>,
 }
 
 /// Why a line is not an entry.
@@ -81,6 +95,7 @@ impl Entry {
             .and_then(|t| t.parse::<i64>().ok())
             .map(Timestamp::from_unix_micros);
         let mut metadata = Metadata::builder();
+        let mut fields = Vec::with_capacity(FIELD_NAMES.len());
         let values = [
             raw.unit,
             raw.identifier,
@@ -91,16 +106,19 @@ impl Entry {
         ];
         for ((_, name), value) in METADATA_FIELDS.iter().zip(values) {
             if let Some(value) = value {
-                let bytes = field_bytes(value);
-                metadata.str(name, &String::from_utf8_lossy(&bytes));
+                let text = String::from_utf8_lossy(&field_bytes(value)).into_owned();
+                metadata.str(name, &text);
+                fields.push((*name, text));
             }
         }
         metadata.str("cursor", &cursor);
+        fields.push(("cursor", cursor.clone()));
         Ok(Entry {
             cursor,
             message,
             written_at,
             metadata: metadata.finish(),
+            fields,
         })
     }
 }

@@ -242,6 +242,7 @@ impl JournaldSource {
                     bytes: &entry.message,
                     read_at: entry.written_at.unwrap_or_else(Timestamp::now),
                     metadata: Some((METADATA_KEY, &entry.metadata)),
+                    fields: &entry.fields,
                 },
             );
             *cursor = Some(entry.cursor);

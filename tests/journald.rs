@@ -494,3 +494,110 @@ drop = true
         );
     }
 }
+
+#[test]
+fn a_journal_the_daemons_user_may_not_read_is_a_clear_error() {
+    use std::os::unix::fs::PermissionsExt;
+    let setpriv = Path::new("/usr/bin/setpriv");
+    assert!(
+        setpriv.exists(),
+        "this test needs setpriv (util-linux) to run the daemon as an unprivileged user"
+    );
+    // SAFETY: getuid(2) has no preconditions.
+    assert_eq!(
+        unsafe { libc::getuid() },
+        0,
+        "this test switches to uid 65534 with setpriv: run it as root"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    // Journal files root alone may read, as in /var/log/journal for a user
+    // outside systemd-journal.
+    let journal = journal_dir("basic", &["basic.journal"], &dir.path().join("journal"));
+    std::fs::set_permissions(
+        journal.join("basic.journal"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    let receiver = ReceiverProc::start(dir.path(), &[]);
+    let config = write_journald_config(dir.path(), &receiver.addr, &journal, EVERY_ENTRY);
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = Command::new(setpriv)
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--",
+            BIN,
+        ])
+        .args(["--config", config.to_str().unwrap(), "run"])
+        .env("THOTH_API_KEY", KEY)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "the daemon must not run blind: {stderr}"
+    );
+    assert!(
+        stderr.contains("cannot read the journal") && stderr.contains("systemd-journal"),
+        "{stderr}"
+    );
+    // validate says so too, and says what root can read.
+    let validate = |as_nobody: bool| {
+        let mut cmd = if as_nobody {
+            let mut c = Command::new(setpriv);
+            c.args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--",
+                BIN,
+            ]);
+            c
+        } else {
+            Command::new(BIN)
+        };
+        cmd.args(["--config", config.to_str().unwrap(), "validate"])
+            .env("THOTH_API_KEY", KEY)
+            .output()
+            .unwrap()
+    };
+    let out = validate(true);
+    assert_eq!(out.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("source `journal`: cannot read journal directory"),
+        "{said}"
+    );
+    let out = validate(false);
+    assert!(out.status.success());
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("readable, 300 entries match now"), "{said}");
+}
+
+#[test]
+fn start_at_end_reads_only_what_comes_after_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = journal_dir("two-files", &["part1.journal"], &dir.path().join("journal"));
+    let receiver = ReceiverProc::start(dir.path(), &[]);
+    let extra = format!("start_at = \"end\"\n{EVERY_ENTRY}");
+    let config = write_journald_config(dir.path(), &receiver.addr, &journal, &extra);
+    let before: BTreeSet<String> = entries(&journal, &[]).into_keys().collect();
+    let mut daemon = start_daemon(&config);
+    std::thread::sleep(Duration::from_secs(2));
+    add_file_atomically("two-files", "part2.journal", &journal);
+    let after: BTreeSet<String> = entries(&journal, &[])
+        .into_keys()
+        .filter(|c| !before.contains(c))
+        .collect();
+    let got = wait_cursors(&receiver, after.len());
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(terminate(&mut daemon).success());
+    assert_eq!(ids_by_cursor(&receiver).len(), got.len());
+    assert_same_cursors(
+        &got.keys().cloned().collect(),
+        &after,
+        "only the entries written after the start",
+    );
+}

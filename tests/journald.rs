@@ -565,6 +565,10 @@ fn a_journal_the_daemons_user_may_not_read_is_a_clear_error() {
     };
     let out = validate(true);
     assert_eq!(out.status.code(), Some(1));
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("valid"),
+        "no \"valid\" before an invalid source"
+    );
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(
         said.contains("source `journal`: cannot read journal directory"),

@@ -24,6 +24,38 @@ pub fn validate(path: &Path) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(1));
         }
     };
+    // Sources first: "valid" is said only when every source can be read.
+    let mut report = Vec::new();
+    let mut problems = Vec::new();
+    for source in &config.sources {
+        let name = source.name.get_ref();
+        if source.kind == SourceKind::Journald {
+            match journal_state(source) {
+                Ok(line) => report.push(line),
+                Err(problem) => problems.push(format!("source `{name}`: {problem}")),
+            }
+            continue;
+        }
+        let files = match FileMatcher::new(source) {
+            Ok(matcher) => matcher.matching_files(),
+            Err(e) => {
+                problems.push(format!("source `{name}`: {e}"));
+                continue;
+            }
+        };
+        report.push(format!(
+            "  source `{name}` (parser {}): {} file(s) match now",
+            source.parser.get_ref(),
+            files.len()
+        ));
+        report.extend(files.iter().map(|f| format!("    {}", f.display())));
+    }
+    if !problems.is_empty() {
+        for problem in problems {
+            eprintln!("invalid: {problem}");
+        }
+        return Ok(ExitCode::from(1));
+    }
     println!("{}: valid", path.display());
     println!(
         "  API: {} (tenant {})",
@@ -32,68 +64,33 @@ pub fn validate(path: &Path) -> anyhow::Result<ExitCode> {
     );
     println!("  key: from {origin}");
     println!("  state: {}", config.state.dir.display());
-    let mut unreadable = false;
-    for source in &config.sources {
-        if source.kind == SourceKind::Journald {
-            unreadable |= !journal_readable(source);
-            continue;
-        }
-        let files = FileMatcher::new(source)?.matching_files();
-        println!(
-            "  source `{}` (parser {}): {} file(s) match now",
-            source.name.get_ref(),
-            source.parser.get_ref(),
-            files.len()
-        );
-        for f in files {
-            println!("    {}", f.display());
-        }
+    for line in report {
+        println!("{line}");
     }
-    Ok(if unreadable {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(ExitCode::SUCCESS)
 }
 
-/// Says whether a journald source's journal is readable and how many
-/// entries its filters match now; false if it cannot be read.
-fn journal_readable(source: &SourceConfig) -> bool {
+/// What a journald source reads now: whether its journal is readable and
+/// how many entries its filters match; why not, if it cannot be read.
+fn journal_state(source: &SourceConfig) -> Result<String, String> {
     let name = source.name.get_ref();
+    let parser = source.parser.get_ref();
     let what = match &source.directory {
         Some(dir) => format!("journal directory {}", dir.display()),
         None => "the system journal".to_string(),
     };
-    let access = journald::child::access(source).map_err(|e| journalctl_error(source, e));
-    match access {
-        Ok(Access::Readable) => match journald::child::count_entries(source) {
-            Ok(n) => {
-                println!(
-                    "  source `{name}` (journald, parser {}): {what} readable, {n} entries match now",
-                    source.parser.get_ref()
-                );
-                true
-            }
-            Err(e) => {
-                eprintln!("invalid: source `{name}`: {}", journalctl_error(source, e));
-                false
-            }
-        },
-        Ok(Access::NoFiles) => {
-            println!(
-                "  source `{name}` (journald, parser {}): {what} has no journal files yet",
-                source.parser.get_ref()
-            );
-            true
+    match journald::child::access(source).map_err(|e| journalctl_error(source, e))? {
+        Access::Readable => {
+            let n =
+                journald::child::count_entries(source).map_err(|e| journalctl_error(source, e))?;
+            Ok(format!(
+                "  source `{name}` (journald, parser {parser}): {what} readable, {n} entries match now"
+            ))
         }
-        Ok(Access::Denied(why)) => {
-            eprintln!("invalid: source `{name}`: cannot read {what}: {why}");
-            false
-        }
-        Err(e) => {
-            eprintln!("invalid: source `{name}`: {e}");
-            false
-        }
+        Access::NoFiles => Ok(format!(
+            "  source `{name}` (journald, parser {parser}): {what} has no journal files yet"
+        )),
+        Access::Denied(why) => Err(format!("cannot read {what}: {why}")),
     }
 }
 

@@ -96,10 +96,7 @@ fn journal_state(source: &SourceConfig) -> Result<String, String> {
 
 fn journalctl_error(source: &SourceConfig, e: std::io::Error) -> String {
     if e.kind() == std::io::ErrorKind::NotFound {
-        format!(
-            "journalctl not found at `{}`: install systemd's journalctl, or set journalctl_path",
-            source.journalctl_path.display()
-        )
+        journald::child::not_found_message(source)
     } else {
         format!("journalctl: {e}")
     }

@@ -44,6 +44,23 @@ impl Start {
     }
 }
 
+/// `--directory=D` when the source reads a journal directory.
+fn directory_arg(config: &SourceConfig) -> Option<OsString> {
+    config.directory.as_ref().map(|dir| {
+        let mut arg = OsString::from("--directory=");
+        arg.push(dir);
+        arg
+    })
+}
+
+/// What to tell an operator whose `journalctl_path` names nothing.
+pub fn not_found_message(config: &SourceConfig) -> String {
+    format!(
+        "journalctl not found at `{}`: install systemd's journalctl, or set journalctl_path",
+        config.journalctl_path.display()
+    )
+}
+
 /// The arguments of `journalctl` for `config`, starting at `start`.
 pub fn arguments(config: &SourceConfig, start: &Start, follow: bool) -> Vec<OsString> {
     let mut args: Vec<OsString> = vec![
@@ -69,11 +86,7 @@ pub fn arguments(config: &SourceConfig, start: &Start, follow: bool) -> Vec<OsSt
         Start::Oldest => args.push("--no-tail".into()),
         Start::Newest => args.push("--lines=0".into()),
     }
-    if let Some(dir) = &config.directory {
-        let mut arg = OsString::from("--directory=");
-        arg.push(dir);
-        args.push(arg);
-    }
+    args.extend(directory_arg(config));
     if config.current_boot_only {
         args.push("--boot".into());
     }
@@ -103,11 +116,7 @@ pub fn first_cursor_at(config: &SourceConfig, cursor: &str) -> std::io::Result<O
         "--output-fields=__CURSOR".into(),
         format!("--cursor={cursor}").into(),
     ];
-    if let Some(dir) = &config.directory {
-        let mut arg = OsString::from("--directory=");
-        arg.push(dir);
-        args.push(arg);
-    }
+    args.extend(directory_arg(config));
     let mut journal = Journalctl::spawn_with(config, args)?;
     let mut line = Vec::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -141,12 +150,9 @@ pub enum Access {
 /// groups).
 pub fn access(config: &SourceConfig) -> std::io::Result<Access> {
     let mut command = Command::new(&config.journalctl_path);
-    command.args(["--lines=0", "--no-pager"]);
-    if let Some(dir) = &config.directory {
-        let mut arg = OsString::from("--directory=");
-        arg.push(dir);
-        command.arg(arg);
-    }
+    command
+        .args(["--lines=0", "--no-pager"])
+        .args(directory_arg(config));
     let out = command
         .stdin(Stdio::null())
         .env("SYSTEMD_COLORS", "0")

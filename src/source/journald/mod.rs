@@ -292,10 +292,7 @@ impl JournaldSource {
     }
 
     fn not_found(&self) -> SourceError {
-        self.fatal(format!(
-            "journalctl not found at `{}`: install systemd's journalctl, or set journalctl_path",
-            self.config.journalctl_path.display()
-        ))
+        self.fatal(child::not_found_message(&self.config))
     }
 
     fn fatal(&self, message: String) -> SourceError {

@@ -1,5 +1,5 @@
-//! The `thoth-ingest` command line: run the daemon, check a config, run the
-//! demo, or start a local receiver.
+//! The `thoth-ingest` command line: run the daemon, check a config, replay
+//! history, run the demo, or start a local receiver.
 //!
 //! Each command lives in its own module under `cli/`; this file holds the
 //! command line, the process setup and the dispatch.
@@ -17,6 +17,7 @@ use cli::dead_letter::DeadLetterCmd;
 use cli::demo::DemoArgs;
 use cli::parse::ParseCmdArgs;
 use cli::receiver::ReceiverArgs;
+use cli::replay::ReplayArgs;
 
 #[derive(Parser)]
 #[command(
@@ -49,6 +50,15 @@ enum Command {
     /// summary: requests, accepted_events, unique_event_ids, duplicate_events
     /// and a count per status code.
     Receiver(ReceiverArgs),
+    /// Read historical files once (plain and .gz) and deliver their events,
+    /// with the ids the live daemon gives the same lines.
+    ///
+    /// Uses its own state (queue and positions), so it runs beside a live
+    /// daemon and, interrupted, resumes where it stopped. Exit status: 0 when
+    /// every event was delivered, 3 when a file was unreadable or the server
+    /// refused events (dead letters), 130 when interrupted, 1 on an error
+    /// (2: a bad command line).
+    Replay(ReplayArgs),
     /// Show the events each line of a log becomes, as JSON lines on stdout.
     Parse(ParseCmdArgs),
     /// Events the API refused (400) and that were set aside: list, retry or purge them.
@@ -70,6 +80,9 @@ fn main() -> ExitCode {
         Command::Demo(args) => cli::runtime().and_then(|rt| rt.block_on(cli::demo::demo(args))),
         Command::Receiver(args) => {
             cli::runtime().and_then(|rt| rt.block_on(cli::receiver::receiver(args)))
+        }
+        Command::Replay(args) => {
+            cli::runtime().and_then(|rt| rt.block_on(cli::replay::replay(&parsed.config, args)))
         }
         Command::Parse(args) => cli::parse::parse_preview(&parsed.config, args),
         Command::DeadLetter(cmd) => cli::dead_letter::dead_letter(&parsed.config, cmd),

@@ -12,7 +12,26 @@ use tracing::{info, warn};
 use crate::config::{ApiKey, Config};
 use crate::flush::{FlushStats, Flusher, Reload, ReloadSlot};
 use crate::queue::Queue;
+use crate::source::Source;
 use crate::stage::SourceStats;
+
+/// A source ready to start, with its name and counters.
+pub struct Started {
+    pub name: String,
+    pub stats: Arc<SourceStats>,
+    pub source: Box<dyn Source>,
+}
+
+/// Opens the queue in `dir` with the config's bounds.
+pub fn open_queue(config: &Config, dir: &std::path::Path) -> anyhow::Result<Arc<Queue>> {
+    let queue = Arc::new(Queue::open(dir, config.queue.cache.0)?);
+    queue.set_bound(
+        config.queue.max_bytes.0,
+        config.queue.when_full == crate::config::WhenFull::DropOldest,
+    );
+    queue.set_dead_letter_bound(config.queue.dead_letter_max_bytes.0)?;
+    Ok(queue)
+}
 
 pub struct Pipeline {
     pub queue: Arc<Queue>,
@@ -29,20 +48,13 @@ impl Pipeline {
     /// Opens the queue and starts every source and the flusher. Call from
     /// within a tokio runtime.
     pub fn start(config: &Config, key: &ApiKey) -> anyhow::Result<Pipeline> {
-        let queue = Arc::new(Queue::open(&config.state.dir, config.queue.cache.0)?);
-        queue.set_bound(
-            config.queue.max_bytes.0,
-            config.queue.when_full == crate::config::WhenFull::DropOldest,
-        );
-        queue.set_dead_letter_bound(config.queue.dead_letter_max_bytes.0)?;
+        let queue = open_queue(config, &config.state.dir)?;
         let shutdown = Arc::new(AtomicBool::new(false));
-        let (fail_tx, failures) = mpsc::unbounded_channel();
-        let mut sources = Vec::new();
-        let mut source_threads = Vec::new();
         let open_files_each = crate::source::file::handles::default_max_open_files(
             crate::ops::fd_limit(),
             config.sources.len(),
         );
+        let mut sources = Vec::new();
         for source_config in &config.sources {
             let name = source_config.name.get_ref().clone();
             let stats = Arc::new(SourceStats::default());
@@ -56,6 +68,34 @@ impl Pipeline {
                 shutdown.clone(),
             )
             .with_context(|| format!("source `{name}`"))?;
+            sources.push(Started {
+                name,
+                stats,
+                source,
+            });
+        }
+        Pipeline::launch(config, key, queue, shutdown, sources)
+    }
+
+    /// Starts `sources` (each on a thread of its own) and the flusher of
+    /// `queue`. `shutdown` is the flag the sources stop on. Call from within
+    /// a tokio runtime.
+    pub fn launch(
+        config: &Config,
+        key: &ApiKey,
+        queue: Arc<Queue>,
+        shutdown: Arc<AtomicBool>,
+        to_start: Vec<Started>,
+    ) -> anyhow::Result<Pipeline> {
+        let (fail_tx, failures) = mpsc::unbounded_channel();
+        let mut sources = Vec::new();
+        let mut source_threads = Vec::new();
+        for Started {
+            name,
+            stats,
+            source,
+        } in to_start
+        {
             let fail = fail_tx.clone();
             let source_name = name.clone();
             let thread = std::thread::Builder::new()
@@ -145,6 +185,11 @@ impl Pipeline {
         self.sources.iter().all(|(_, s)| s.is_caught_up())
             && self.flush_stats.in_flight.load(Ordering::SeqCst) == 0
             && self.queue.is_empty()
+    }
+
+    /// Every source thread has ended (a replay read all its files).
+    pub fn sources_finished(&self) -> bool {
+        self.source_threads.iter().all(|t| t.is_finished())
     }
 
     /// Resolves with the first fatal error of a source or the flusher.

@@ -6,12 +6,13 @@
 //! transaction (design.md invariant 1). It runs on the source's own thread:
 //! a record costs a call, not a hand-off.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::config::{Config, SourceConfig, SourceKind};
+use crate::event::TimeWindow;
 use crate::parse::{clean_line, parse_counted, EventBuf, ParseStats, Parser, Record};
 use crate::queue::Queue;
 use crate::source::file::FileSource;
@@ -43,9 +44,16 @@ impl SourceStats {
     }
 }
 
+/// Where a stage commits: the queue, or (a dry run) nowhere, with the
+/// checkpoints kept in memory so the source reads as it would.
+enum Store {
+    Queue(Arc<Queue>),
+    DryRun(Mutex<BTreeMap<Vec<u8>, Vec<u8>>>),
+}
+
 /// The stage of one source.
 pub struct Stage {
-    queue: Arc<Queue>,
+    store: Store,
     /// The parser every stream's own parser is a `fresh()` copy of.
     factory: Box<dyn Parser>,
     parsers: HashMap<u64, Box<dyn Parser>>,
@@ -58,7 +66,22 @@ pub struct Stage {
 impl Stage {
     pub fn new(factory: Box<dyn Parser>, queue: Arc<Queue>, stats: Arc<SourceStats>) -> Stage {
         Stage {
-            queue,
+            store: Store::Queue(queue),
+            factory,
+            parsers: HashMap::new(),
+            next_slot: 0,
+            events: EventBuf::default(),
+            parse_stats: ParseStats::default(),
+            stats,
+        }
+    }
+
+    /// A stage that parses and counts but commits nothing (`replay
+    /// --dry-run`): events are dropped at each commit, checkpoints are kept
+    /// in memory for the run.
+    pub fn dry_run(factory: Box<dyn Parser>, stats: Arc<SourceStats>) -> Stage {
+        Stage {
+            store: Store::DryRun(Mutex::new(BTreeMap::new())),
             factory,
             parsers: HashMap::new(),
             next_slot: 0,
@@ -71,6 +94,13 @@ impl Stage {
     /// Holds events to `max` bytes of JSON each (see [`crate::parse::bound`]).
     pub fn with_max_event_bytes(mut self, max: usize) -> Stage {
         self.events = EventBuf::with_max_event_bytes(max);
+        self
+    }
+
+    /// Keeps only the events whose time falls in `window` (replay's
+    /// `--since` and `--until`).
+    pub fn with_window(mut self, window: Option<TimeWindow>) -> Stage {
+        self.events = self.events.with_window(window);
         self
     }
 }
@@ -154,9 +184,12 @@ impl Sink for Stage {
     }
 
     fn commit(&mut self, key: &[u8], checkpoint: &[u8]) -> Result<(), SinkError> {
-        self.queue
-            .commit(&self.events, key, checkpoint)
-            .map_err(store_error)?;
+        match &self.store {
+            Store::Queue(queue) => queue
+                .commit(&self.events, key, checkpoint)
+                .map_err(store_error)?,
+            Store::DryRun(_) => self.put_checkpoint(key, checkpoint)?,
+        }
         self.events.clear();
         self.stats.commits.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut p) = self.stats.parse.lock() {
@@ -166,30 +199,61 @@ impl Sink for Stage {
     }
 
     fn checkpoint(&self, key: &[u8]) -> Result<Option<Vec<u8>>, SinkError> {
-        Ok(self
-            .queue
-            .checkpoint(key)
-            .map_err(store_error)?
-            .map(|v| v.to_vec()))
+        match &self.store {
+            Store::Queue(queue) => Ok(queue
+                .checkpoint(key)
+                .map_err(store_error)?
+                .map(|v| v.to_vec())),
+            Store::DryRun(memory) => Ok(lock(memory).get(key).cloned()),
+        }
     }
 
     fn checkpoints_with_prefix(&self, prefix: &[u8]) -> Result<Vec<KeyValue>, SinkError> {
-        Ok(self
-            .queue
-            .checkpoints_with_prefix(prefix)
-            .map_err(store_error)?
-            .into_iter()
-            .map(|(k, v)| (k.to_vec(), v.to_vec()))
-            .collect())
+        match &self.store {
+            Store::Queue(queue) => Ok(queue
+                .checkpoints_with_prefix(prefix)
+                .map_err(store_error)?
+                .into_iter()
+                .map(|(k, v)| (k.to_vec(), v.to_vec()))
+                .collect()),
+            Store::DryRun(memory) => Ok(lock(memory)
+                .range(prefix.to_vec()..)
+                .take_while(|(k, _)| k.starts_with(prefix))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()),
+        }
     }
 
     fn put_checkpoint(&self, key: &[u8], value: &[u8]) -> Result<(), SinkError> {
-        self.queue.put_checkpoint(key, value).map_err(store_error)
+        match &self.store {
+            Store::Queue(queue) => queue.put_checkpoint(key, value).map_err(store_error),
+            Store::DryRun(memory) => {
+                lock(memory).insert(key.to_vec(), value.to_vec());
+                Ok(())
+            }
+        }
     }
 
     fn remove_checkpoint(&self, key: &[u8]) -> Result<(), SinkError> {
-        self.queue.remove_checkpoint(key).map_err(store_error)
+        match &self.store {
+            Store::Queue(queue) => queue.remove_checkpoint(key).map_err(store_error),
+            Store::DryRun(memory) => {
+                lock(memory).remove(key);
+                Ok(())
+            }
+        }
     }
+
+    fn publish(&self, name: &str, bytes: &[u8]) -> Result<(), SinkError> {
+        match &self.store {
+            Store::Queue(queue) => queue.publish(name, bytes).map_err(store_error),
+            Store::DryRun(_) => Ok(()),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The file source `source` of `config`, reading into `queue` through its

@@ -5,8 +5,10 @@
 pub mod dead_letter;
 pub mod demo;
 pub mod parse;
+pub mod progress;
 pub mod receiver;
 pub mod reload;
+pub mod replay;
 pub mod run;
 pub mod validate;
 

@@ -2,7 +2,7 @@
 //! the queue stores in one commit.
 
 use super::bound;
-use super::{Event, Metadata};
+use super::{Event, Metadata, Timestamp};
 
 /// Events serialized back to back, with the end offset of each. No event is
 /// longer than `max_event_bytes`: a longer one is cut to fit and marked
@@ -17,6 +17,25 @@ pub struct EventBuf {
     /// What the source knows of the record being parsed (a journal entry's
     /// unit, pid, ...): added to every event's metadata under its key.
     record_metadata: Option<(&'static str, Metadata<'static>)>,
+    /// Only events whose time falls in it are kept (replay's `--since` and
+    /// `--until`); the others are counted and dropped as they are pushed.
+    window: Option<TimeWindow>,
+    /// Events dropped for falling outside `window`, ever.
+    pub events_outside_window: u64,
+}
+
+/// A span of event times: `since` included, `until` excluded; an open end
+/// is unbounded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TimeWindow {
+    pub since: Option<Timestamp>,
+    pub until: Option<Timestamp>,
+}
+
+impl TimeWindow {
+    pub fn contains(&self, t: Timestamp) -> bool {
+        self.since.is_none_or(|s| t >= s) && self.until.is_none_or(|u| t < u)
+    }
 }
 
 impl Default for EventBuf {
@@ -33,7 +52,15 @@ impl EventBuf {
             max_event_bytes,
             events_truncated: 0,
             record_metadata: None,
+            window: None,
+            events_outside_window: 0,
         }
+    }
+
+    /// Keeps only events whose `occurred_at` falls in `window`.
+    pub fn with_window(mut self, window: Option<TimeWindow>) -> EventBuf {
+        self.window = window;
+        self
     }
 
     /// Sets what the source knows of the records parsed next, and the
@@ -43,6 +70,12 @@ impl EventBuf {
     }
 
     pub fn push(&mut self, event: &Event<'_>) {
+        if let Some(window) = &self.window {
+            if !window.contains(event.occurred_at) {
+                self.events_outside_window += 1;
+                return;
+            }
+        }
         let Some((key, extra)) = &self.record_metadata else {
             return self.push_as_is(event);
         };

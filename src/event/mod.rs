@@ -8,7 +8,7 @@
 pub mod bound;
 mod buf;
 
-pub use buf::EventBuf;
+pub use buf::{EventBuf, TimeWindow};
 
 use std::borrow::Cow;
 

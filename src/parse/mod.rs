@@ -216,6 +216,9 @@ pub struct ParseStats {
     pub events_cut: u64,
     /// Events cut to fit `max_event_bytes` (and marked `_truncated`).
     pub events_truncated: u64,
+    /// Events made but dropped for falling outside the time window of a
+    /// replay (not counted in `events`).
+    pub events_outside_window: u64,
 }
 
 impl ParseStats {
@@ -316,15 +319,19 @@ pub fn parse_counted(
     stats.lines += 1;
     let before = out.len();
     let truncated_before = out.events_truncated;
-    match parser.parse(rec, out) {
+    let outside_before = out.events_outside_window;
+    let result = parser.parse(rec, out);
+    let outside = out.events_outside_window.saturating_sub(outside_before);
+    match result {
         Ok(n) if n > MAX_EVENTS_PER_LINE => {
             out.truncate(before + MAX_EVENTS_PER_LINE);
-            stats.events += MAX_EVENTS_PER_LINE as u64;
+            stats.events += (out.len() - before) as u64;
             stats.events_cut += (n - MAX_EVENTS_PER_LINE) as u64;
         }
-        Ok(n) => stats.events += n as u64,
+        Ok(n) => stats.events += (n as u64).saturating_sub(outside),
         Err(skip) => *stats.skipped.entry(skip).or_default() += 1,
     }
+    stats.events_outside_window += outside;
     stats.state_evictions += parser.take_evictions();
     stats.events_truncated += out.events_truncated.saturating_sub(truncated_before);
 }

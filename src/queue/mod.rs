@@ -28,7 +28,8 @@
 //! `ranges.rs` the sets of event ranges, `disk.rs` a full disk, `bound.rs`
 //! the byte bound and drop-oldest, `dead_letter.rs` the dead letters,
 //! `batch.rs` batches (peek, take, release), `delivery.rs` what an answered
-//! batch does (ack, set aside), `commit.rs` the commit transaction. This
+//! batch does (ack, set aside), `commit.rs` the commit transaction,
+//! `published.rs` files published for other processes (replay). This
 //! file keeps the [`Queue`], its opening, its error type and checkpoints.
 
 use std::collections::BTreeMap;
@@ -48,6 +49,7 @@ mod commit;
 mod dead_letter;
 mod delivery;
 mod disk;
+pub mod published;
 mod ranges;
 mod segments;
 
@@ -105,6 +107,9 @@ pub struct Queue {
     read: Mutex<ReadState>,
     /// Wakes the flusher when a commit lands.
     pub appended: tokio::sync::Notify,
+    /// Events in the chunks found at open (partly acknowledged chunks
+    /// count whole): with the counters below, the backlog.
+    events_at_open: u64,
     committed_events: AtomicU64,
     acked_events: AtomicU64,
     dead_events: AtomicU64,
@@ -191,6 +196,7 @@ impl Queue {
 
         let mut live: BTreeMap<u64, u64> = BTreeMap::new();
         let mut queued_bytes = 0u64;
+        let mut events_at_open = 0u64;
         let mut next_seq = 0;
         for item in chunks.iter() {
             let (k, v) = item.map_err(storage)?;
@@ -202,6 +208,7 @@ impl Queue {
             })?;
             *live.entry(ptr.segment).or_default() += 1;
             queued_bytes += u64::from(ptr.len);
+            events_at_open += u64::from(ptr.count);
             next_seq = seq + 1;
         }
         // Segments no chunk points to: fully delivered, or the unreferenced
@@ -264,6 +271,7 @@ impl Queue {
             next_seq: AtomicU64::new(next_seq),
             read: Mutex::new(read),
             appended: tokio::sync::Notify::new(),
+            events_at_open,
             committed_events: AtomicU64::new(0),
             acked_events: AtomicU64::new(0),
             dead_events: AtomicU64::new(0),
@@ -346,6 +354,15 @@ impl Queue {
 
     fn is_closing(&self) -> bool {
         self.closing.load(Ordering::SeqCst)
+    }
+
+    /// Events waiting for delivery, about (a chunk partly delivered before
+    /// the queue was opened counts whole).
+    pub fn pending_events(&self) -> u64 {
+        (self.events_at_open + self.committed_events())
+            .saturating_sub(self.acked_events())
+            .saturating_sub(self.dead_events())
+            .saturating_sub(self.dropped_events())
     }
 
     /// True when no event waits for delivery.

@@ -10,6 +10,7 @@
 
 pub mod file;
 pub mod journald;
+pub mod replay;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -77,6 +78,11 @@ pub trait Sink: Send {
     /// Writes a checkpoint alone (a file closed or retired): no events.
     fn put_checkpoint(&self, key: &[u8], value: &[u8]) -> Result<(), SinkError>;
     fn remove_checkpoint(&self, key: &[u8]) -> Result<(), SinkError>;
+    /// Replaces a file published beside the store for other processes
+    /// (the streams a file source named, for `replay`). Nothing by default.
+    fn publish(&self, _name: &str, _bytes: &[u8]) -> Result<(), SinkError> {
+        Ok(())
+    }
 }
 
 /// What a source counts as it reads, for `status`, the demo and tests.

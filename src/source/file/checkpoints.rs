@@ -42,10 +42,12 @@ impl FileSource {
                 if !maybe_unidentified {
                     cp.closed_at = now;
                     self.sink.put_checkpoint(&key, &cp.encode()).map_err(err)?;
+                    self.streams_changed = true;
                 }
             } else if now.saturating_sub(cp.closed_at) > retention {
                 debug!(source = %self.name, key = %String::from_utf8_lossy(&key), "forgetting the checkpoint of a file gone longer than the retention");
                 self.sink.remove_checkpoint(&key).map_err(err)?;
+                self.streams_changed = true;
             }
         }
         Ok(())

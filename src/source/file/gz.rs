@@ -116,7 +116,7 @@ impl FileSource {
 }
 
 /// Tail of the decompressed bytes before `offset`.
-pub(super) fn gz_tail(file: &File, offset: u64, len: u16) -> std::io::Result<Option<Tail>> {
+pub(crate) fn gz_tail(file: &File, offset: u64, len: u16) -> std::io::Result<Option<Tail>> {
     let len = u64::from(len).min(offset);
     let mut d = open_gz(file)?;
     let skipped = std::io::copy(&mut (&mut d).take(offset - len), &mut std::io::sink())?;
@@ -128,7 +128,7 @@ pub(super) fn gz_tail(file: &File, offset: u64, len: u16) -> std::io::Result<Opt
     Ok((buf.len() as u64 == len).then(|| Tail::of(&buf)))
 }
 
-pub(super) fn open_gz(file: &File) -> std::io::Result<MultiGzDecoder<BufReader<File>>> {
+pub(crate) fn open_gz(file: &File) -> std::io::Result<MultiGzDecoder<BufReader<File>>> {
     let f = file.try_clone()?;
     // try_clone shares the position: read from the start through our own handle.
     let f = reopen_at_start(f)?;
@@ -141,7 +141,7 @@ pub(super) fn reopen_at_start(mut f: File) -> std::io::Result<File> {
     Ok(f)
 }
 
-pub(super) fn gzip_magic(file: &File) -> bool {
+pub(crate) fn gzip_magic(file: &File) -> bool {
     let mut magic = [0u8; 2];
     matches!(file.read_at(&mut magic, 0), Ok(2)) && magic == [0x1f, 0x8b]
 }

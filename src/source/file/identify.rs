@@ -152,6 +152,7 @@ impl FileSource {
             }
         };
         t.verified_size = size;
+        self.streams_changed = true;
         t.ident = Some(Ident {
             fingerprint: fp,
             key,
@@ -344,7 +345,7 @@ pub(super) fn retire(store: &dyn Sink, key: &[u8], keep: Option<&str>) -> Result
 
 /// Names a file for as long as it exists: device, inode and, where the file
 /// system records it, birth time (which tells a reused inode apart).
-pub(super) fn file_identity(file: &File, FileId { dev, ino }: FileId) -> String {
+pub(crate) fn file_identity(file: &File, FileId { dev, ino }: FileId) -> String {
     let born = file
         .metadata()
         .and_then(|m| m.created())

@@ -28,6 +28,7 @@ pub struct LineStats {
     pub truncated: u64,
 }
 
+#[derive(Clone)]
 pub struct Multiline {
     pub start: Regex,
     pub timeout: Duration,

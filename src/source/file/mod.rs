@@ -14,15 +14,16 @@
 
 mod checkpoints;
 pub mod discover;
-mod gz;
+pub(crate) mod gz;
 pub mod handles;
-mod identify;
+pub(crate) mod identify;
 pub mod identity;
 pub mod lines;
 pub mod open;
 mod park;
-mod read;
+pub(crate) mod read;
 mod scan;
+pub mod stream_index;
 mod watch;
 
 pub use self::discover::FileMatcher;
@@ -55,13 +56,13 @@ use crate::event::Timestamp;
 
 /// Most bytes read from one file before the tailer moves on to the next, so
 /// a busy file cannot starve the others.
-const READ_CHUNK: usize = 4 << 20;
+pub(crate) const READ_CHUNK: usize = 4 << 20;
 /// Event bytes one commit holds at most: a round stops cutting lines there
 /// and the next round goes on, so 3-byte lines that each become a 300-byte
 /// event cannot make one commit of hundreds of megabytes. Twice the read
 /// chunk: ordinary lines (an event is about 1.3 times its line) never reach
 /// it, so they keep one commit per chunk.
-const COMMIT_MAX_EVENT_BYTES: usize = 2 * READ_CHUNK;
+pub(crate) const COMMIT_MAX_EVENT_BYTES: usize = 2 * READ_CHUNK;
 /// Paths refused or failing that are remembered, so each is logged once; a
 /// user with a million links gets no more log lines than this.
 const MAX_REPORTED: usize = 10_000;
@@ -223,6 +224,10 @@ pub struct FileSource {
     parked_checked: Option<Instant>,
     /// "Too many open files" was reported.
     fd_exhaustion_warned: bool,
+    /// A stream was named, or a file closed or forgotten, since the stream
+    /// index was last published (see [`stream_index`]).
+    streams_changed: bool,
+    streams_published: Option<Instant>,
 }
 
 impl FileSource {
@@ -263,6 +268,8 @@ impl FileSource {
             open_descriptors: 0,
             parked_checked: None,
             fd_exhaustion_warned: false,
+            streams_changed: false,
+            streams_published: None,
         })
     }
 
@@ -293,6 +300,7 @@ impl FileSource {
             {
                 self.sweep_checkpoints()?;
             }
+            self.publish_streams(false);
             if !progressed {
                 self.stats.caught_up.store(true, Ordering::SeqCst);
                 match wake_rx.recv_timeout(self.config.poll_interval) {
@@ -314,6 +322,7 @@ impl FileSource {
                 self.stats.caught_up.store(false, Ordering::SeqCst);
             }
         }
+        self.publish_streams(true);
         debug!(source = %self.name, "file source stopped");
         Ok(())
     }
@@ -326,6 +335,7 @@ impl FileSource {
         self.scan();
         let progressed = self.read_round()?;
         self.sweep_checkpoints()?;
+        self.publish_streams(true);
         Ok(progressed)
     }
 

@@ -189,6 +189,7 @@ impl FileSource {
                 if let Some(mut cp) = Checkpoint::decode(&value) {
                     cp.closed_at = unix_now();
                     self.sink.put_checkpoint(&ident.key, &cp.encode())?;
+                    self.streams_changed = true;
                 }
             }
         }

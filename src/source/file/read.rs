@@ -194,7 +194,7 @@ impl FileSource {
 }
 
 /// Reads until `buf` is full or the file ends; returns the bytes read.
-pub(super) fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+pub(crate) fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
         match file.read_at(&mut buf[n..], offset + n as u64) {
@@ -208,7 +208,7 @@ pub(super) fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> std::io:
 }
 
 /// Tail of the `len` bytes before `offset`; None if the file is shorter.
-pub(super) fn tail_of_file(file: &File, offset: u64, len: u16) -> std::io::Result<Option<Tail>> {
+pub(crate) fn tail_of_file(file: &File, offset: u64, len: u16) -> std::io::Result<Option<Tail>> {
     let len = u64::from(len).min(offset);
     let mut buf = vec![0u8; len as usize];
     let n = read_full_at(file, &mut buf, offset - len)?;

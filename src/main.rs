@@ -13,7 +13,7 @@ use clap::{Parser, Subcommand};
 use thoth_ingest::config;
 use thoth_ingest::ops;
 
-use cli::dead_letter::DeadLetterCmd;
+use cli::dead_letter::DeadLetterArgs;
 use cli::demo::DemoArgs;
 use cli::parse::ParseCmdArgs;
 use cli::receiver::ReceiverArgs;
@@ -65,8 +65,8 @@ enum Command {
     ///
     /// Works while the daemon is stopped; the state directory is locked by a
     /// running daemon.
-    #[command(name = "dead-letter", subcommand)]
-    DeadLetter(DeadLetterCmd),
+    #[command(name = "dead-letter")]
+    DeadLetter(DeadLetterArgs),
 }
 
 fn main() -> ExitCode {

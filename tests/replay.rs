@@ -115,11 +115,10 @@ fn replay_delivers_every_event_once_with_the_live_daemons_ids() {
     let live_config = config(dir.path(), &live_rx.addr, "", "");
     let mut daemon = start_daemon(&live_config);
     live_rx.wait_unique(100_000, Duration::from_secs(120));
-    assert!(terminate(&mut daemon).success());
     let live_ids = one_id_per_seq(&live_rx.stored());
     assert_eq!(live_ids.len(), 100_000);
 
-    // The replay, beside the daemon's state, to a receiver of its own.
+    // The replay, while the daemon runs, to a receiver of its own.
     let replay_dir = dir.path().join("replay-rx");
     std::fs::create_dir_all(&replay_dir).unwrap();
     let rx = ReceiverProc::start(&replay_dir, &[]);
@@ -139,6 +138,8 @@ fn replay_delivers_every_event_once_with_the_live_daemons_ids() {
         summary.contains("5 of 5 files read, 100000 lines, 100000 events"),
         "{summary}"
     );
+    assert!(terminate(&mut daemon).success());
+    assert_eq!(live_rx.stats().accepted_events, 100_000);
 
     // Run again: every file was replayed, nothing is sent twice.
     let out = run_replay(&replay_config, &["--source", "agents"]);
@@ -357,6 +358,18 @@ fn an_unreadable_file_or_a_refused_event_makes_the_exit_status_non_zero() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{stderr}");
     assert!(stderr.contains("1 dead-lettered"), "{stderr}");
+    let listed = Command::new(BIN)
+        .arg("--config")
+        .arg(&cfg)
+        .args(["dead-letter", "--state-dir"])
+        .arg(dir.path().join("state/replay"))
+        .arg("list")
+        .output()
+        .unwrap();
+    assert!(listed.status.success());
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert_eq!(listed.lines().count(), 1, "{listed}");
+    assert!(listed.contains("VALIDATION_ERROR"), "{listed}");
 }
 
 #[test]

@@ -133,7 +133,7 @@ pub async fn replay(config_path: &Path, args: ReplayArgs) -> anyhow::Result<Exit
         result?;
         let last = snapshot(&replay_stats, &source_stats, None, None);
         progress.finish(&last);
-        return Ok(summary(&last, &replay_stats, started, interrupted, true));
+        return Ok(summary(&last, &replay_stats, started, interrupted, None));
     }
 
     let key = config.resolve_api_key(&env)?.0;
@@ -199,7 +199,13 @@ pub async fn replay(config_path: &Path, args: ReplayArgs) -> anyhow::Result<Exit
         .await;
     let interrupted = outcome?;
     stopped?;
-    Ok(summary(&last, &replay_stats, started, interrupted, false))
+    Ok(summary(
+        &last,
+        &replay_stats,
+        started,
+        interrupted,
+        Some(&state_dir),
+    ))
 }
 
 /// The source to replay: a configured file source (its paths replaced by
@@ -371,8 +377,9 @@ fn summary(
     replay: &ReplayStats,
     started: Instant,
     interrupted: bool,
-    dry_run: bool,
+    state_dir: Option<&Path>,
 ) -> ExitCode {
+    let dry_run = state_dir.is_none();
     let elapsed = started.elapsed();
     let unreadable = replay.unreadable_files();
     let refused = replay.files_refused.load(Ordering::Relaxed);
@@ -411,8 +418,9 @@ fn summary(
     if !unreadable.is_empty() || s.dead_letters > 0 {
         if s.dead_letters > 0 {
             eprintln!(
-                "replay: the server refused {} events; see `thoth-ingest dead-letter list` with --state-dir's queue",
-                s.dead_letters
+                "replay: the server refused {} events; they are kept: `thoth-ingest dead-letter --state-dir {} list`",
+                s.dead_letters,
+                state_dir.map_or_else(|| "<replay state>".into(), |d| d.display().to_string())
             );
         }
         return ExitCode::from(3);

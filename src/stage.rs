@@ -93,7 +93,7 @@ impl Stage {
 
     /// Holds events to `max` bytes of JSON each (see [`crate::parse::bound`]).
     pub fn with_max_event_bytes(mut self, max: usize) -> Stage {
-        self.events = EventBuf::with_max_event_bytes(max);
+        self.events = EventBuf::with_max_event_bytes(max).with_window(self.events.window());
         self
     }
 

@@ -405,3 +405,39 @@ fn a_preset_replays_given_paths_and_bad_arguments_are_refused() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("daemon's own state directory"));
 }
+
+#[test]
+fn a_file_still_written_is_read_to_its_last_complete_line_and_the_rest_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let rx = ReceiverProc::start(dir.path(), &[]);
+    let cfg = config(dir.path(), &rx.addr, "", "");
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str("rotate_wait = \"2s\"\n");
+    std::fs::write(&cfg, text).unwrap();
+    let app = logs.join("app.jsonl");
+    let line10 = line(10);
+    let (head, rest) = line10.split_at(40);
+    std::fs::write(&app, lines(0..10) + head).unwrap();
+
+    let out = run_replay(&cfg, &["--source", "agents"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(stored_seqs(&rx), (0..10).collect());
+
+    // The writer finishes the line, adds one, and goes quiet.
+    let mut f = std::fs::OpenOptions::new().append(true).open(&app).unwrap();
+    f.write_all(rest.as_bytes()).unwrap();
+    f.write_all(line(11).trim_end().as_bytes()).unwrap();
+    drop(f);
+    std::thread::sleep(Duration::from_millis(2100));
+    let out = run_replay(&cfg, &["--source", "agents"]);
+    assert_eq!(out.status.code(), Some(0));
+    let events = rx.stored();
+    let by_seq = one_id_per_seq(&events);
+    assert_eq!(
+        by_seq.keys().copied().collect::<Vec<_>>(),
+        (0..12).collect::<Vec<_>>()
+    );
+    assert_eq!(events.len(), 12, "each line once");
+}

@@ -153,6 +153,9 @@ pub async fn replay(config_path: &Path, args: ReplayArgs) -> anyhow::Result<Exit
             state_dir.display()
         )
     })?;
+    // Never drop_oldest: a backfill is read as fast as the disk allows, and
+    // what it reads is already on disk; it waits for room instead.
+    queue.set_bound(config.queue.max_bytes.0, false);
     if args.restart {
         forget_positions(&queue, &name)?;
     }
@@ -302,27 +305,21 @@ fn live_index(config: &Config, args: &ReplayArgs, name: &str) -> StreamIndex {
         Ok(Some(index)) => {
             info!(
                 source = name,
-                streams = index.entries.len(),
+                streams = index.len(),
                 "read the live daemon's stream index"
             );
             index
         }
         Ok(None) => {
             warn!(source = name, state = %config.state.dir.display(), "no stream index from a live daemon: rotated copies of files the daemon read get ids of their own (the daemon publishes the index while it runs)");
-            StreamIndex {
-                source: name.to_string(),
-                entries: Vec::new(),
-            }
+            StreamIndex::new(name, Vec::new())
         }
         Err(e) => {
             warn!(
                 source = name,
                 "{e}; rotated copies of files the daemon read get ids of their own"
             );
-            StreamIndex {
-                source: name.to_string(),
-                entries: Vec::new(),
-            }
+            StreamIndex::new(name, Vec::new())
         }
     }
 }
@@ -366,7 +363,8 @@ fn snapshot(
         events_outside_window: parse.events_outside_window,
         delivered: pipeline.map(|p| p.flush_stats.delivered_events.load(Ordering::Relaxed)),
         pending: queue.map(|q| q.pending_events()),
-        dead_letters: queue.map(|q| q.dead_events()).unwrap_or(0),
+        // Every letter in the replay's store, also those of an earlier run.
+        dead_letters: queue.map(|q| q.dead_letters() as u64).unwrap_or(0),
         read_finished: replay.is_finished(),
     }
 }
@@ -405,8 +403,16 @@ fn summary(
             s.dead_letters, elapsed
         );
     }
+    let capped = replay.walk_capped.load(Ordering::Relaxed);
     if refused > 0 {
         eprintln!("replay: {refused} paths not read (links, FIFOs, devices: see the log)");
+    }
+    if capped {
+        eprintln!("replay: more files matched than max_files (or the walk's directory cap): some were not read; give fewer paths per run");
+    }
+    let gone = replay.files_gone.load(Ordering::Relaxed);
+    if gone > 0 {
+        eprintln!("replay: {gone} files went away before their turn (rotated out?)");
     }
     for problem in &unreadable {
         eprintln!("replay: unreadable: {problem}");
@@ -415,7 +421,7 @@ fn summary(
         eprintln!("replay: interrupted; run the same command again to resume where it stopped");
         return ExitCode::from(130);
     }
-    if !unreadable.is_empty() || s.dead_letters > 0 {
+    if !unreadable.is_empty() || refused > 0 || capped || s.dead_letters > 0 {
         if s.dead_letters > 0 {
             eprintln!(
                 "replay: the server refused {} events; they are kept: `thoth-ingest dead-letter --state-dir {} list`",

@@ -18,10 +18,11 @@ pub struct EventBuf {
     /// unit, pid, ...): added to every event's metadata under its key.
     record_metadata: Option<(&'static str, Metadata<'static>)>,
     /// Only events whose time falls in it are kept (replay's `--since` and
-    /// `--until`); the others are counted and dropped as they are pushed.
+    /// `--until`), by [`EventBuf::drop_outside_window`] once a record's
+    /// events are made (and cut to the per-record cap).
     window: Option<TimeWindow>,
-    /// Events dropped for falling outside `window`, ever.
-    pub events_outside_window: u64,
+    /// With a window: the time of each event.
+    times: Vec<Timestamp>,
 }
 
 /// A span of event times: `since` included, `until` excluded; an open end
@@ -53,14 +54,48 @@ impl EventBuf {
             events_truncated: 0,
             record_metadata: None,
             window: None,
-            events_outside_window: 0,
+            times: Vec::new(),
         }
     }
 
-    /// Keeps only events whose `occurred_at` falls in `window`.
+    /// Keeps only events whose `occurred_at` falls in `window` (see
+    /// [`EventBuf::drop_outside_window`]).
     pub fn with_window(mut self, window: Option<TimeWindow>) -> EventBuf {
         self.window = window;
         self
+    }
+
+    pub fn window(&self) -> Option<TimeWindow> {
+        self.window
+    }
+
+    /// Drops the events from index `from` on whose time is outside the
+    /// window; returns how many. Nothing without a window.
+    pub fn drop_outside_window(&mut self, from: usize) -> u64 {
+        let Some(window) = self.window else {
+            return 0;
+        };
+        let start = from.checked_sub(1).map_or(0, |i| self.ends[i] as usize);
+        let mut write = start;
+        let mut kept = from;
+        let mut dropped = 0;
+        for i in from..self.ends.len() {
+            let begin = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+            let end = self.ends[i] as usize;
+            if window.contains(self.times[i]) {
+                self.bytes.copy_within(begin..end, write);
+                write += end - begin;
+                self.ends[kept] = write as u32;
+                self.times[kept] = self.times[i];
+                kept += 1;
+            } else {
+                dropped += 1;
+            }
+        }
+        self.bytes.truncate(write);
+        self.ends.truncate(kept);
+        self.times.truncate(kept);
+        dropped
     }
 
     /// Sets what the source knows of the records parsed next, and the
@@ -70,11 +105,8 @@ impl EventBuf {
     }
 
     pub fn push(&mut self, event: &Event<'_>) {
-        if let Some(window) = &self.window {
-            if !window.contains(event.occurred_at) {
-                self.events_outside_window += 1;
-                return;
-            }
+        if self.window.is_some() {
+            self.times.push(event.occurred_at);
         }
         let Some((key, extra)) = &self.record_metadata else {
             return self.push_as_is(event);
@@ -107,6 +139,7 @@ impl EventBuf {
     pub fn clear(&mut self) {
         self.bytes.clear();
         self.ends.clear();
+        self.times.clear();
     }
 
     /// Keeps the first `len` events.
@@ -115,6 +148,7 @@ impl EventBuf {
             let end = len.checked_sub(1).map_or(0, |i| self.ends[i] as usize);
             self.bytes.truncate(end);
             self.ends.truncate(len);
+            self.times.truncate(len.min(self.times.len()));
         }
     }
 
@@ -126,5 +160,66 @@ impl EventBuf {
 
     pub fn iter(&self) -> impl Iterator<Item = &[u8]> + '_ {
         (0..self.len()).map(|i| self.get(i))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{EnforcementMode, EventType};
+    use std::borrow::Cow;
+
+    fn at(second: i64, content: &str) -> Event<'static> {
+        Event {
+            event_id: format!("t:{second}"),
+            tenant_id: "t".into(),
+            agent_id: None,
+            session_id: "s".into(),
+            user_id: "u".into(),
+            source_type: EventType::ToolCallPre.source_type(),
+            event_type: EventType::ToolCallPre,
+            tool_name: "bash".into(),
+            content: Cow::Owned(content.to_string()),
+            metadata: Metadata::empty(),
+            approved_scope: Vec::new(),
+            enforcement_mode: EnforcementMode::Observe,
+            session_tool_calls: Vec::new(),
+            occurred_at: Timestamp::from_unix_micros(second * 1_000_000),
+            ttl: 0,
+            violation_id: None,
+        }
+    }
+
+    #[test]
+    fn a_window_keeps_since_and_drops_until_and_what_is_outside() {
+        let window = TimeWindow {
+            since: Some(Timestamp::from_unix_micros(10_000_000)),
+            until: Some(Timestamp::from_unix_micros(20_000_000)),
+        };
+        let mut buf = EventBuf::default().with_window(Some(window));
+        buf.push(&at(5, "kept: before the record"));
+        buf.push(&at(9, "out"));
+        buf.push(&at(10, "in"));
+        buf.push(&at(15, "in too"));
+        buf.push(&at(20, "out: until is excluded"));
+        // The first event belongs to an earlier record: not looked at.
+        assert_eq!(buf.drop_outside_window(1), 2);
+        let contents: Vec<String> = buf
+            .iter()
+            .map(|e| serde_json::from_slice::<serde_json::Value>(e).unwrap()["content"].to_string())
+            .collect();
+        assert_eq!(
+            contents,
+            ["\"kept: before the record\"", "\"in\"", "\"in too\""]
+        );
+        buf.truncate(2);
+        buf.push(&at(30, "out"));
+        assert_eq!(buf.drop_outside_window(2), 1);
+        assert_eq!(buf.len(), 2);
+        // Without a window nothing is dropped.
+        let mut plain = EventBuf::default();
+        plain.push(&at(1, "x"));
+        assert_eq!(plain.drop_outside_window(0), 0);
+        assert_eq!(plain.len(), 1);
     }
 }

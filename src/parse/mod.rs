@@ -319,18 +319,18 @@ pub fn parse_counted(
     stats.lines += 1;
     let before = out.len();
     let truncated_before = out.events_truncated;
-    let outside_before = out.events_outside_window;
-    let result = parser.parse(rec, out);
-    let outside = out.events_outside_window.saturating_sub(outside_before);
-    match result {
+    match parser.parse(rec, out) {
         Ok(n) if n > MAX_EVENTS_PER_LINE => {
             out.truncate(before + MAX_EVENTS_PER_LINE);
-            stats.events += (out.len() - before) as u64;
+            stats.events += MAX_EVENTS_PER_LINE as u64;
             stats.events_cut += (n - MAX_EVENTS_PER_LINE) as u64;
         }
-        Ok(n) => stats.events += (n as u64).saturating_sub(outside),
+        Ok(n) => stats.events += n as u64,
         Err(skip) => *stats.skipped.entry(skip).or_default() += 1,
     }
+    // After the cap, so a window keeps exactly events the daemon would send.
+    let outside = out.drop_outside_window(before);
+    stats.events = stats.events.saturating_sub(outside);
     stats.events_outside_window += outside;
     stats.state_evictions += parser.take_evictions();
     stats.events_truncated += out.events_truncated.saturating_sub(truncated_before);

@@ -5,7 +5,7 @@
 //! beside, then renamed), so a reader sees the old version or the new one.
 
 use std::io::Write;
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use super::{Queue, QueueError};
@@ -29,10 +29,19 @@ impl Queue {
             .mode(crate::private_fs::DIR_MODE)
             .create(&folder)
             .map_err(io)?;
-        let path = folder.join(name);
-        let mut tmp = tempfile::NamedTempFile::new_in(&folder).map_err(io)?;
-        tmp.write_all(bytes).map_err(io)?;
-        tmp.persist(&path).map_err(|e| io(e.error))?;
+        // One writer per name: a fixed scratch name leaves nothing behind
+        // however often a crash interrupts it.
+        let scratch = folder.join(format!(".{name}.new"));
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(crate::private_fs::FILE_MODE)
+            .open(&scratch)
+            .map_err(io)?;
+        file.write_all(bytes).map_err(io)?;
+        drop(file);
+        std::fs::rename(&scratch, folder.join(name)).map_err(io)?;
         Ok(())
     }
 }

@@ -49,6 +49,11 @@ pub struct ReplayStats {
     pub disk_bytes_done: AtomicU64,
     /// Files that could not be read, each with the reason.
     pub unreadable: Mutex<Vec<String>>,
+    /// Files that went away between the walk and their turn (rotated out).
+    pub files_gone: AtomicU64,
+    /// More files matched than `max_files`, or the walk met its directory
+    /// cap: some files were not replayed.
+    pub walk_capped: AtomicBool,
 }
 
 impl ReplayStats {
@@ -138,6 +143,9 @@ impl ReplaySource {
         self.stats
             .files_refused
             .store(found.refused.len() as u64, Ordering::Relaxed);
+        if found.files_capped || found.dirs_capped {
+            self.stats.walk_capped.store(true, Ordering::Relaxed);
+        }
         if found.files_capped {
             warn!(source = %self.name, max_files = self.config.max_files, "more files match than max_files; replaying the first {} in path order", self.config.max_files);
         }
@@ -167,6 +175,10 @@ impl ReplaySource {
                 Ok(Outcome::Refused(why)) => {
                     warn!(source = %self.name, path = %path.display(), "not replayed: {why}");
                     self.stats.files_refused.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(FileError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                    info!(source = %self.name, path = %path.display(), "the file went away before its turn (rotated out?)");
+                    self.stats.files_gone.fetch_add(1, Ordering::Relaxed);
                 }
                 Err(FileError::Io(e)) => {
                     warn!(source = %self.name, path = %path.display(), error = %e, "cannot read the file; replaying the others");
@@ -199,17 +211,28 @@ impl ReplaySource {
         let id = FileId::of(&meta);
         let compressed = gzip_magic(&file);
         let fp_bytes = self.config.fingerprint_bytes;
-        let start = if compressed {
-            identity::read_start(&mut open_gz(&file)?, fp_bytes)?
+        // A plain file nobody wrote to for `rotate_wait` is whole: its last
+        // line counts even without a newline, as when the daemon closes a
+        // file. One still written is read up to its last complete line, as
+        // the daemon reads it, so no line gets its id with half its bytes.
+        let quiet = compressed
+            || meta
+                .modified()
+                .ok()
+                .and_then(|m| m.elapsed().ok())
+                .is_some_and(|age| age >= self.config.rotate_wait);
+        let (start, whole) = if compressed {
+            let start = identity::read_start(&mut open_gz(&file)?, fp_bytes)?;
+            let whole = start.len() < fp_bytes;
+            (start, whole)
         } else {
             let mut start = vec![0u8; fp_bytes];
             let n = read_full_at(&file, &mut start, 0)?;
             start.truncate(n);
-            start
+            (start, quiet)
         };
-        // Read once: whatever is there is the whole file.
-        let Some(fp) = identity::fingerprint_of(&start, fp_bytes, true) else {
-            debug!(source = %self.name, path = %path.display(), "empty file");
+        let Some(fp) = identity::fingerprint_of(&start, fp_bytes, whole) else {
+            debug!(source = %self.name, path = %path.display(), "empty, or no complete first line yet");
             return Ok(Outcome::Done);
         };
         let key = identity::checkpoint_key(&self.name, &fp, id);
@@ -232,7 +255,13 @@ impl ReplaySource {
                     .fetch_add(size, Ordering::Relaxed);
                 return Ok(Outcome::Done);
             }
-            Some(cp) if tail_at(cp.offset, cp.tail.len)? == Some(cp.tail) => Some(cp),
+            // An empty tail proves nothing past the start of a plain file.
+            Some(cp)
+                if (compressed || cp.offset == 0 || cp.tail.len > 0)
+                    && tail_at(cp.offset, cp.tail.len)? == Some(cp.tail) =>
+            {
+                Some(cp)
+            }
             _ => None,
         };
         let (stream, offset, skipping, state) = match resume {
@@ -266,7 +295,8 @@ impl ReplaySource {
             self.stats
                 .disk_bytes_done
                 .fetch_add(offset, Ordering::Relaxed);
-            Box::new(file_reader)
+            // What was there at open: a file still written is read again later.
+            Box::new(file_reader.take(size.saturating_sub(offset)))
         };
         let read_at = meta
             .modified()
@@ -286,6 +316,7 @@ impl ReplaySource {
             ),
             position: offset,
             read_at,
+            quiet,
         };
         reading.cutter.resume(skipping);
         let outcome = self.read_to_end(&mut reading, &mut reader);
@@ -303,7 +334,7 @@ impl ReplaySource {
     ) -> std::io::Result<String> {
         let candidates = self.live.candidates(fp);
         Ok(
-            match identity::resolve(&self.name, fp, id, identity, &candidates, tail_at)? {
+            match identity::resolve(&self.name, fp, id, identity, candidates, tail_at)? {
                 Resolution::Resume(cp) => cp.stream,
                 // The same bytes as a file the daemon read: its copy (rotated,
                 // compressed), unless that file is still there, unchanged,
@@ -357,12 +388,14 @@ impl ReplaySource {
                     Err(e) => return Err(FileError::Io(e)),
                 }
             }
-            let consumed = self.cut(r, &buf, at_end);
+            let consumed = self.cut(r, &buf, at_end && r.quiet);
             r.position += consumed as u64;
             buf.drain(..consumed);
-            let finished = at_end && buf.is_empty();
-            self.commit(r, finished)?;
-            if finished {
+            let complete = at_end && buf.is_empty() && !r.cutter.has_open_record();
+            self.commit(r, complete)?;
+            // A file still written ends at its last complete line; its
+            // checkpoint stays before the rest.
+            if complete || (at_end && consumed == 0) {
                 return Ok(Outcome::Done);
             }
         }
@@ -403,21 +436,26 @@ impl ReplaySource {
         consumed
     }
 
-    fn commit(&mut self, r: &Reading<'_>, finished: bool) -> Result<(), FileError> {
+    fn commit(&mut self, r: &Reading<'_>, complete: bool) -> Result<(), FileError> {
         let position = r.cutter.safe_position(r.position);
         let tail = if r.compressed {
             Tail::default()
         } else {
-            tail_of_file(r.file, position, TAIL_BYTES as u16)?.unwrap_or_default()
+            tail_of_file(r.file, position, TAIL_BYTES as u16)?.ok_or_else(|| {
+                std::io::Error::other(
+                    "the file shrank while it was replayed (truncated or rewritten); \
+                     replay it again to read it as a new file",
+                )
+            })?
         };
         let cp = Checkpoint {
             offset: position,
             skipping: r.cutter.skipping(),
-            complete: finished,
+            complete,
             tail,
             stream: r.stream.clone(),
             closed_at: 0,
-            disk_size: if finished { r.size } else { 0 },
+            disk_size: if complete { r.size } else { 0 },
             path: r.path.clone(),
             parser_state: self.sink.stream_state(r.slot),
         };
@@ -441,6 +479,8 @@ struct Reading<'a> {
     /// The time of lines that carry none: the file's modification time,
     /// the latest they can have been written.
     read_at: Timestamp,
+    /// Nothing will be added: a last line without a newline is whole.
+    quiet: bool,
 }
 
 /// Counts the bytes read from disk, for the progress of compressed files.

@@ -206,7 +206,7 @@ impl<'a> Cursor<'a> {
 }
 
 /// A stored checkpoint that shares a new file's fingerprint.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Candidate {
     pub file_id: Option<FileId>,
     pub checkpoint: Checkpoint,

@@ -10,6 +10,7 @@
 //! a file met by the daemon in the last few seconds before a replay may be
 //! missing from it, and then its copy is named as a file of its own.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -118,32 +119,59 @@ pub fn read(published: &Path, source: &str) -> Result<Option<StreamIndex>, Strea
         path: path.clone(),
         what,
     })?;
-    Ok(Some(StreamIndex {
-        source: source.to_string(),
-        entries,
-    }))
+    Ok(Some(StreamIndex::new(source, entries)))
 }
 
-/// A live source's streams, as its index published them.
+/// A live source's streams, as its index published them, by fingerprint.
 #[derive(Debug, Clone, Default)]
 pub struct StreamIndex {
-    pub source: String,
-    pub entries: Vec<(Vec<u8>, Checkpoint)>,
+    by_fingerprint: HashMap<String, Vec<Candidate>>,
+    len: usize,
 }
 
 impl StreamIndex {
+    pub fn new(source: &str, entries: Vec<(Vec<u8>, Checkpoint)>) -> StreamIndex {
+        let prefix = identity::source_prefix(source);
+        let mut by_fingerprint: HashMap<String, Vec<Candidate>> = HashMap::new();
+        let len = entries.len();
+        for (key, checkpoint) in entries {
+            // `file/<source>/<fingerprint>/<dev>-<ino>`
+            let Some(fingerprint) = key
+                .strip_prefix(prefix.as_slice())
+                .and_then(|rest| rest.split(|&b| b == b'/').next())
+                .and_then(|fp| std::str::from_utf8(fp).ok())
+            else {
+                continue;
+            };
+            by_fingerprint
+                .entry(fingerprint.to_string())
+                .or_default()
+                .push(Candidate {
+                    file_id: identity::key_file_id(&key),
+                    checkpoint,
+                });
+        }
+        StreamIndex {
+            by_fingerprint,
+            len,
+        }
+    }
+
+    /// Streams in the index.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
     /// The checkpoints of the source's files with this fingerprint, as
     /// [`identity::resolve`] takes them.
-    pub fn candidates(&self, fingerprint: &str) -> Vec<Candidate> {
-        let prefix = identity::key_prefix(&self.source, fingerprint);
-        self.entries
-            .iter()
-            .filter(|(k, _)| k.starts_with(&prefix))
-            .map(|(k, cp)| Candidate {
-                file_id: identity::key_file_id(k),
-                checkpoint: cp.clone(),
-            })
-            .collect()
+    pub fn candidates(&self, fingerprint: &str) -> &[Candidate] {
+        self.by_fingerprint
+            .get(fingerprint)
+            .map_or(&[], Vec::as_slice)
     }
 }
 
@@ -210,10 +238,8 @@ mod tests {
         assert_eq!(decoded[0].0, key);
         assert_eq!(decoded[0].1.stream, "s/f/1-2");
         assert!(decoded[0].1.parser_state.is_empty());
-        let index = StreamIndex {
-            source: "s".into(),
-            entries: decoded,
-        };
+        let index = StreamIndex::new("s", decoded);
+        assert_eq!(index.len(), 1);
         assert_eq!(index.candidates("f").len(), 1);
         assert!(index.candidates("g").is_empty());
 

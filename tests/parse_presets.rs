@@ -555,3 +555,51 @@ fn parser_state_is_bounded_in_bytes_whatever_the_ids() {
         assert!(stats.state_evictions > 4_000, "{preset}: {stats:?}");
     }
 }
+
+/// The agent of every event of the codex fixture under a config whose
+/// source and `[defaults]` are `source_agent` and `default_agent`.
+fn codex_agents(source_agent: Option<&str>, default_agent: Option<&str>) -> Vec<serde_json::Value> {
+    let mut text = String::from(
+        "[api]\nbase_url = \"https://api.example.com\"\ntenant_id = \"t\"\n[defaults]\n",
+    );
+    if let Some(a) = default_agent {
+        text.push_str(&format!("agent_id = \"{a}\"\n"));
+    }
+    text.push_str("[[sources]]\nname = \"s\"\ntype = \"file\"\ninclude = [\"/x/*.jsonl\"]\nparser = \"codex\"\n");
+    if let Some(a) = source_agent {
+        text.push_str(&format!("agent_id = \"{a}\"\nuser_id = \"alice\"\n"));
+    }
+    let config = thoth_ingest::config::Config::from_toml(
+        &text,
+        Path::new("test.toml"),
+        &thoth_ingest::config::Env::default(),
+    )
+    .unwrap();
+    let mut parser = thoth_ingest::parse::build(&config, &config.sources[0]).unwrap();
+    let text = std::fs::read(fixture_log("codex")).unwrap();
+    let mut out = Vec::new();
+    run(parser.as_mut(), &lines(&text), &mut out);
+    assert!(!out.is_empty());
+    out.iter()
+        .map(|e| {
+            let e: serde_json::Value = serde_json::from_str(e).unwrap();
+            if source_agent.is_some() {
+                assert_eq!(e["user_id"], "alice");
+            }
+            e["agent_id"].clone()
+        })
+        .collect()
+}
+
+#[test]
+fn the_agent_is_the_sources_else_the_defaults_else_the_presets() {
+    let all = |agents: Vec<serde_json::Value>, want: &str| {
+        assert!(agents.iter().all(|a| a == want), "{agents:?} != {want}")
+    };
+    all(codex_agents(None, None), "codex");
+    all(codex_agents(None, Some("fleet-codex")), "fleet-codex");
+    all(
+        codex_agents(Some("build-bot"), Some("fleet-codex")),
+        "build-bot",
+    );
+}

@@ -281,6 +281,11 @@ pub struct SourceConfig {
     pub exclude: Vec<String>,
     #[serde(default = "default_parser")]
     pub parser: Spanned<String>,
+    /// The `agent_id` of this source's events, over `[defaults]` and over
+    /// what a preset names (`claude-code`, `codex`, `mcp:<server>`, ...).
+    pub agent_id: Option<String>,
+    /// The `user_id` of this source's events, over `[defaults]`.
+    pub user_id: Option<String>,
     /// Which JSON keys feed which event fields (parser `json`).
     #[serde(default)]
     pub fields: JsonFields,

@@ -51,6 +51,8 @@ pub struct Record<'a> {
 pub struct EventContext {
     pub tenant_id: String,
     pub user_id: String,
+    /// Configured (the source's, else `[defaults]`); None lets a preset
+    /// name the agent.
     pub agent_id: Option<String>,
     pub session_id: String,
     pub enforcement_mode: EnforcementMode,
@@ -60,8 +62,29 @@ pub struct EventContext {
 }
 
 impl EventContext {
+    /// The context of a source: its own `agent_id` and `user_id` over the
+    /// config's `[defaults]`.
     pub fn for_source(config: &Config, source: &SourceConfig) -> EventContext {
-        EventContext::for_config(config, source.name.get_ref())
+        let mut ctx = EventContext::for_config(config, source.name.get_ref());
+        if let Some(agent) = &source.agent_id {
+            ctx.agent_id = Some(agent.clone());
+        }
+        if let Some(user) = &source.user_id {
+            ctx.user_id = user.clone();
+        }
+        ctx
+    }
+
+    /// The agent of an event: the configured one, else the one the log's
+    /// format names (`named`, which presets pass; None: not known).
+    pub fn agent_or_else<'a>(
+        &'a self,
+        named: impl FnOnce() -> Option<Cow<'a, str>>,
+    ) -> Option<Cow<'a, str>> {
+        match &self.agent_id {
+            Some(configured) => Some(Cow::Borrowed(configured)),
+            None => named(),
+        }
     }
 
     /// The config's tenant and defaults; `session` is the session of events

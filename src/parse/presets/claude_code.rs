@@ -121,6 +121,17 @@ pub struct ClaudeCode {
     calls: BoundedMap<String>,
 }
 
+/// `claude-code`, or `claude-code/<agentId>` for a subagent's transcript,
+/// unless the config names the agent.
+fn agent<'c>(ctx: &'c EventContext, line: &Line<'_>) -> Option<Cow<'c, str>> {
+    ctx.agent_or_else(|| {
+        Some(match string(line.agent_id) {
+            Some(id) => Cow::Owned(format!("claude-code/{id}")),
+            None => Cow::Borrowed("claude-code"),
+        })
+    })
+}
+
 impl ClaudeCode {
     pub fn new(ctx: EventContext, red: Arc<Redaction>) -> Self {
         ClaudeCode {
@@ -164,6 +175,7 @@ impl ClaudeCode {
                 let mut e = self
                     .ctx
                     .base_event(rec, index, EventType::LlmInvocation, at);
+                e.agent_id = agent(&self.ctx, line);
                 if let Some(s) = &session {
                     e.session_id = s.clone();
                 }
@@ -189,6 +201,7 @@ impl ClaudeCode {
                 self.calls.insert(id.to_string(), name.to_string());
             }
             let mut e = self.ctx.base_event(rec, index, EventType::ToolCallPre, at);
+            e.agent_id = agent(&self.ctx, line);
             if let Some(s) = &session {
                 e.session_id = s.clone();
             }
@@ -239,6 +252,7 @@ impl ClaudeCode {
                 EventType::ToolCallPost
             };
             let mut e = self.ctx.base_event(rec, index, event_type, at);
+            e.agent_id = agent(&self.ctx, line);
             if let Some(s) = &session {
                 e.session_id = s.clone();
             }

@@ -122,6 +122,7 @@ impl Codex {
     ) -> crate::event::Event<'s> {
         let at = timestamp(line.timestamp).unwrap_or(rec.read_at);
         let mut e = self.ctx.base_event(rec, 0, event_type, at);
+        e.agent_id = self.ctx.agent_or_else(|| Some(Cow::Borrowed("codex")));
         if let Some(s) = self.session_id.as_ref().or(self.file_session.as_ref()) {
             e.session_id = Cow::Borrowed(s);
         }

@@ -127,6 +127,11 @@ impl McpClaudeDesktop {
     }
 }
 
+/// `mcp:<server>`, unless the config names the agent.
+fn mcp_agent<'c>(ctx: &'c EventContext, server: &str) -> Option<Cow<'c, str>> {
+    ctx.agent_or_else(|| Some(Cow::Owned(format!("mcp:{server}"))))
+}
+
 fn pending_key(server: &str, id: &str) -> String {
     let mut k = String::with_capacity(server.len() + id.len() + 1);
     k.push_str(server);
@@ -163,6 +168,7 @@ impl Parser for McpClaudeDesktop {
                     .insert(pending_key(parts.server, id), name.to_string());
             }
             let mut e = self.ctx.base_event(rec, 0, EventType::ToolCallPre, at);
+            e.agent_id = mcp_agent(&self.ctx, parts.server);
             e.session_id = Cow::Owned(session);
             e.tool_name = name;
             if let Some(args) = params.as_ref().and_then(|p| p.arguments) {
@@ -199,6 +205,7 @@ impl Parser for McpClaudeDesktop {
             (None, None) => None,
         };
         let mut e = self.ctx.base_event(rec, 0, EventType::ToolCallPost, at);
+        e.agent_id = mcp_agent(&self.ctx, parts.server);
         e.session_id = Cow::Owned(session);
         e.tool_name = Cow::Owned(name);
         if let Some(c) = content {

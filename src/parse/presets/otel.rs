@@ -109,11 +109,23 @@ fn put(meta: &mut MetaWriter<'_>, key: &str, attrs: &Attributes<'_>, name: &str)
 /// One resource of an OTLP/JSON export, with its scopes.
 #[derive(Deserialize)]
 struct Resource<'a> {
+    /// The resource's own attributes (`service.name`, ...).
+    #[serde(borrow)]
+    resource: Option<ResourceAttributes<'a>>,
     #[serde(borrow, rename = "scopeSpans")]
     scope_spans: Option<Vec<Scope<'a>>>,
     #[serde(borrow, rename = "scopeLogs")]
     scope_logs: Option<Vec<Scope<'a>>>,
 }
+
+#[derive(Deserialize)]
+struct ResourceAttributes<'a> {
+    #[serde(borrow)]
+    attributes: Option<&'a RawValue>,
+}
+
+/// A record of an export, with its resource's `service.name`.
+type Exported<'a> = (&'a RawValue, Option<Cow<'a, str>>);
 
 #[derive(Deserialize)]
 struct Scope<'a> {
@@ -124,7 +136,7 @@ struct Scope<'a> {
 }
 
 /// The records of an OTLP/JSON export line, in order; None if `top` is not one.
-fn exported_records<'a>(top: &[(Cow<'a, str>, &'a RawValue)]) -> Option<Vec<&'a RawValue>> {
+fn exported_records<'a>(top: &[(Cow<'a, str>, &'a RawValue)]) -> Option<Vec<Exported<'a>>> {
     let resources = top
         .iter()
         .filter(|(k, _)| k == "resourceSpans" || k == "resourceLogs")
@@ -136,10 +148,15 @@ fn exported_records<'a>(top: &[(Cow<'a, str>, &'a RawValue)]) -> Option<Vec<&'a 
     let mut records = Vec::new();
     for raw in resources {
         for resource in field::<Vec<Resource>>(Some(raw)).unwrap_or_default() {
+            let service = resource.resource.and_then(|r| r.attributes).and_then(|a| {
+                Attributes::collect(&[(Cow::Borrowed("attributes"), a)]).text("service.name")
+            });
             let scopes = resource.scope_spans.into_iter().flatten();
             for scope in scopes.chain(resource.scope_logs.into_iter().flatten()) {
-                records.extend(scope.spans.into_iter().flatten());
-                records.extend(scope.log_records.into_iter().flatten());
+                let spans = scope.spans.into_iter().flatten();
+                for record in spans.chain(scope.log_records.into_iter().flatten()) {
+                    records.push((record, service.clone()));
+                }
             }
         }
     }
@@ -147,12 +164,14 @@ fn exported_records<'a>(top: &[(Cow<'a, str>, &'a RawValue)]) -> Option<Vec<&'a 
 }
 
 impl OtelGenAi {
-    /// The event of one record (its top-level entries), as event `index` of the line.
+    /// The event of one record (its top-level entries), as event `index` of
+    /// the line; `service` is its resource's `service.name`.
     fn record(
         &self,
         rec: &Record<'_>,
         index: u32,
         top: &[(Cow<'_, str>, &RawValue)],
+        service: Option<Cow<'_, str>>,
         out: &mut EventBuf,
     ) -> Result<(), Skip> {
         let attrs = Attributes::collect(top);
@@ -170,6 +189,14 @@ impl OtelGenAi {
             .find_map(|k| timestamp(top_raw(k)))
             .unwrap_or(rec.read_at);
         let mut e = self.ctx.base_event(rec, index, event_type, at);
+        // The agent's own name, else the service's: the record's, then
+        // its resource's.
+        e.agent_id = self.ctx.agent_or_else(|| {
+            attrs
+                .text("gen_ai.agent.name")
+                .or_else(|| attrs.text("service.name"))
+                .or(service)
+        });
         if let Some(s) = attrs
             .text("gen_ai.conversation.id")
             .or_else(|| attrs.text("mcp.session.id"))
@@ -229,16 +256,16 @@ impl Parser for OtelGenAi {
     fn parse(&mut self, rec: &Record<'_>, out: &mut EventBuf) -> Result<usize, Skip> {
         let Entries(top) = parse_object(rec.line)?;
         let Some(records) = exported_records(&top) else {
-            self.record(rec, 0, &top, out)?;
+            self.record(rec, 0, &top, None, out)?;
             return Ok(1);
         };
         // An export: one event per GenAI record; the line is skipped, with
         // the first record's reason, only when none makes one.
         let mut made = 0u32;
         let mut first_skip = None;
-        for raw in records {
+        for (raw, service) in records {
             let result = match field::<Entries>(Some(raw)) {
-                Some(Entries(record)) => self.record(rec, made, &record, out),
+                Some(Entries(record)) => self.record(rec, made, &record, service, out),
                 None => Err(Skip::UnexpectedShape),
             };
             match result {

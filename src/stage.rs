@@ -11,13 +11,18 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::config::{Config, SourceConfig, SourceKind};
+use crate::config::{Config, SourceConfig, SourceKind, UserIdFrom};
 use crate::event::TimeWindow;
 use crate::parse::{clean_line, parse_counted, EventBuf, ParseStats, Parser, Record};
 use crate::queue::Queue;
 use crate::source::file::FileSource;
 use crate::source::journald::JournaldSource;
 use crate::source::{KeyValue, ReadStats, RecordIn, Sink, SinkError, Source, StreamSlot};
+
+pub mod provenance;
+
+use self::provenance::Provenance;
+use crate::event::StreamMetadata;
 
 /// Counters of one source: what it read, and what the stage made of it.
 #[derive(Debug, Default)]
@@ -61,6 +66,14 @@ pub struct Stage {
     events: EventBuf,
     parse_stats: ParseStats,
     stats: Arc<SourceStats>,
+    /// What each stream's events carry besides their line (host, path,
+    /// owner); None adds nothing.
+    provenance: Option<Provenance>,
+    stream_metadata: HashMap<u64, Arc<StreamMetadata>>,
+    /// The stream whose entries `events` carries now.
+    metadata_of: Option<u64>,
+    /// A file's owner is the `user_id` of its events (`user_id_from`).
+    user_from_owner: bool,
 }
 
 impl Stage {
@@ -73,6 +86,10 @@ impl Stage {
             events: EventBuf::default(),
             parse_stats: ParseStats::default(),
             stats,
+            provenance: None,
+            stream_metadata: HashMap::new(),
+            metadata_of: None,
+            user_from_owner: false,
         }
     }
 
@@ -88,12 +105,30 @@ impl Stage {
             events: EventBuf::default(),
             parse_stats: ParseStats::default(),
             stats,
+            provenance: None,
+            stream_metadata: HashMap::new(),
+            metadata_of: None,
+            user_from_owner: false,
         }
     }
 
     /// Holds events to `max` bytes of JSON each (see [`crate::parse::bound`]).
     pub fn with_max_event_bytes(mut self, max: usize) -> Stage {
         self.events = EventBuf::with_max_event_bytes(max).with_window(self.events.window());
+        self
+    }
+
+    /// Adds the host and each file's path and owner to the metadata of
+    /// every event.
+    pub fn with_provenance(mut self, provenance: Provenance) -> Stage {
+        self.provenance = Some(provenance);
+        self
+    }
+
+    /// Makes each file's owner the `user_id` of its events (with a
+    /// provenance, which resolves owners).
+    pub fn with_user_from_owner(mut self, on: bool) -> Stage {
+        self.user_from_owner = on;
         self
     }
 
@@ -110,7 +145,12 @@ fn store_error(e: crate::queue::QueueError) -> SinkError {
 }
 
 impl Sink for Stage {
-    fn open_stream(&mut self, origin: Option<&Path>, state: Option<&[u8]>) -> StreamSlot {
+    fn open_stream(
+        &mut self,
+        origin: Option<&Path>,
+        owner: Option<u32>,
+        state: Option<&[u8]>,
+    ) -> StreamSlot {
         let mut parser = self.factory.fresh();
         if let Some(path) = origin {
             parser.set_origin(path);
@@ -121,11 +161,27 @@ impl Sink for Stage {
         let slot = self.next_slot;
         self.next_slot += 1;
         self.parsers.insert(slot, parser);
+        if let Some(provenance) = self.provenance.as_mut() {
+            if let (true, Some(uid)) = (self.user_from_owner, owner) {
+                if let Some(parser) = self.parsers.get_mut(&slot) {
+                    parser.set_user(provenance.owner(uid));
+                }
+            }
+            let entries = provenance.for_stream(origin, owner);
+            if !entries.is_empty() {
+                self.stream_metadata.insert(slot, Arc::new(entries));
+            }
+        }
         StreamSlot(slot)
     }
 
     fn close_stream(&mut self, slot: StreamSlot) {
         self.parsers.remove(&slot.0);
+        self.stream_metadata.remove(&slot.0);
+        if self.metadata_of == Some(slot.0) {
+            self.metadata_of = None;
+            self.events.set_stream_metadata(None);
+        }
     }
 
     fn record(&mut self, slot: StreamSlot, record: RecordIn<'_>) {
@@ -135,6 +191,11 @@ impl Sink for Stage {
         };
         if !record.fields.is_empty() {
             parser.set_record_fields(record.fields);
+        }
+        if self.metadata_of != Some(slot.0) {
+            self.metadata_of = Some(slot.0);
+            self.events
+                .set_stream_metadata(self.stream_metadata.get(&slot.0).cloned());
         }
         if let Some((key, metadata)) = record.metadata {
             self.events
@@ -256,6 +317,17 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// What `config` adds to every event: the host unless `[defaults]
+/// host_metadata = false`, and each file's path and owner, screened by
+/// the config's redaction and `metadata_allow`.
+pub fn provenance(config: &Config) -> Provenance {
+    let host = config
+        .defaults
+        .host_metadata
+        .then(provenance::Host::current);
+    Provenance::new(host, Arc::new(crate::parse::Redaction::from_config(config)))
+}
+
 /// The file source `source` of `config`, reading into `queue` through its
 /// own stage (the config's parser, redaction and event bound).
 pub fn file_source(
@@ -267,7 +339,9 @@ pub fn file_source(
 ) -> anyhow::Result<FileSource> {
     let parser = crate::parse::build(config, source)?;
     let stage = Stage::new(parser, queue, stats.clone())
-        .with_max_event_bytes(config.redaction.event_bound(&config.delivery));
+        .with_max_event_bytes(config.redaction.event_bound(&config.delivery))
+        .with_provenance(provenance(config))
+        .with_user_from_owner(source.user_id_from == Some(UserIdFrom::FileOwner));
     Ok(FileSource::new(
         source.clone(),
         Box::new(stage),
@@ -290,7 +364,8 @@ pub fn source(
         SourceKind::Journald => {
             let parser = crate::parse::build(config, source)?;
             let stage = Stage::new(parser, queue, stats.clone())
-                .with_max_event_bytes(config.redaction.event_bound(&config.delivery));
+                .with_max_event_bytes(config.redaction.event_bound(&config.delivery))
+                .with_provenance(provenance(config));
             Box::new(JournaldSource::new(
                 source.clone(),
                 Box::new(stage),

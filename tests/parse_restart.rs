@@ -49,10 +49,15 @@ fn queued_events(config: &Config) -> Vec<serde_json::Value> {
     events
 }
 
+/// The events without what names their copy of the fixture: the id (the
+/// file's inode) and the file's path.
 fn without_ids(mut events: Vec<serde_json::Value>) -> Vec<serde_json::Value> {
     for e in &mut events {
         if let Some(o) = e.as_object_mut() {
             o.remove("event_id");
+            if let Some(m) = o.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+                m.remove("source_path");
+            }
         }
     }
     events

@@ -96,6 +96,7 @@ pub async fn replay(config_path: &Path, args: ReplayArgs) -> anyhow::Result<Exit
         ..SourceStats::default()
     });
     let parser = thoth_ingest::parse::build(&config, &source)?;
+    let user_from_owner = source.user_id_from == Some(thoth_ingest::config::UserIdFrom::FileOwner);
     let event_bound = config.redaction.event_bound(&config.delivery);
     let mut signals = ops::StopSignals::install().context("cannot install signal handlers")?;
     let mut progress = Progress::new(args.progress, &config.delivery, args.dry_run);
@@ -104,6 +105,8 @@ pub async fn replay(config_path: &Path, args: ReplayArgs) -> anyhow::Result<Exit
     if args.dry_run {
         let stage = Stage::dry_run(parser, source_stats.clone())
             .with_max_event_bytes(event_bound)
+            .with_provenance(thoth_ingest::stage::provenance(&config))
+            .with_user_from_owner(user_from_owner)
             .with_window(window);
         let replay = ReplaySource::new(
             source,
@@ -161,6 +164,8 @@ pub async fn replay(config_path: &Path, args: ReplayArgs) -> anyhow::Result<Exit
     }
     let stage = Stage::new(parser, queue.clone(), source_stats.clone())
         .with_max_event_bytes(event_bound)
+        .with_provenance(thoth_ingest::stage::provenance(&config))
+        .with_user_from_owner(user_from_owner)
         .with_window(window);
     let replay = ReplaySource::new(
         source,

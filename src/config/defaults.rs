@@ -118,3 +118,6 @@ pub(super) fn default_checkpoint_retention() -> Duration {
 pub(super) fn default_multiline_timeout() -> Duration {
     Duration::from_secs(1)
 }
+pub(super) fn default_true() -> bool {
+    true
+}

@@ -29,7 +29,7 @@ pub use key::{ApiKey, KeyOrigin};
 pub use schema::{
     ApiConfig, BudgetConfig, Compression, Config, Defaults, DeliveryConfig, JsonFields,
     MultilineConfig, QueueConfig, RedactionConfig, SourceConfig, SourceKind, StartAt, StateConfig,
-    UserPattern, WhenFull,
+    UserIdFrom, UserPattern, WhenFull,
 };
 pub use size::ByteSize;
 pub use validate::check_base_url;

@@ -195,6 +195,9 @@ pub struct Defaults {
     /// Retention the API is asked for, counted from the event's time.
     #[serde(default = "default_ttl", with = "humantime_serde")]
     pub ttl: Duration,
+    /// Every event carries `metadata.host` and `metadata.machine_id`.
+    #[serde(default = "default_true")]
+    pub host_metadata: bool,
 }
 
 impl Default for Defaults {
@@ -205,6 +208,7 @@ impl Default for Defaults {
             session_id: None,
             enforcement_mode: EnforcementMode::default(),
             ttl: default_ttl(),
+            host_metadata: true,
         }
     }
 }
@@ -286,6 +290,8 @@ pub struct SourceConfig {
     pub agent_id: Option<String>,
     /// The `user_id` of this source's events, over `[defaults]`.
     pub user_id: Option<String>,
+    /// Where each file's `user_id` comes from instead: `"file_owner"`.
+    pub user_id_from: Option<UserIdFrom>,
     /// Which JSON keys feed which event fields (parser `json`).
     #[serde(default)]
     pub fields: JsonFields,
@@ -361,6 +367,14 @@ pub struct SourceConfig {
     pub current_boot_only: bool,
     #[serde(default = "default_journalctl_path")]
     pub journalctl_path: PathBuf,
+}
+
+/// Where a source's events take their `user_id` from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UserIdFrom {
+    /// The owner of the file (by name, else the uid).
+    FileOwner,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]

@@ -116,6 +116,14 @@ impl Config {
                 if let Some((field, problem)) = journald_problem(source) {
                     return Err(self.invalid(text, source.name.span(), &key(field), problem));
                 }
+                if source.user_id_from.is_some() {
+                    return Err(self.invalid(
+                        text,
+                        source.name.span(),
+                        &key("user_id_from"),
+                        "\"file_owner\" applies to file sources; a journal entry's `_UID` is in its metadata".into(),
+                    ));
+                }
             } else if let Some(field) = journald_key_on_a_file_source(source) {
                 return Err(self.invalid(
                     text,

@@ -2,7 +2,7 @@
 //! the queue stores in one commit.
 
 use super::bound;
-use super::{Event, Metadata, Timestamp};
+use super::{Event, Metadata, StreamMetadata, Timestamp};
 
 /// Events serialized back to back, with the end offset of each. No event is
 /// longer than `max_event_bytes`: a longer one is cut to fit and marked
@@ -23,6 +23,8 @@ pub struct EventBuf {
     window: Option<TimeWindow>,
     /// With a window: the time of each event.
     times: Vec<Timestamp>,
+    /// Entries the events of the stream being parsed carry (host, path).
+    stream: Option<std::sync::Arc<StreamMetadata>>,
 }
 
 /// A span of event times: `since` included, `until` excluded; an open end
@@ -55,7 +57,13 @@ impl EventBuf {
             record_metadata: None,
             window: None,
             times: Vec::new(),
+            stream: None,
         }
+    }
+
+    /// Sets the entries every event pushed next carries in its metadata.
+    pub fn set_stream_metadata(&mut self, stream: Option<std::sync::Arc<StreamMetadata>>) {
+        self.stream = stream;
     }
 
     /// Keeps only events whose `occurred_at` falls in `window` (see
@@ -118,11 +126,19 @@ impl EventBuf {
 
     fn push_as_is(&mut self, event: &Event<'_>) {
         let start = self.bytes.len();
-        event.write_json(&mut self.bytes);
+        let stream = self.stream.as_deref();
+        event.write_json_with(&mut self.bytes, stream);
         let len = self.bytes.len() - start;
         if len > self.max_event_bytes {
             self.bytes.truncate(start);
-            bound::write_bounded(event, len, self.max_event_bytes, &mut self.bytes);
+            match stream {
+                Some(stream) if !stream.is_empty() => {
+                    let mut merged = event.clone();
+                    merged.metadata = stream.merged(&event.metadata);
+                    bound::write_bounded(&merged, len, self.max_event_bytes, &mut self.bytes);
+                }
+                _ => bound::write_bounded(event, len, self.max_event_bytes, &mut self.bytes),
+            }
             self.events_truncated += 1;
         }
         self.ends.push(self.bytes.len() as u32);

@@ -7,8 +7,10 @@
 
 pub mod bound;
 mod buf;
+mod stream_metadata;
 
 pub use buf::{EventBuf, TimeWindow};
+pub use stream_metadata::StreamMetadata;
 
 use std::borrow::Cow;
 
@@ -130,6 +132,12 @@ impl Event<'_> {
     /// path after parsing; `tests::serializes_exactly_like_the_api_example`
     /// holds it to the API's example.
     pub fn write_json(&self, out: &mut Vec<u8>) {
+        self.write_json_with(out, None)
+    }
+
+    /// [`Event::write_json`], with the entries of the event's stream added
+    /// to its metadata.
+    pub fn write_json_with(&self, out: &mut Vec<u8>, stream: Option<&StreamMetadata>) {
         out.extend_from_slice(b"{\"event_id\":");
         push_str(out, &self.event_id);
         out.extend_from_slice(b",\"tenant_id\":");
@@ -149,7 +157,10 @@ impl Event<'_> {
         out.extend_from_slice(b",\"content\":");
         push_str(out, &self.content);
         out.extend_from_slice(b",\"metadata\":");
-        out.extend_from_slice(self.metadata.as_json().as_bytes());
+        match stream {
+            Some(extra) if !extra.is_empty() => extra.write_merged(self.metadata.as_json(), out),
+            _ => out.extend_from_slice(self.metadata.as_json().as_bytes()),
+        }
         out.extend_from_slice(b",\"approved_scope\":");
         push_str_array(out, &self.approved_scope);
         out.extend_from_slice(b",\"enforcement_mode\":\"");

@@ -211,6 +211,10 @@ impl Parser for JsonParser {
         Ok(1)
     }
 
+    fn set_user(&mut self, user: &str) {
+        self.ctx.user_id = user.to_string();
+    }
+
     fn fresh(&self) -> Box<dyn Parser> {
         Box::new(self.clone())
     }

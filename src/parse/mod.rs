@@ -285,6 +285,11 @@ pub trait Parser: Send {
     /// of a Codex rollout). Not part of the saved state.
     fn set_origin(&mut self, _path: &std::path::Path) {}
 
+    /// The user of this stream's events (a source's `user_id_from`: the
+    /// file's owner), over the configured one; a format that names the
+    /// user in its lines still uses the line's.
+    fn set_user(&mut self, _user: &str) {}
+
     /// What the source tells of the next records (a journal entry's unit,
     /// pid, ...), by name; empty after them. Rules parsers test and copy
     /// them as `journald.NAME`; other parsers ignore them.

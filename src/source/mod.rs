@@ -56,9 +56,15 @@ pub struct SinkError(pub Box<dyn std::error::Error + Send + Sync>);
 /// tests may implement it to watch a source alone.
 pub trait Sink: Send {
     /// Makes ready the parser of a new stream: fresh, told its origin (some
-    /// formats name the session in the file name) and given the state saved
-    /// with the stream's last checkpoint, if any.
-    fn open_stream(&mut self, origin: Option<&Path>, state: Option<&[u8]>) -> StreamSlot;
+    /// formats name the session in the file name) and its owner's uid (a
+    /// file's), and given the state saved with the stream's last
+    /// checkpoint, if any.
+    fn open_stream(
+        &mut self,
+        origin: Option<&Path>,
+        owner: Option<u32>,
+        state: Option<&[u8]>,
+    ) -> StreamSlot;
     /// Forgets a stream's parser.
     fn close_stream(&mut self, slot: StreamSlot);
     /// Parses one record of the stream; its events are held until `commit`.

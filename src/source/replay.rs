@@ -14,6 +14,7 @@
 use std::cell::{Cell, RefCell};
 use std::fs::File;
 use std::io::{BufReader, Read, Seek};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -309,7 +310,9 @@ impl ReplaySource {
             file: &file,
             size,
             compressed,
-            slot: self.sink.open_stream(Some(path), state.as_deref()),
+            slot: self
+                .sink
+                .open_stream(Some(path), Some(meta.uid()), state.as_deref()),
             cutter: LineCutter::new(
                 self.config.max_line_bytes.0 as usize,
                 self.multiline.clone(),

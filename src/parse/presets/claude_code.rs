@@ -299,6 +299,10 @@ impl Parser for ClaudeCode {
         }
     }
 
+    fn set_user(&mut self, user: &str) {
+        self.ctx.user_id = user.to_string();
+    }
+
     fn fresh(&self) -> Box<dyn Parser> {
         Box::new(ClaudeCode::new(self.ctx.clone(), self.red.clone()))
     }

@@ -293,6 +293,10 @@ impl Parser for Codex {
         }
     }
 
+    fn set_user(&mut self, user: &str) {
+        self.ctx.user_id = user.to_string();
+    }
+
     fn fresh(&self) -> Box<dyn Parser> {
         Box::new(Codex::new(self.ctx.clone(), self.red.clone()))
     }

@@ -221,6 +221,10 @@ impl Parser for McpClaudeDesktop {
         Ok(1)
     }
 
+    fn set_user(&mut self, user: &str) {
+        self.ctx.user_id = user.to_string();
+    }
+
     fn fresh(&self) -> Box<dyn Parser> {
         Box::new(McpClaudeDesktop::new(self.ctx.clone(), self.red.clone()))
     }

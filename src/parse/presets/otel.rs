@@ -281,6 +281,10 @@ impl Parser for OtelGenAi {
         }
     }
 
+    fn set_user(&mut self, user: &str) {
+        self.ctx.user_id = user.to_string();
+    }
+
     fn fresh(&self) -> Box<dyn Parser> {
         Box::new(OtelGenAi::new(self.ctx.clone(), self.red.clone()))
     }

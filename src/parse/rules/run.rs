@@ -276,6 +276,10 @@ impl Parser for RulesParser {
         self.source_fields.extend_from_slice(fields);
     }
 
+    fn set_user(&mut self, user: &str) {
+        self.ctx.user_id = user.to_string();
+    }
+
     fn fresh(&self) -> Box<dyn Parser> {
         Box::new(RulesParser::new(
             self.set.clone(),

@@ -114,11 +114,15 @@ impl FileSource {
         if let Some(old) = t.slot.take() {
             self.sink.close_stream(old);
         }
+        let owner = t.handle()?.metadata().ok().map(|m| m.uid());
         t.cutter.resume(false);
         let stream = match resolution {
             Resolution::Resume(cp) | Resolution::Copy { checkpoint: cp, .. } => {
                 // Formats that name the session in the file name (Codex) read it here.
-                t.slot = Some(self.sink.open_stream(Some(&t.path), Some(&cp.parser_state)));
+                t.slot = Some(
+                    self.sink
+                        .open_stream(Some(&t.path), owner, Some(&cp.parser_state)),
+                );
                 t.offset = cp.offset;
                 t.cutter.resume(cp.skipping);
                 t.committed = (cp.offset, cp.tail);
@@ -133,7 +137,7 @@ impl FileSource {
                 cp.stream
             }
             Resolution::Fresh { stream } => {
-                t.slot = Some(self.sink.open_stream(Some(&t.path), None));
+                t.slot = Some(self.sink.open_stream(Some(&t.path), owner, None));
                 t.offset = if start_at_end {
                     end_of_last_line(t.handle()?, size)?
                 } else {

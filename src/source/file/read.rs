@@ -87,9 +87,16 @@ impl FileSource {
             slot,
             ident,
             path,
+            file,
             ..
         } = t;
-        let slot = *slot.get_or_insert_with(|| sink.open_stream(Some(path), None));
+        let slot = *slot.get_or_insert_with(|| {
+            let owner = file
+                .as_ref()
+                .and_then(|f| f.metadata().ok())
+                .map(|m| m.uid());
+            sink.open_stream(Some(path), owner, None)
+        });
         let stream = ident
             .as_ref()
             .map(|i| i.stream.as_str())

@@ -104,7 +104,7 @@ impl JournaldSource {
                 warn!(source = %self.name, error = %e, "cannot ask journalctl whether the journal is readable")
             }
         }
-        let slot = self.sink.open_stream(None, state.as_deref());
+        let slot = self.sink.open_stream(None, None, state.as_deref());
         let mut backoff = BACKOFF_FIRST;
         while !self.shutdown.load(Ordering::SeqCst) {
             if let Some(c) = &cursor {

@@ -1,0 +1,136 @@
+//! Metadata entries every event of one stream carries (the host, the file's
+//! path and owner), rendered once per stream and spliced into each event's
+//! `metadata` object as it is written: no event is rebuilt for them. An
+//! entry whose key the event's own metadata already has is left out, so the
+//! object never holds a key twice (a line's own `host` is kept).
+
+use memchr::memmem::Finder;
+
+use super::Metadata;
+
+struct Entry {
+    /// `"key":`, to find the key in an event's metadata.
+    key: Finder<'static>,
+    /// `"key":value`.
+    text: String,
+}
+
+/// The entries of one stream; empty adds nothing.
+#[derive(Default)]
+pub struct StreamMetadata {
+    entries: Vec<Entry>,
+}
+
+impl std::fmt::Debug for StreamMetadata {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.entries.iter().map(|e| &e.text))
+            .finish()
+    }
+}
+
+impl StreamMetadata {
+    /// The entries of `metadata`, an object of string values built by this
+    /// crate (keys and values without a `","` of their own outside escapes:
+    /// each entry is found by its `"key":"` start).
+    pub fn new(metadata: Metadata<'_>) -> StreamMetadata {
+        let json = metadata.as_json();
+        let Ok(map) = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(json)
+        else {
+            return StreamMetadata::default();
+        };
+        let entries = map
+            .iter()
+            .map(|(k, v)| {
+                let mut key = Vec::new();
+                super::push_str(&mut key, k);
+                key.push(b':');
+                let mut text = key.clone();
+                if let Err(e) = serde_json::to_writer(&mut text, v) {
+                    unreachable!("a JSON value always serializes into memory: {e}");
+                }
+                Entry {
+                    key: Finder::new(&key).into_owned(),
+                    text: String::from_utf8_lossy(&text).into_owned(),
+                }
+            })
+            .collect();
+        StreamMetadata { entries }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The entries as they are added to an empty object.
+    pub fn entries(&self) -> String {
+        let mut out = Vec::new();
+        self.write_merged("{}", &mut out);
+        String::from_utf8_lossy(&out[1..out.len() - 1]).into_owned()
+    }
+
+    /// Writes the object `metadata` (JSON text of an object) with these
+    /// entries added.
+    pub fn write_merged(&self, metadata: &str, out: &mut Vec<u8>) {
+        let body = metadata
+            .strip_prefix('{')
+            .and_then(|m| m.strip_suffix('}'))
+            .unwrap_or_default();
+        out.push(b'{');
+        out.extend_from_slice(body.as_bytes());
+        let mut empty = body.trim().is_empty();
+        for entry in &self.entries {
+            if !empty && entry.key.find(body.as_bytes()).is_some() {
+                continue;
+            }
+            if !empty {
+                out.push(b',');
+            }
+            out.extend_from_slice(entry.text.as_bytes());
+            empty = false;
+        }
+        out.push(b'}');
+    }
+
+    /// `metadata` with these entries added.
+    pub fn merged(&self, metadata: &Metadata<'_>) -> Metadata<'static> {
+        let mut out = Vec::with_capacity(metadata.as_json().len() + 128);
+        self.write_merged(metadata.as_json(), &mut out);
+        match String::from_utf8(out) {
+            Ok(text) => Metadata(std::borrow::Cow::Owned(text)),
+            Err(e) => unreachable!("built from str pieces: {e}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stream() -> StreamMetadata {
+        let mut b = Metadata::builder();
+        b.str("host", "web-1");
+        b.str("source_path", "/var/log/a \"b\".log");
+        StreamMetadata::new(b.finish())
+    }
+
+    #[test]
+    fn entries_are_added_once_and_the_events_own_keys_win() {
+        let s = stream();
+        let merged = |m: &str| {
+            let mut out = Vec::new();
+            s.write_merged(m, &mut out);
+            let v: serde_json::Value = serde_json::from_slice(&out).expect("valid JSON");
+            (String::from_utf8(out).unwrap(), v)
+        };
+        let (_, v) = merged("{}");
+        assert_eq!(v["host"], "web-1");
+        assert_eq!(v["source_path"], "/var/log/a \"b\".log");
+        let (text, v) = merged(r#"{"host":"agent-box","n":1}"#);
+        assert_eq!(v["host"], "agent-box");
+        assert_eq!(text.matches("\"host\"").count(), 1, "{text}");
+        assert_eq!(v["n"], 1);
+        assert_eq!(v["source_path"], "/var/log/a \"b\".log");
+        assert!(StreamMetadata::default().entries().is_empty());
+    }
+}

@@ -1,0 +1,176 @@
+//! Where events come from: every event names the host (`metadata.host`,
+//! `metadata.machine_id`), and a file's events its path and owner
+//! (`metadata.source_path`, `metadata.file_owner`); `user_id_from =
+//! "file_owner"` makes the owner the event's user. Files are written by two
+//! users through `setpriv`, as agents of two people would write them.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+fn config(dir: &Path, receiver: &str, defaults: &str, redaction: &str, source: &str) -> PathBuf {
+    let logs = dir.join("logs");
+    let path = dir.join("config.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[api]
+base_url = "http://{receiver}"
+tenant_id = "it-tenant"
+[state]
+dir = "{state}"
+[delivery]
+requests_per_minute = 100000
+linger = "100ms"
+[defaults]
+{defaults}
+[redaction]
+{redaction}
+[[sources]]
+name = "homes"
+type = "file"
+include = ["{logs}/*.jsonl"]
+parser = "json"
+poll_interval = "50ms"
+{source}
+"#,
+            state = dir.join("state").display(),
+            logs = logs.display(),
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// Writes `text` to `path` as user `uid` (through setpriv), so the file is
+/// that user's.
+fn write_as(uid: u32, path: &Path, text: &str) {
+    let mut child = Command::new("setpriv")
+        .args([
+            &format!("--reuid={uid}"),
+            &format!("--regid={uid}"),
+            "--clear-groups",
+            "sh",
+            "-c",
+            "cat > \"$0\"",
+        ])
+        .arg(path)
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("setpriv (util-linux) is needed to write files as other users");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success(), "setpriv failed");
+}
+
+fn user_name(uid: u32) -> String {
+    let out = Command::new("id")
+        .args(["-nu", &uid.to_string()])
+        .output()
+        .expect("id");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// Two files, of uid 65534 (seqs 0..50) and uid 1 (50..100).
+fn two_users_files(dir: &Path) -> [(u32, PathBuf); 2] {
+    let logs = dir.join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    // The users write in the directory: it is theirs too (a test's /tmp).
+    let mut perm = std::fs::metadata(&logs).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o777);
+    std::fs::set_permissions(&logs, perm).unwrap();
+    let a = logs.join("a.jsonl");
+    let b = logs.join("b.jsonl");
+    write_as(65534, &a, &(0..50).map(line).collect::<String>());
+    write_as(1, &b, &(50..100).map(line).collect::<String>());
+    [(65534, a), (1, b)]
+}
+
+fn run_daemon(config: &Path, rx: &ReceiverProc, n: usize) -> Vec<serde_json::Value> {
+    let mut daemon = start_daemon(config);
+    wait_seqs(rx, n, Duration::from_secs(60));
+    assert!(terminate(&mut daemon).success());
+    rx.stored()
+}
+
+#[test]
+fn events_name_the_host_the_file_and_its_owner_who_is_their_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = two_users_files(dir.path());
+    let rx = ReceiverProc::start(dir.path(), &[]);
+    let cfg = config(
+        dir.path(),
+        &rx.addr,
+        "",
+        "",
+        "user_id_from = \"file_owner\"",
+    );
+    let events = run_daemon(&cfg, &rx, 100);
+    let machine_id = std::fs::read_to_string("/etc/machine-id")
+        .ok()
+        .map(|m| m.trim().to_string())
+        .filter(|m| m.len() == 32);
+    for e in &events {
+        let seq = e["metadata"]["seq"].as_u64().unwrap();
+        let (uid, path) = &files[usize::from(seq >= 50)];
+        let owner = user_name(*uid);
+        assert_eq!(e["metadata"]["host"], hostname().as_str(), "{e}");
+        match &machine_id {
+            Some(id) => assert_eq!(e["metadata"]["machine_id"], id.as_str()),
+            None => assert!(e["metadata"].get("machine_id").is_none()),
+        }
+        assert_eq!(
+            e["metadata"]["source_path"],
+            path.display().to_string().as_str()
+        );
+        assert_eq!(e["metadata"]["file_owner"], owner.as_str(), "{e}");
+        assert_eq!(e["user_id"], owner.as_str(), "{e}");
+    }
+    assert_ne!(user_name(65534), user_name(1));
+}
+
+#[test]
+fn host_metadata_off_and_metadata_allow_leave_them_out() {
+    let dir = tempfile::tempdir().unwrap();
+    two_users_files(dir.path());
+    let rx = ReceiverProc::start(dir.path(), &[]);
+    let cfg = config(dir.path(), &rx.addr, "host_metadata = false", "", "");
+    for e in run_daemon(&cfg, &rx, 100) {
+        assert!(e["metadata"].get("host").is_none(), "{e}");
+        assert!(e["metadata"].get("machine_id").is_none(), "{e}");
+        assert!(e["metadata"]["source_path"].is_string(), "{e}");
+        assert_eq!(e["user_id"], "system", "the config's user by default");
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    two_users_files(dir.path());
+    let rx = ReceiverProc::start(dir.path(), &[]);
+    let cfg = config(
+        dir.path(),
+        &rx.addr,
+        "",
+        "metadata_allow = [\"seq\", \"host\"]",
+        "",
+    );
+    for e in run_daemon(&cfg, &rx, 100) {
+        let keys: Vec<&String> = e["metadata"].as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["seq", "host"], "{e}");
+    }
+}

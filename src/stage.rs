@@ -164,7 +164,7 @@ impl Sink for Stage {
         if let Some(provenance) = self.provenance.as_mut() {
             if let (true, Some(uid)) = (self.user_from_owner, owner) {
                 if let Some(parser) = self.parsers.get_mut(&slot) {
-                    parser.set_user(provenance.owner(uid));
+                    parser.set_user(&provenance.owner(uid));
                 }
             }
             let entries = provenance.for_stream(origin, owner);

@@ -64,7 +64,7 @@ fn explain_lists_each_skipped_line_with_its_reason() {
     }
     let explain = std::fs::read_to_string(fixture_dir("codex").join("explain.txt")).unwrap();
     assert!(explain.contains("line 1 (byte 0): session or turn context, kept as parser state"));
-    assert!(explain.contains("24 lines, 13 events, 11 lines skipped"));
+    assert!(explain.contains("27 lines, 16 events, 11 lines skipped"));
 }
 
 #[test]

@@ -83,7 +83,7 @@ fn a_restart_mid_file_queues_the_events_of_an_uninterrupted_run() {
     let whole_config = config(&whole.path().join("state"), &whole.path().join("logs"));
     run_source_until_caught_up(&whole_config);
     let expected = queued_events(&whole_config);
-    assert_eq!(expected.len(), 13);
+    assert_eq!(expected.len(), 16);
 
     let split = tempfile::tempdir().unwrap();
     std::fs::create_dir(split.path().join("logs")).unwrap();

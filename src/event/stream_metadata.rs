@@ -9,8 +9,10 @@ use memchr::memmem::Finder;
 use super::Metadata;
 
 struct Entry {
-    /// `"key":`, to find the key in an event's metadata.
+    /// `"key":`, to find the key in an event's metadata quickly.
     key: Finder<'static>,
+    /// `"key"`, to tell a top-level key from one nested deeper.
+    quoted: Vec<u8>,
     /// `"key":value`.
     text: String,
 }
@@ -30,9 +32,7 @@ impl std::fmt::Debug for StreamMetadata {
 }
 
 impl StreamMetadata {
-    /// The entries of `metadata`, an object of string values built by this
-    /// crate (keys and values without a `","` of their own outside escapes:
-    /// each entry is found by its `"key":"` start).
+    /// The entries of `metadata`, an object built by this crate.
     pub fn new(metadata: Metadata<'_>) -> StreamMetadata {
         let json = metadata.as_json();
         let Ok(map) = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(json)
@@ -42,8 +42,9 @@ impl StreamMetadata {
         let entries = map
             .iter()
             .map(|(k, v)| {
-                let mut key = Vec::new();
-                super::push_str(&mut key, k);
+                let mut quoted = Vec::new();
+                super::push_str(&mut quoted, k);
+                let mut key = quoted.clone();
                 key.push(b':');
                 let mut text = key.clone();
                 if let Err(e) = serde_json::to_writer(&mut text, v) {
@@ -51,6 +52,7 @@ impl StreamMetadata {
                 }
                 Entry {
                     key: Finder::new(&key).into_owned(),
+                    quoted,
                     text: String::from_utf8_lossy(&text).into_owned(),
                 }
             })
@@ -80,7 +82,10 @@ impl StreamMetadata {
         out.extend_from_slice(body.as_bytes());
         let mut empty = body.trim().is_empty();
         for entry in &self.entries {
-            if !empty && entry.key.find(body.as_bytes()).is_some() {
+            if !empty
+                && entry.key.find(body.as_bytes()).is_some()
+                && has_top_level_key(body.as_bytes(), &entry.quoted)
+            {
                 continue;
             }
             if !empty {
@@ -101,6 +106,45 @@ impl StreamMetadata {
             Err(e) => unreachable!("built from str pieces: {e}"),
         }
     }
+}
+
+/// Whether the members of a JSON object (`body`, its text without the
+/// braces) have the key `quoted` (with its quotes, as JSON writes it) at
+/// their own level, not in an object nested in a value.
+fn has_top_level_key(body: &[u8], quoted: &[u8]) -> bool {
+    let mut depth = 0usize;
+    let mut expect_key = true;
+    let mut i = 0;
+    while i < body.len() {
+        match body[i] {
+            b'"' => {
+                let start = i;
+                i += 1;
+                while i < body.len() {
+                    match body[i] {
+                        b'\\' => i += 2,
+                        b'"' => break,
+                        _ => i += 1,
+                    }
+                }
+                let end = (i + 1).min(body.len());
+                if depth == 0 && expect_key {
+                    if &body[start..end] == quoted {
+                        return true;
+                    }
+                    expect_key = false;
+                }
+                i = end;
+                continue;
+            }
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            b',' if depth == 0 => expect_key = true,
+            _ => {}
+        }
+        i += 1;
+    }
+    false
 }
 
 #[cfg(test)]
@@ -132,5 +176,10 @@ mod tests {
         assert_eq!(v["n"], 1);
         assert_eq!(v["source_path"], "/var/log/a \"b\".log");
         assert!(StreamMetadata::default().entries().is_empty());
+        // Only a key of the object itself counts, not one nested in a value
+        // or written inside a string.
+        let (_, v) = merged(r#"{"args":{"host":"api.x"},"note":"\"host\": no"}"#);
+        assert_eq!(v["host"], "web-1");
+        assert_eq!(v["args"]["host"], "api.x");
     }
 }

@@ -49,28 +49,43 @@ pub fn machine_id(path: &Path) -> Option<String> {
 
 /// The name of user `uid`, or the number when the system knows no name.
 pub fn user_name(uid: u32) -> String {
-    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut buf = vec![0u8; 4096];
-    let mut result: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: getpwuid_r fills `pwd` with pointers into `buf`, which lives
-    // until we copied the name out; `result` is null when there is no entry.
-    let rc = unsafe {
-        libc::getpwuid_r(
-            uid,
-            &mut pwd,
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            &mut result,
-        )
-    };
-    if rc != 0 || result.is_null() || pwd.pw_name.is_null() {
-        return uid.to_string();
+    lookup_user(uid)
+        .flatten()
+        .unwrap_or_else(|| uid.to_string())
+}
+
+/// The name of `uid`: Some(None) when the system has no such user, None
+/// when it could not say (an NSS service down): worth asking again.
+fn lookup_user(uid: u32) -> Option<Option<String>> {
+    let mut size = 1024usize;
+    loop {
+        let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut buf = vec![0u8; size];
+        let mut result: *mut libc::passwd = std::ptr::null_mut();
+        // SAFETY: getpwuid_r fills `pwd` with pointers into `buf`, which
+        // lives until the name is copied out; `result` is null when there
+        // is no entry.
+        let rc = unsafe {
+            libc::getpwuid_r(
+                uid,
+                &mut pwd,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                &mut result,
+            )
+        };
+        match rc {
+            0 if result.is_null() || pwd.pw_name.is_null() => return Some(None),
+            0 => {
+                // SAFETY: pw_name points to a NUL-terminated string in `buf`.
+                let name = unsafe { CStr::from_ptr(pwd.pw_name) };
+                return Some(name.to_str().ok().map(str::to_string));
+            }
+            libc::EINTR => continue,
+            libc::ERANGE if size < 1 << 20 => size *= 2,
+            _ => return None,
+        }
     }
-    // SAFETY: pw_name points to a NUL-terminated string inside `buf`.
-    let name = unsafe { CStr::from_ptr(pwd.pw_name) };
-    name.to_str()
-        .map(str::to_string)
-        .unwrap_or_else(|_| uid.to_string())
 }
 
 /// What the stage adds to a stream's events, and how it screens it.
@@ -91,14 +106,25 @@ impl Provenance {
         }
     }
 
-    /// The name of `uid`, resolved once.
-    pub fn owner(&mut self, uid: u32) -> &str {
-        self.owners.entry(uid).or_insert_with(|| user_name(uid))
+    /// The name of `uid`, resolved once (a lookup that failed is tried
+    /// again for the next file).
+    pub fn owner(&mut self, uid: u32) -> String {
+        if let Some(name) = self.owners.get(&uid) {
+            return name.clone();
+        }
+        match lookup_user(uid) {
+            Some(found) => {
+                let name = found.unwrap_or_else(|| uid.to_string());
+                self.owners.insert(uid, name.clone());
+                name
+            }
+            None => uid.to_string(),
+        }
     }
 
     /// The entries of a stream from `path`, owned by `owner`.
     pub fn for_stream(&mut self, path: Option<&Path>, owner: Option<u32>) -> StreamMetadata {
-        let owner = owner.map(|uid| self.owner(uid).to_string());
+        let owner = owner.map(|uid| self.owner(uid));
         let mut meta = self.redaction.metadata();
         if let Some(host) = &self.host {
             if !host.name.is_empty() {

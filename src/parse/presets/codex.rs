@@ -66,6 +66,8 @@ struct Payload<'a> {
     exit_code: Option<&'a RawValue>,
     #[serde(borrow)]
     command: Option<&'a RawValue>,
+    #[serde(borrow)]
+    query: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -185,7 +187,13 @@ impl Codex {
                 self.red.push(out, &mut e);
                 Ok(1)
             }
-            // Messages, reasoning, web searches: no tool call of the agent's own.
+            // A web search the model ran: its query can carry data out.
+            Some("web_search_call") => {
+                let query = search_query(p.action);
+                let call_id = call_id.or_else(|| string(p.id));
+                Ok(self.web_search(rec, line, EventType::ToolCallPre, query, call_id, p, out))
+            }
+            // Messages, reasoning: no tool call of the agent's own.
             _ => Err(Skip::NoToolOrModelActivity),
         }
     }
@@ -234,9 +242,63 @@ impl Codex {
                 self.red.push(out, &mut e);
                 Ok(1)
             }
+            Some("web_search_end") => {
+                let query = text(p.query).or_else(|| search_query(p.action));
+                let call_id = string(p.call_id);
+                Ok(self.web_search(rec, line, EventType::ToolCallPost, query, call_id, p, out))
+            }
             _ => Err(Skip::IgnoredRecordType),
         }
     }
+
+    /// A web search's PRE (`web_search_call`) or POST (`web_search_end`):
+    /// tool `web_search`, the query as content.
+    #[allow(clippy::too_many_arguments)]
+    fn web_search(
+        &mut self,
+        rec: &Record<'_>,
+        line: &Line<'_>,
+        event_type: EventType,
+        query: Option<Cow<'_, str>>,
+        call_id: Option<Cow<'_, str>>,
+        p: &Payload<'_>,
+        out: &mut EventBuf,
+    ) -> usize {
+        let mut e = self.event(rec, event_type, line);
+        e.tool_name = Cow::Borrowed("web_search");
+        if let Some(q) = query {
+            e.content = self.red.content(q);
+        }
+        let mut meta = self.red.metadata();
+        meta.opt_str("call_id", call_id.as_deref());
+        meta.opt_str("status", string(p.status).as_deref());
+        self.context_metadata(&mut meta);
+        e.metadata = meta.finish();
+        self.red.push(out, &mut e);
+        1
+    }
+}
+
+/// The query of a web search action: `action.query`, else its `queries`
+/// one a line.
+fn search_query(action: Option<&RawValue>) -> Option<Cow<'_, str>> {
+    #[derive(Deserialize)]
+    struct Action<'a> {
+        #[serde(borrow)]
+        query: Option<&'a RawValue>,
+        #[serde(borrow)]
+        queries: Option<Vec<&'a RawValue>>,
+    }
+    let action: Action = field(action)?;
+    if let Some(q) = text(action.query) {
+        return Some(q);
+    }
+    let queries: Vec<String> = action
+        .queries?
+        .into_iter()
+        .filter_map(|q| text(Some(q)).map(Cow::into_owned))
+        .collect();
+    (!queries.is_empty()).then(|| Cow::Owned(queries.join("\n")))
 }
 
 /// The text of a tool output: a string, an array of text items, or (some

@@ -1,10 +1,12 @@
 //! The shared stage between a source and the queue: every source hands its
 //! records here. It keeps one parser per stream (state across lines belongs
 //! to one stream and is saved with its checkpoint), repairs bad UTF-8, runs
-//! the parser (presets and rules redact and bound what they copy), holds the
-//! events, and commits them with the source's checkpoint in one queue
-//! transaction (design.md invariant 1). It runs on the source's own thread:
-//! a record costs a call, not a hand-off.
+//! the parser (presets and rules redact and bound what they copy), adds
+//! each stream's provenance (the host, a file's path and owner: see
+//! [`provenance`]), holds the events, and commits them with the source's
+//! checkpoint in one queue transaction (design.md invariant 1). A dry run
+//! (`replay --dry-run`) commits nothing. It runs on the source's own
+//! thread: a record costs a call, not a hand-off.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;

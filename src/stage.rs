@@ -80,27 +80,19 @@ pub struct Stage {
 
 impl Stage {
     pub fn new(factory: Box<dyn Parser>, queue: Arc<Queue>, stats: Arc<SourceStats>) -> Stage {
-        Stage {
-            store: Store::Queue(queue),
-            factory,
-            parsers: HashMap::new(),
-            next_slot: 0,
-            events: EventBuf::default(),
-            parse_stats: ParseStats::default(),
-            stats,
-            provenance: None,
-            stream_metadata: HashMap::new(),
-            metadata_of: None,
-            user_from_owner: false,
-        }
+        Stage::with_store(Store::Queue(queue), factory, stats)
     }
 
     /// A stage that parses and counts but commits nothing (`replay
     /// --dry-run`): events are dropped at each commit, checkpoints are kept
     /// in memory for the run.
     pub fn dry_run(factory: Box<dyn Parser>, stats: Arc<SourceStats>) -> Stage {
+        Stage::with_store(Store::DryRun(Mutex::new(BTreeMap::new())), factory, stats)
+    }
+
+    fn with_store(store: Store, factory: Box<dyn Parser>, stats: Arc<SourceStats>) -> Stage {
         Stage {
-            store: Store::DryRun(Mutex::new(BTreeMap::new())),
+            store,
             factory,
             parsers: HashMap::new(),
             next_slot: 0,

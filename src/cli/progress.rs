@@ -84,7 +84,7 @@ pub struct Progress {
 }
 
 impl Progress {
-    pub fn new(mode: ProgressMode, delivery: &DeliveryConfig, _dry_run: bool) -> Progress {
+    pub fn new(mode: ProgressMode, delivery: &DeliveryConfig) -> Progress {
         let mode = match mode {
             ProgressMode::Auto if std::io::stderr().is_terminal() => ProgressMode::Bar,
             ProgressMode::Auto => ProgressMode::Plain,

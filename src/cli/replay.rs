@@ -99,15 +99,19 @@ pub async fn replay(config_path: &Path, args: ReplayArgs) -> anyhow::Result<Exit
     let user_from_owner = source.user_id_from == Some(thoth_ingest::config::UserIdFrom::FileOwner);
     let event_bound = config.redaction.event_bound(&config.delivery);
     let mut signals = ops::StopSignals::install().context("cannot install signal handlers")?;
-    let mut progress = Progress::new(args.progress, &config.delivery, args.dry_run);
+    let mut progress = Progress::new(args.progress, &config.delivery);
     let started = Instant::now();
-
-    if args.dry_run {
-        let stage = Stage::dry_run(parser, source_stats.clone())
+    // The same stage whether it commits or not.
+    let dress = |stage: Stage| {
+        stage
             .with_max_event_bytes(event_bound)
             .with_provenance(thoth_ingest::stage::provenance(&config))
             .with_user_from_owner(user_from_owner)
-            .with_window(window);
+            .with_window(window)
+    };
+
+    if args.dry_run {
+        let stage = dress(Stage::dry_run(parser, source_stats.clone()));
         let replay = ReplaySource::new(
             source,
             live,
@@ -162,11 +166,7 @@ pub async fn replay(config_path: &Path, args: ReplayArgs) -> anyhow::Result<Exit
     if args.restart {
         forget_positions(&queue, &name)?;
     }
-    let stage = Stage::new(parser, queue.clone(), source_stats.clone())
-        .with_max_event_bytes(event_bound)
-        .with_provenance(thoth_ingest::stage::provenance(&config))
-        .with_user_from_owner(user_from_owner)
-        .with_window(window);
+    let stage = dress(Stage::new(parser, queue.clone(), source_stats.clone()));
     let replay = ReplaySource::new(
         source,
         live,

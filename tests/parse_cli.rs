@@ -266,7 +266,7 @@ fn validate_names_the_rule_of_a_bad_template() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains(&format!(
-            "invalid: {}:54: `parsers.my-agent.rules[3]`: rule `calls`: `tool_name`: \
+            "invalid: {}:55: `parsers.my-agent.rules[3]`: rule `calls`: `tool_name`: \
              template ${{tol}}: no capture group named `tol` (the pattern has: ts, phase, tool, \
              id, session, rest; `_line` is the whole line)",
             config.display()

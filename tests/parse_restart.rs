@@ -1,6 +1,7 @@
-//! A restart of the file source in the middle of a Codex rollout queues
-//! exactly the events an uninterrupted run queues: the session, the model and
-//! the pending calls travel in the checkpoint beside the offset.
+//! A restart of the file source in the middle of a file queues exactly the
+//! events an uninterrupted run queues: the session, the model, the pending
+//! calls and the sessions' tool histories travel in the checkpoint beside
+//! the offset.
 
 mod common;
 
@@ -113,4 +114,95 @@ fn a_restart_mid_file_queues_the_events_of_an_uninterrupted_run() {
     );
     assert_eq!(post["session_id"], "5973b6c0-94b8-487b-a530-2aeb6098ae0e");
     assert_eq!(post["metadata"]["model"], "gpt-5-codex");
+    assert_eq!(
+        post["session_tool_calls"],
+        serde_json::json!(["shell"]),
+        "the history of a call made before the restart"
+    );
+}
+
+/// The events without what differs between two copies of one fixture: the
+/// id and path (the file), and the stream in an MCP session's name.
+fn comparable(events: Vec<serde_json::Value>) -> Vec<serde_json::Value> {
+    let mut events = without_ids(events);
+    for e in &mut events {
+        if let Some(s) = e["session_id"].as_str().and_then(|s| s.split_once('@')) {
+            e["session_id"] = s.0.into();
+        }
+    }
+    events
+}
+
+/// Reads `text` as file `name` with `parser`: whole, then cut after line
+/// `cut` with the source stopped and restarted in between. Returns the
+/// queued events of each.
+fn whole_and_cut(
+    parser: &str,
+    name: &str,
+    text: &str,
+    extra: &str,
+    cut: Option<usize>,
+) -> Vec<serde_json::Value> {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("logs")).unwrap();
+    let log = dir.path().join("logs").join(name);
+    let config = common::in_process_config(
+        &dir.path().join("state"),
+        "agents",
+        &[dir.path().join("logs/*").display().to_string()],
+        parser,
+        &format!("poll_interval = \"20ms\"\n{extra}"),
+    );
+    if let Some(cut) = cut {
+        std::fs::write(&log, &text[..cut]).unwrap();
+        run_source_until_caught_up(&config);
+    }
+    std::fs::write(&log, text).unwrap();
+    run_source_until_caught_up(&config);
+    queued_events(&config)
+}
+
+/// For every preset and a rules parser with `session_history = true`, a
+/// restart after each line of the fixture queues the events of an
+/// uninterrupted run, `session_tool_calls` included: the history travels
+/// in the checkpoint.
+#[test]
+fn a_restart_after_any_line_keeps_the_session_tool_history() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let rules = std::fs::read_to_string(fixtures.join("rules/config.toml")).unwrap();
+    let json_agent = &rules[rules.find("[parsers.json-agent]").unwrap()..];
+    let my_agent = &rules[rules.find("[parsers.my-agent]").unwrap()..];
+    let my_agent = &my_agent[..my_agent.find("[parsers.json-agent]").unwrap()];
+    for (parser, file, extra) in [
+        ("claude-code", "claude-code/session.jsonl", ""),
+        ("codex", "codex/rollout.jsonl", ""),
+        (
+            "mcp-claude-desktop",
+            "mcp-claude-desktop/mcp-server-github.log",
+            "",
+        ),
+        ("otel-genai", "otel-genai/records.jsonl", ""),
+        ("json-agent", "rules/json-agent.jsonl", json_agent),
+        ("my-agent", "rules/my-agent.log", my_agent),
+    ] {
+        let text = std::fs::read_to_string(fixtures.join(file)).unwrap();
+        let name = Path::new(file).file_name().unwrap().to_str().unwrap();
+        let expected = comparable(whole_and_cut(parser, name, &text, extra, None));
+        let longest = expected
+            .iter()
+            .filter_map(|e| e["session_tool_calls"].as_array())
+            .map(Vec::len)
+            .max()
+            .unwrap_or(0);
+        assert!(longest >= 1, "{parser}: the fixture builds no history");
+        let cuts: Vec<usize> = text
+            .match_indices('\n')
+            .map(|(i, _)| i + 1)
+            .filter(|&i| i < text.len())
+            .collect();
+        for (line, cut) in cuts.into_iter().enumerate() {
+            let got = comparable(whole_and_cut(parser, name, &text, extra, Some(cut)));
+            assert_eq!(got, expected, "{parser}: restarted after line {}", line + 1);
+        }
+    }
 }

@@ -33,6 +33,10 @@ pub struct ParserSpec {
     /// Tried in order; the first whose pattern and conditions match decides.
     #[serde(default)]
     pub rules: Vec<Spanned<RuleSpec>>,
+    /// Fill `session_tool_calls` with the tools each session called before
+    /// the event (see `crate::parse::history`).
+    #[serde(default)]
+    pub session_history: bool,
 }
 
 /// `[[parsers.NAME.rules]]`.

@@ -371,6 +371,11 @@ impl MetadataBuilder {
         push_str(&mut self.text, value);
     }
 
+    pub fn u64(&mut self, key: &str, value: u64) {
+        self.key(key);
+        push_u64(&mut self.text, value);
+    }
+
     pub fn bool(&mut self, key: &str, value: bool) {
         self.key(key);
         self.text

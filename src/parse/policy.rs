@@ -170,7 +170,9 @@ impl Redaction {
     }
 
     /// Screens the event's own strings (tool name, session, user and agent
-    /// ids, tool history, scope, violation) and appends it to `out`.
+    /// ids, scope, violation) and appends it to `out`. The tool history is
+    /// not screened here: its names were screened once, when they entered
+    /// it ([`Redaction::screen_history_name`]), not again with every event.
     pub fn push(&self, out: &mut EventBuf, e: &mut Event<'_>) {
         self.screen_id("tool_name", &mut e.tool_name);
         self.screen_id("session_id", &mut e.session_id);
@@ -181,13 +183,18 @@ impl Redaction {
         if let Some(v) = e.violation_id.as_mut() {
             self.screen_id("violation_id", v);
         }
-        for t in e.session_tool_calls.iter_mut() {
-            self.screen_id("session_tool_calls", t);
-        }
         for t in e.approved_scope.iter_mut() {
             self.screen_id("approved_scope", t);
         }
         out.push(e);
+    }
+
+    /// A tool name as it enters a session's history (see
+    /// [`super::history`]).
+    pub fn screen_history_name(&self, name: &str) -> String {
+        let mut name = Cow::Borrowed(name);
+        self.screen_id("session_tool_calls", &mut name);
+        name.into_owned()
     }
 
     fn screen_id(&self, field: &str, value: &mut Cow<'_, str>) {
@@ -296,6 +303,13 @@ impl MetaWriter<'_> {
     pub fn opt_str(&mut self, key: &str, value: Option<&str>) {
         if let Some(v) = value {
             self.str(key, v);
+        }
+    }
+
+    pub fn u64(&mut self, key: &str, value: u64) {
+        if self.allowed(key) {
+            let (name, _) = self.policy.screen_key(key);
+            self.builder.u64(&name, value);
         }
     }
 

@@ -13,10 +13,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::{
-    boolean, decode_state, encode_state, field, output_text, parse_object, string, text, timestamp,
-    BoundedMap, STATE_MAX_ENTRIES,
+    boolean, decode_state, encode_state, field, output_text, parse_object, skip_kind, string, text,
+    timestamp, BoundedMap, KindTable, STATE_MAX_ENTRIES,
 };
 use crate::event::EventType;
+use crate::parse::history::{EntersAt, SavedHistory, SessionHistory};
 use std::sync::Arc;
 
 use crate::parse::{EventBuf, EventContext, Parser, Record, Redaction, Skip};
@@ -25,6 +26,27 @@ use crate::parse::{EventBuf, EventContext, Parser, Record, Redaction, Skip};
 /// another, so a few recent ids suffice, and the state saved with every
 /// checkpoint stays small.
 const MESSAGES_KEPT: usize = 256;
+
+/// The documented line types that carry no event, and why.
+pub const SKIPPED: KindTable = &[
+    (
+        "system",
+        "claude-code `system` line: a notice (hook output, compaction, API error), no call",
+    ),
+    ("summary", "claude-code `summary` line: the conversation's title"),
+    (
+        "file-history-snapshot",
+        "claude-code `file-history-snapshot` line: file backups kept for undo",
+    ),
+    (
+        "queue-operation",
+        "claude-code `queue-operation` line: a prompt queued while the agent works",
+    ),
+    (
+        "progress",
+        "claude-code `progress` line: a running tool's or hook's progress (its call and result are events)",
+    ),
+];
 
 const DENIED_PREFIX: &str = "Permission to use ";
 const DENIED_SUFFIX: &str = " has been denied";
@@ -112,6 +134,8 @@ struct State {
     messages: Vec<(String, ())>,
     /// Tool names of calls not yet answered, by `tool_use_id`.
     calls: Vec<(String, String)>,
+    #[serde(default)]
+    history: SavedHistory,
 }
 
 pub struct ClaudeCode {
@@ -119,6 +143,7 @@ pub struct ClaudeCode {
     red: Arc<Redaction>,
     messages: BoundedMap<()>,
     calls: BoundedMap<String>,
+    history: SessionHistory,
 }
 
 /// `claude-code`, or `claude-code/<agentId>` for a subagent's transcript,
@@ -139,6 +164,7 @@ impl ClaudeCode {
             red,
             messages: BoundedMap::new(MESSAGES_KEPT),
             calls: BoundedMap::new(STATE_MAX_ENTRIES),
+            history: SessionHistory::new(EntersAt::Pre),
         }
     }
 
@@ -186,8 +212,10 @@ impl ClaudeCode {
                 meta.opt_raw("usage", message.usage);
                 meta.opt_str("stop_reason", string(message.stop_reason).as_deref());
                 self.common_metadata(line, &mut meta);
+                let entry = self.history.fill(&self.red, &mut e, &mut meta);
                 e.metadata = meta.finish();
                 self.red.push(out, &mut e);
+                self.history.record(entry);
                 index += 1;
             }
         }
@@ -213,8 +241,10 @@ impl ClaudeCode {
             meta.opt_str("call_id", call_id.as_deref());
             meta.opt_str("message_id", message_id.as_deref());
             self.common_metadata(line, &mut meta);
+            let entry = self.history.fill(&self.red, &mut e, &mut meta);
             e.metadata = meta.finish();
             self.red.push(out, &mut e);
+            self.history.record(entry);
             index += 1;
         }
         match index {
@@ -266,8 +296,10 @@ impl ClaudeCode {
             meta.opt_str("call_id", call_id.as_deref());
             meta.bool("is_error", is_error);
             self.common_metadata(line, &mut meta);
+            let entry = self.history.fill(&self.red, &mut e, &mut meta);
             e.metadata = meta.finish();
             self.red.push(out, &mut e);
+            self.history.record(entry);
             index += 1;
         }
         if index == 0 {
@@ -295,7 +327,7 @@ impl Parser for ClaudeCode {
         match text(line.kind).as_deref() {
             Some("assistant") => self.assistant(rec, &line, out),
             Some("user") => self.user(rec, &line, out),
-            _ => Err(Skip::IgnoredRecordType),
+            kind => Err(skip_kind(SKIPPED, kind, Skip::IgnoredRecordType)),
         }
     }
 
@@ -308,12 +340,13 @@ impl Parser for ClaudeCode {
     }
 
     fn save_state(&self) -> Vec<u8> {
-        if self.messages.is_empty() && self.calls.is_empty() {
+        if self.messages.is_empty() && self.calls.is_empty() && self.history.is_empty() {
             return Vec::new();
         }
         encode_state(&State {
             messages: self.messages.to_entries(),
             calls: self.calls.to_entries(),
+            history: self.history.save(),
         })
     }
 
@@ -321,10 +354,11 @@ impl Parser for ClaudeCode {
         let state: State = decode_state(bytes).unwrap_or_default();
         self.messages = BoundedMap::from_entries(MESSAGES_KEPT, state.messages);
         self.calls = BoundedMap::from_entries(STATE_MAX_ENTRIES, state.calls);
+        self.history.load(state.history, &self.red);
     }
 
     fn take_evictions(&mut self) -> u64 {
-        self.messages.take_evictions() + self.calls.take_evictions()
+        self.messages.take_evictions() + self.calls.take_evictions() + self.history.take_evictions()
     }
 }
 

@@ -14,13 +14,145 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::{
-    decode_state, encode_state, field, output_text, parse_object, string, text, timestamp,
-    BoundedMap, STATE_MAX_ENTRIES,
+    decode_state, encode_state, field, output_text, parse_object, skip_kind, string, text,
+    timestamp, BoundedMap, KindTable, STATE_MAX_ENTRIES,
 };
 use crate::event::EventType;
+use crate::parse::history::{EntersAt, SavedHistory, SessionHistory};
 use std::sync::Arc;
 
 use crate::parse::{EventBuf, EventContext, MetaWriter, Parser, Record, Redaction, Skip};
+
+/// Top-level line types that carry no event, and why.
+pub const SKIPPED_LINES: KindTable = &[(
+    "compacted",
+    "codex `compacted` line: the history summarized to save context",
+)];
+
+/// `response_item` payload types that carry no event, and why.
+pub const SKIPPED_ITEMS: KindTable = &[
+    ("message", "codex `message` item: a prompt or a reply, no call"),
+    ("reasoning", "codex `reasoning` item: the model's reasoning, no call"),
+    (
+        "ghost_snapshot",
+        "codex `ghost_snapshot` item: a git snapshot kept for undo",
+    ),
+    (
+        "compaction",
+        "codex `compaction` item: the history summarized to save context",
+    ),
+    (
+        "image_generation_call",
+        "codex `image_generation_call` item: the provider's own image tool, nothing leaves the host beyond the model call",
+    ),
+    (
+        "tool_search_call",
+        "codex `tool_search_call` item: the model looking up which tools exist, no call",
+    ),
+    (
+        "tool_search_output",
+        "codex `tool_search_output` item: the tools found, no call",
+    ),
+];
+
+/// `event_msg` payload types that carry no event, and why. The ones that
+/// echo a call (`exec_command_end`, `mcp_tool_call_end`, ...) are skipped
+/// because the call and its output are already events from their
+/// `response_item`s.
+pub const SKIPPED_EVENTS: KindTable = &[
+    (
+        "user_message",
+        "codex `user_message` event: the user's prompt, no call",
+    ),
+    (
+        "agent_message",
+        "codex `agent_message` event: the agent's reply, no call",
+    ),
+    (
+        "agent_reasoning",
+        "codex `agent_reasoning` event: the model's reasoning summary, no call",
+    ),
+    (
+        "agent_reasoning_raw_content",
+        "codex `agent_reasoning_raw_content` event: the model's reasoning, no call",
+    ),
+    ("task_started", "codex `task_started` event: a turn begins"),
+    ("turn_started", "codex `turn_started` event: a turn begins"),
+    ("task_complete", "codex `task_complete` event: a turn ends"),
+    ("turn_complete", "codex `turn_complete` event: a turn ends"),
+    (
+        "turn_aborted",
+        "codex `turn_aborted` event: the user interrupted a turn",
+    ),
+    (
+        "exec_command_begin",
+        "codex `exec_command_begin` event: echoes a call already an event",
+    ),
+    (
+        "exec_command_end",
+        "codex `exec_command_end` event (not declined): echoes an output already an event",
+    ),
+    (
+        "patch_apply_begin",
+        "codex `patch_apply_begin` event: echoes a call already an event",
+    ),
+    (
+        "patch_apply_end",
+        "codex `patch_apply_end` event: echoes an output already an event",
+    ),
+    (
+        "mcp_tool_call_begin",
+        "codex `mcp_tool_call_begin` event: echoes a call already an event",
+    ),
+    (
+        "mcp_tool_call_end",
+        "codex `mcp_tool_call_end` event: echoes an output already an event",
+    ),
+    (
+        "web_search_begin",
+        "codex `web_search_begin` event: echoes a search already an event",
+    ),
+    (
+        "image_generation_end",
+        "codex `image_generation_end` event: the provider's own image tool",
+    ),
+    (
+        "context_compacted",
+        "codex `context_compacted` event: the history summarized to save context",
+    ),
+    (
+        "thread_rolled_back",
+        "codex `thread_rolled_back` event: the user rewound the history",
+    ),
+    (
+        "undo_completed",
+        "codex `undo_completed` event: the user undid a turn",
+    ),
+    (
+        "entered_review_mode",
+        "codex `entered_review_mode` event: a code review begins",
+    ),
+    (
+        "exited_review_mode",
+        "codex `exited_review_mode` event: a code review ends",
+    ),
+    (
+        "plan_update",
+        "codex `plan_update` event: the agent's to-do list",
+    ),
+    (
+        "thread_goal_updated",
+        "codex `thread_goal_updated` event: the thread's goal, no call",
+    ),
+    (
+        "item_completed",
+        "codex `item_completed` event: a turn item done (its calls are `response_item`s)",
+    ),
+    (
+        "error",
+        "codex `error` event: an error shown to the user, no call",
+    ),
+];
 
 /// Output texts with which Codex reports that the user refused a call.
 const REJECTIONS: [&str; 2] = ["exec command rejected by user", "patch rejected by user"];
@@ -85,6 +217,8 @@ struct State {
     cwd: Option<String>,
     /// Tool names of calls awaiting output, by `call_id`, oldest first.
     calls: Vec<(String, String)>,
+    #[serde(default)]
+    history: SavedHistory,
 }
 
 pub struct Codex {
@@ -96,6 +230,7 @@ pub struct Codex {
     calls: BoundedMap<String>,
     /// The uuid of the file name: the session when no `session_meta` says.
     file_session: Option<String>,
+    history: SessionHistory,
 }
 
 impl Codex {
@@ -108,6 +243,7 @@ impl Codex {
             cwd: None,
             calls: BoundedMap::new(STATE_MAX_ENTRIES),
             file_session: None,
+            history: SessionHistory::new(EntersAt::Pre),
         }
     }
 
@@ -164,8 +300,10 @@ impl Codex {
                 meta.opt_str("call_id", call_id.as_deref());
                 meta.opt_str("status", string(p.status).as_deref());
                 self.context_metadata(&mut meta);
+                let entry = self.history.fill(&self.red, &mut e, &mut meta);
                 e.metadata = meta.finish();
                 self.red.push(out, &mut e);
+                self.history.record(entry);
                 Ok(1)
             }
             Some("function_call_output" | "custom_tool_call_output") => {
@@ -183,8 +321,10 @@ impl Codex {
                 let mut meta = self.red.metadata();
                 meta.opt_str("call_id", call_id.as_deref());
                 self.context_metadata(&mut meta);
+                let entry = self.history.fill(&self.red, &mut e, &mut meta);
                 e.metadata = meta.finish();
                 self.red.push(out, &mut e);
+                self.history.record(entry);
                 Ok(1)
             }
             // A web search the model ran: its query can carry data out.
@@ -193,8 +333,7 @@ impl Codex {
                 let call_id = call_id.or_else(|| string(p.id));
                 Ok(self.web_search(rec, line, EventType::ToolCallPre, query, call_id, p, out))
             }
-            // Messages, reasoning: no tool call of the agent's own.
-            _ => Err(Skip::NoToolOrModelActivity),
+            kind => Err(skip_kind(SKIPPED_ITEMS, kind, Skip::IgnoredRecordType)),
         }
     }
 
@@ -219,8 +358,10 @@ impl Codex {
                     info.as_ref().and_then(|i| i.total_token_usage),
                 );
                 self.context_metadata(&mut meta);
+                let entry = self.history.fill(&self.red, &mut e, &mut meta);
                 e.metadata = meta.finish();
                 self.red.push(out, &mut e);
+                self.history.record(entry);
                 Ok(1)
             }
             Some("exec_command_end") if string(p.status).as_deref() == Some("declined") => {
@@ -238,8 +379,10 @@ impl Codex {
                 meta.str("status", "declined");
                 meta.opt_raw("exit_code", p.exit_code);
                 self.context_metadata(&mut meta);
+                let entry = self.history.fill(&self.red, &mut e, &mut meta);
                 e.metadata = meta.finish();
                 self.red.push(out, &mut e);
+                self.history.record(entry);
                 Ok(1)
             }
             Some("web_search_end") => {
@@ -247,7 +390,7 @@ impl Codex {
                 let call_id = string(p.call_id);
                 Ok(self.web_search(rec, line, EventType::ToolCallPost, query, call_id, p, out))
             }
-            _ => Err(Skip::IgnoredRecordType),
+            kind => Err(skip_kind(SKIPPED_EVENTS, kind, Skip::IgnoredRecordType)),
         }
     }
 
@@ -273,8 +416,10 @@ impl Codex {
         meta.opt_str("call_id", call_id.as_deref());
         meta.opt_str("status", string(p.status).as_deref());
         self.context_metadata(&mut meta);
+        let entry = self.history.fill(&self.red, &mut e, &mut meta);
         e.metadata = meta.finish();
         self.red.push(out, &mut e);
+        self.history.record(entry);
         1
     }
 }
@@ -329,7 +474,7 @@ impl Parser for Codex {
             Some("session_meta" | "turn_context" | "response_item" | "event_msg") => {
                 field(line.payload).ok_or(Skip::UnexpectedShape)?
             }
-            _ => return Err(Skip::IgnoredRecordType),
+            kind => return Err(skip_kind(SKIPPED_LINES, kind, Skip::IgnoredRecordType)),
         };
         match kind.as_deref() {
             Some("session_meta") => {
@@ -369,6 +514,7 @@ impl Parser for Codex {
             model: self.model.clone(),
             cwd: self.cwd.clone(),
             calls: self.calls.to_entries(),
+            history: self.history.save(),
         })
     }
 
@@ -378,10 +524,11 @@ impl Parser for Codex {
         self.model = state.model.map(|s| super::state_string(s.into()));
         self.cwd = state.cwd.map(|s| super::state_string(s.into()));
         self.calls = BoundedMap::from_entries(STATE_MAX_ENTRIES, state.calls);
+        self.history.load(state.history, &self.red);
     }
 
     fn take_evictions(&mut self) -> u64 {
-        self.calls.take_evictions()
+        self.calls.take_evictions() + self.history.take_evictions()
     }
 
     fn set_origin(&mut self, path: &std::path::Path) {

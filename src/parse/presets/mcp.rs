@@ -13,10 +13,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::{
-    boolean, decode_state, encode_state, field, output_text, string, text, BoundedMap,
-    STATE_MAX_ENTRIES,
+    boolean, decode_state, encode_state, field, output_text, skip_kind, string, text, BoundedMap,
+    KindTable, STATE_MAX_ENTRIES,
 };
 use crate::event::{EventType, Timestamp};
+use crate::parse::history::{EntersAt, SavedHistory, SessionHistory};
 use std::sync::Arc;
 
 use crate::parse::{EventBuf, EventContext, Parser, Record, Redaction, Skip};
@@ -109,12 +110,15 @@ fn first_message(s: &str) -> Option<JsonRpc<'_>> {
 struct State {
     /// Tool names of calls awaiting an answer, by `<server>\u{1f}<id>`.
     calls: Vec<(String, String)>,
+    #[serde(default)]
+    history: SavedHistory,
 }
 
 pub struct McpClaudeDesktop {
     ctx: EventContext,
     red: Arc<Redaction>,
     calls: BoundedMap<String>,
+    history: SessionHistory,
 }
 
 impl McpClaudeDesktop {
@@ -123,6 +127,7 @@ impl McpClaudeDesktop {
             ctx,
             red,
             calls: BoundedMap::new(STATE_MAX_ENTRIES),
+            history: SessionHistory::new(EntersAt::Pre),
         }
     }
 }
@@ -130,6 +135,77 @@ impl McpClaudeDesktop {
 /// `mcp:<server>`, unless the config names the agent.
 fn mcp_agent<'c>(ctx: &'c EventContext, server: &str) -> Option<Cow<'c, str>> {
     ctx.agent_or_else(|| Some(Cow::Owned(format!("mcp:{server}"))))
+}
+
+/// JSON-RPC methods that are not tool calls, and why they make no event.
+pub const SKIPPED: KindTable = &[
+    ("initialize", "MCP `initialize`: the connection's handshake"),
+    ("ping", "MCP `ping`: a keepalive"),
+    (
+        "tools/list",
+        "MCP `tools/list`: the client learning the server's tools, no call",
+    ),
+    ("resources/list", "MCP `resources/list`: a listing, no call"),
+    (
+        "resources/templates/list",
+        "MCP `resources/templates/list`: a listing, no call",
+    ),
+    (
+        "resources/read",
+        "MCP `resources/read`: the app reading a resource the user attached, not the agent's call",
+    ),
+    (
+        "resources/subscribe",
+        "MCP `resources/subscribe`: the app asking to hear of a resource's changes",
+    ),
+    ("prompts/list", "MCP `prompts/list`: a listing, no call"),
+    (
+        "prompts/get",
+        "MCP `prompts/get`: a prompt template the user picked",
+    ),
+    (
+        "completion/complete",
+        "MCP `completion/complete`: completing an argument as the user types",
+    ),
+    (
+        "logging/setLevel",
+        "MCP `logging/setLevel`: the server's log level",
+    ),
+    (
+        "sampling/createMessage",
+        "MCP `sampling/createMessage`: the server asking the app's model for text (not mapped yet)",
+    ),
+    (
+        "roots/list",
+        "MCP `roots/list`: the server asking which folders it may use",
+    ),
+    (
+        "elicitation/create",
+        "MCP `elicitation/create`: the server asking the user a question",
+    ),
+    (
+        NOTIFICATIONS,
+        "MCP `notifications/...`: a notification, no call",
+    ),
+    (ANSWERS, "MCP answer to a request that is not a tool call"),
+];
+
+/// The entry of [`SKIPPED`] for any `notifications/...` method.
+const NOTIFICATIONS: &str = "notifications/*";
+/// The entry of [`SKIPPED`] for an answer to one of its requests.
+const ANSWERS: &str = "(answer)";
+
+/// Pending requests that are not tool calls hold this instead of a tool
+/// name, so their answers are told apart from answers never asked for.
+const NOT_A_TOOL: &str = "\u{1f}";
+
+fn method_skip(method: Option<&str>) -> Skip {
+    match method {
+        Some(m) if m.starts_with("notifications/") => {
+            skip_kind(SKIPPED, Some(NOTIFICATIONS), Skip::NotAToolCall)
+        }
+        m => skip_kind(SKIPPED, m, Skip::NotAToolCall),
+    }
 }
 
 fn pending_key(server: &str, id: &str) -> String {
@@ -156,7 +232,11 @@ impl Parser for McpClaudeDesktop {
 
         if parts.from_client {
             if method.as_deref() != Some("tools/call") {
-                return Err(Skip::NotAToolCall);
+                if let (Some(id), Some(_)) = (&call_id, &method) {
+                    self.calls
+                        .insert(pending_key(parts.server, id), NOT_A_TOOL.to_string());
+                }
+                return Err(method_skip(method.as_deref()));
             }
             let params: Option<CallParams> = field(msg.params);
             let name = params
@@ -177,21 +257,29 @@ impl Parser for McpClaudeDesktop {
             let mut meta = self.red.metadata();
             meta.opt_str("call_id", call_id.as_deref());
             meta.str("server", parts.server);
+            let entry = self.history.fill(&self.red, &mut e, &mut meta);
             e.metadata = meta.finish();
             self.red.push(out, &mut e);
+            self.history.record(entry);
             return Ok(1);
         }
 
         // From the server: only answers (an id and a result or error) matter.
+        if method.is_some() {
+            return Err(method_skip(method.as_deref()));
+        }
         let Some(id) = &call_id else {
             return Err(Skip::NotAToolCall);
         };
-        if method.is_some() || (msg.result.is_none() && msg.error.is_none()) {
+        if msg.result.is_none() && msg.error.is_none() {
             return Err(Skip::NotAToolCall);
         }
         let Some(name) = self.calls.remove(&pending_key(parts.server, id)) else {
             return Err(Skip::UnmatchedResponse);
         };
+        if name == NOT_A_TOOL {
+            return Err(skip_kind(SKIPPED, Some(ANSWERS), Skip::NotAToolCall));
+        }
         let result: Option<CallResult> = field(msg.result);
         let error: Option<RpcError> = field(msg.error);
         let is_error = msg.error.is_some()
@@ -216,8 +304,10 @@ impl Parser for McpClaudeDesktop {
         meta.str("server", parts.server);
         meta.bool("is_error", is_error);
         meta.opt_raw("error_code", error.as_ref().and_then(|e| e.code));
+        let entry = self.history.fill(&self.red, &mut e, &mut meta);
         e.metadata = meta.finish();
         self.red.push(out, &mut e);
+        self.history.record(entry);
         Ok(1)
     }
 
@@ -230,21 +320,23 @@ impl Parser for McpClaudeDesktop {
     }
 
     fn save_state(&self) -> Vec<u8> {
-        if self.calls.is_empty() {
+        if self.calls.is_empty() && self.history.is_empty() {
             return Vec::new();
         }
         encode_state(&State {
             calls: self.calls.to_entries(),
+            history: self.history.save(),
         })
     }
 
     fn load_state(&mut self, bytes: &[u8]) {
         let state: State = decode_state(bytes).unwrap_or_default();
         self.calls = BoundedMap::from_entries(STATE_MAX_ENTRIES, state.calls);
+        self.history.load(state.history, &self.red);
     }
 
     fn take_evictions(&mut self) -> u64 {
-        self.calls.take_evictions()
+        self.calls.take_evictions() + self.history.take_evictions()
     }
 }
 

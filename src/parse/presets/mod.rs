@@ -71,6 +71,28 @@ pub fn state_string(s: Cow<'_, str>) -> String {
     }
 }
 
+/// Record kinds a format documents that make no event, each with why: the
+/// name as it appears in the line, and the skip reason `parse --explain`
+/// counts it under.
+pub type KindTable = &'static [(&'static str, &'static str)];
+
+/// Every preset's table, for the README check and `--explain`.
+pub const SKIPPED_KINDS: [(&str, KindTable); 6] = [
+    ("claude-code", claude_code::SKIPPED),
+    ("codex", codex::SKIPPED_LINES),
+    ("codex", codex::SKIPPED_ITEMS),
+    ("codex", codex::SKIPPED_EVENTS),
+    ("mcp-claude-desktop", mcp::SKIPPED),
+    ("otel-genai", otel::SKIPPED),
+];
+
+/// The skip of a record of kind `kind`: its entry in `table`, else
+/// `otherwise` (a kind no documentation names).
+pub(crate) fn skip_kind(table: KindTable, kind: Option<&str>, otherwise: Skip) -> Skip {
+    kind.and_then(|k| table.iter().find(|(name, _)| *name == k))
+        .map_or(otherwise, |(_, why)| Skip::Kind(why))
+}
+
 /// Parses a line that must be one JSON object into `T`, telling apart
 /// "not JSON", "JSON but not an object" and "an object of the wrong shape".
 pub(crate) fn parse_object<'a, T: Deserialize<'a>>(line: &'a [u8]) -> Result<T, Skip> {
@@ -302,6 +324,22 @@ pub(crate) fn decode_state<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Option<T>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_readme_names_every_skipped_kind() {
+        let readme = include_str!("../../../README.md");
+        for (preset, table) in SKIPPED_KINDS {
+            for (kind, why) in table {
+                if kind.starts_with('(') {
+                    continue; // not a name a line holds
+                }
+                assert!(
+                    readme.contains(&format!("`{kind}`")),
+                    "README lacks {preset} `{kind}` ({why})"
+                );
+            }
+        }
+    }
 
     #[test]
     fn bounded_map_evicts_oldest_and_counts() {

@@ -18,12 +18,31 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::{field, parse_object, string, text, timestamp};
+use super::{
+    decode_state, encode_state, field, parse_object, skip_kind, string, text, timestamp, KindTable,
+};
 use crate::event::EventType;
+use crate::parse::history::{EntersAt, SavedHistory, SessionHistory};
 use crate::parse::json::Entries;
 use std::sync::Arc;
 
 use crate::parse::{EventBuf, EventContext, MetaWriter, Parser, Record, Redaction, Skip};
+
+/// GenAI operations that make no event, and why.
+pub const SKIPPED: KindTable = &[
+    (
+        "embeddings",
+        "OTel `embeddings` operation: text turned into vectors, no chat or tool call",
+    ),
+    (
+        "invoke_agent",
+        "OTel `invoke_agent` operation: an agent's whole run (its chats and tool calls are records of their own)",
+    ),
+    (
+        "create_agent",
+        "OTel `create_agent` operation: an agent defined, no call",
+    ),
+];
 
 /// Top-level keys holding the record's time, most specific first.
 const TIME_KEYS: [&str; 7] = [
@@ -94,11 +113,18 @@ fn unwrap_any(raw: Option<&RawValue>) -> Option<&RawValue> {
 pub struct OtelGenAi {
     ctx: EventContext,
     red: Arc<Redaction>,
+    /// `execute_tool` records are completed calls: each enters the
+    /// history at its TOOL_CALL_POST.
+    history: SessionHistory,
 }
 
 impl OtelGenAi {
     pub fn new(ctx: EventContext, red: Arc<Redaction>) -> Self {
-        OtelGenAi { ctx, red }
+        OtelGenAi {
+            ctx,
+            red,
+            history: SessionHistory::new(EntersAt::Outcome),
+        }
     }
 }
 
@@ -167,7 +193,7 @@ impl OtelGenAi {
     /// The event of one record (its top-level entries), as event `index` of
     /// the line; `service` is its resource's `service.name`.
     fn record(
-        &self,
+        &mut self,
         rec: &Record<'_>,
         index: u32,
         top: &[(Cow<'_, str>, &RawValue)],
@@ -182,7 +208,7 @@ impl OtelGenAi {
         let event_type = match &*operation {
             "chat" | "generate_content" | "text_completion" => EventType::LlmInvocation,
             "execute_tool" => EventType::ToolCallPost,
-            _ => return Err(Skip::UnmappedOperation),
+            other => return Err(skip_kind(SKIPPED, Some(other), Skip::UnmappedOperation)),
         };
         let at = TIME_KEYS
             .iter()
@@ -246,8 +272,10 @@ impl OtelGenAi {
         meta.opt_raw("trace_id", top_raw("traceId").or(top_raw("trace_id")));
         meta.opt_raw("span_id", top_raw("spanId").or(top_raw("span_id")));
         meta.opt_raw("span_name", top_raw("name"));
+        let entry = self.history.fill(&self.red, &mut e, &mut meta);
         e.metadata = meta.finish();
         self.red.push(out, &mut e);
+        self.history.record(entry);
         Ok(())
     }
 }
@@ -287,6 +315,22 @@ impl Parser for OtelGenAi {
 
     fn fresh(&self) -> Box<dyn Parser> {
         Box::new(OtelGenAi::new(self.ctx.clone(), self.red.clone()))
+    }
+
+    fn save_state(&self) -> Vec<u8> {
+        if self.history.is_empty() {
+            return Vec::new();
+        }
+        encode_state(&self.history.save())
+    }
+
+    fn load_state(&mut self, bytes: &[u8]) {
+        let saved: SavedHistory = decode_state(bytes).unwrap_or_default();
+        self.history.load(saved, &self.red);
+    }
+
+    fn take_evictions(&mut self) -> u64 {
+        self.history.take_evictions()
     }
 }
 

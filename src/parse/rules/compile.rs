@@ -18,6 +18,7 @@ use super::{
 use super::{SOURCE_FIELDS, SOURCE_PREFIX};
 use crate::config::parsers::{ConditionSpec, Format, ParserSpec, RuleSpec, TimeSpec};
 use crate::event::EventType;
+use crate::parse::history::EntersAt;
 use crate::parse::Skip;
 
 /// Skip reasons are `&'static str` so that [`Skip`] stays a small `Copy`
@@ -62,6 +63,7 @@ pub fn compile(name: &str, spec: &ParserSpec) -> Result<RuleSet, RuleError> {
         trie: PathTrie::default(),
         tables: Vec::new(),
         rules: Vec::new(),
+        history: None,
     };
     let table_names: Vec<&String> = spec.tables.keys().collect();
     set.tables = spec.tables.values().cloned().collect();
@@ -114,7 +116,28 @@ pub fn compile(name: &str, spec: &ParserSpec) -> Result<RuleSet, RuleError> {
         })?;
         set.rules.push(compiled);
     }
+    if spec.session_history {
+        set.history = Some(history_entry(&set.rules));
+    }
     Ok(set)
+}
+
+/// Where calls enter the tool history: at their TOOL_CALL_PRE when a rule
+/// may make one (an event type from a template may), else at their
+/// TOOL_CALL_POST or TOOL_CALL_BLOCK (a format that logs only outcomes).
+fn history_entry(rules: &[Rule]) -> EntersAt {
+    let may_make_pre = rules.iter().any(|r| match &r.action {
+        Action::Emit(emit) => match emit.event_type {
+            EventTypeOf::Fixed(t) => t == EventType::ToolCallPre,
+            EventTypeOf::Template(..) => true,
+        },
+        Action::Drop(_) => false,
+    });
+    if may_make_pre {
+        EntersAt::Pre
+    } else {
+        EntersAt::Outcome
+    }
 }
 
 fn label(i: usize, rule: &RuleSpec) -> String {

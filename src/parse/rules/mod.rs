@@ -25,6 +25,7 @@ use std::sync::Arc;
 
 use regex::{CaptureLocations, Regex};
 
+use super::history::{EntersAt, SessionHistory};
 use super::{EventContext, Redaction, Skip};
 use crate::config::parsers::Format;
 use crate::event::EventType;
@@ -76,6 +77,8 @@ pub struct RuleSet {
     trie: PathTrie,
     tables: Vec<BTreeMap<String, String>>,
     rules: Vec<Rule>,
+    /// `session_history = true`: where a call enters the history.
+    history: Option<EntersAt>,
 }
 
 #[derive(Debug)]
@@ -152,7 +155,8 @@ enum Part {
     },
 }
 
-/// A parser made of a [`RuleSet`]: stateless across lines.
+/// A parser made of a [`RuleSet`]: stateless across lines, but for the
+/// sessions' tool history when the set asks for it.
 pub struct RulesParser {
     set: Arc<RuleSet>,
     ctx: EventContext,
@@ -163,6 +167,7 @@ pub struct RulesParser {
     state: Vec<Match>,
     /// What the source tells of the current record (see [`FieldId::Source`]).
     source_fields: Vec<(&'static str, String)>,
+    history: Option<SessionHistory>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -15,6 +15,7 @@ use super::{
 };
 use crate::config::parsers::Format;
 use crate::event::EventType;
+use crate::parse::history::{SavedHistory, SessionHistory};
 use crate::parse::{EventBuf, EventContext, Parser, Record, Redaction, Skip};
 
 /// The fields of one line.
@@ -128,12 +129,13 @@ impl RulesParser {
     pub fn new(set: Arc<RuleSet>, ctx: EventContext, red: Arc<Redaction>) -> RulesParser {
         let locs = set.patterns.iter().map(|p| p.capture_locations()).collect();
         RulesParser {
-            set,
             ctx,
             red,
             locs,
             state: Vec::new(),
             source_fields: Vec::new(),
+            history: set.history.map(SessionHistory::new),
+            set,
         }
     }
 
@@ -147,6 +149,7 @@ impl RulesParser {
         emit: &Emit,
         fields: &Fields<'_>,
         out: &mut EventBuf,
+        history: Option<&mut SessionHistory>,
     ) -> Result<usize, Skip> {
         let tables = &self.set.tables;
         let event_type = match &emit.event_type {
@@ -182,8 +185,15 @@ impl RulesParser {
         for (key, t) in &emit.metadata {
             meta.str(key, &t.render(fields, tables)?);
         }
+        let Some(history) = history else {
+            e.metadata = meta.finish();
+            self.red.push(out, &mut e);
+            return Ok(1);
+        };
+        let entry = history.fill(&self.red, &mut e, &mut meta);
         e.metadata = meta.finish();
         self.red.push(out, &mut e);
+        history.record(entry);
         Ok(1)
     }
 
@@ -193,16 +203,20 @@ impl RulesParser {
         rec: &Record<'_>,
         fields: &Fields<'_>,
         out: &mut EventBuf,
+        history: Option<&mut SessionHistory>,
     ) -> Result<usize, Skip> {
         match &rule.action {
             Action::Drop(reason) => Err(*reason),
-            Action::Emit(emit) => self.emit(rec, emit, fields, out),
+            Action::Emit(emit) => self.emit(rec, emit, fields, out, history),
         }
     }
-}
 
-impl Parser for RulesParser {
-    fn parse(&mut self, rec: &Record<'_>, out: &mut EventBuf) -> Result<usize, Skip> {
+    fn parse_line(
+        &mut self,
+        rec: &Record<'_>,
+        out: &mut EventBuf,
+        mut history: Option<&mut SessionHistory>,
+    ) -> Result<usize, Skip> {
         match self.set.format {
             Format::Json => {
                 let line = rec.line.trim_ascii();
@@ -227,7 +241,7 @@ impl Parser for RulesParser {
                 };
                 for rule in &self.set.rules {
                     if rule.when.iter().all(|c| c.holds(&fields)) {
-                        return self.decide(rule, rec, &fields, out);
+                        return self.decide(rule, rec, &fields, out, history.as_deref_mut());
                     }
                 }
                 Err(Skip::NoRuleMatched)
@@ -259,7 +273,7 @@ impl Parser for RulesParser {
                         source: &self.source_fields,
                     };
                     if rule.when.iter().all(|c| c.holds(&fields)) {
-                        return self.decide(rule, rec, &fields, out);
+                        return self.decide(rule, rec, &fields, out, history.as_deref_mut());
                     }
                 }
                 if self.state.contains(&Match::Hit) {
@@ -269,6 +283,37 @@ impl Parser for RulesParser {
                 }
             }
         }
+    }
+}
+
+impl Parser for RulesParser {
+    fn parse(&mut self, rec: &Record<'_>, out: &mut EventBuf) -> Result<usize, Skip> {
+        // Out of `self` while the line's fields borrow it.
+        let mut history = self.history.take();
+        let made = self.parse_line(rec, out, history.as_mut());
+        self.history = history;
+        made
+    }
+
+    fn save_state(&self) -> Vec<u8> {
+        match &self.history {
+            Some(h) if !h.is_empty() => crate::parse::presets::encode_state(&h.save()),
+            _ => Vec::new(),
+        }
+    }
+
+    fn load_state(&mut self, bytes: &[u8]) {
+        if let Some(h) = self.history.as_mut() {
+            let saved: SavedHistory =
+                crate::parse::presets::decode_state(bytes).unwrap_or_default();
+            h.load(saved, &self.red);
+        }
+    }
+
+    fn take_evictions(&mut self) -> u64 {
+        self.history
+            .as_mut()
+            .map_or(0, SessionHistory::take_evictions)
     }
 
     fn set_record_fields(&mut self, fields: &[(&'static str, String)]) {

@@ -9,7 +9,7 @@
 //! thread: a record costs a call, not a hand-off.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -72,6 +72,9 @@ pub struct Stage {
     /// owner); None adds nothing.
     provenance: Option<Provenance>,
     stream_metadata: HashMap<u64, Arc<StreamMetadata>>,
+    /// Each stream's path and owner, to render its entries again when the
+    /// host changes (kept only with a provenance).
+    stream_origins: HashMap<u64, (Option<PathBuf>, Option<u32>)>,
     /// The stream whose entries `events` carries now.
     metadata_of: Option<u64>,
     /// A file's owner is the `user_id` of its events (`user_id_from`).
@@ -101,6 +104,7 @@ impl Stage {
             stats,
             provenance: None,
             stream_metadata: HashMap::new(),
+            stream_origins: HashMap::new(),
             metadata_of: None,
             user_from_owner: false,
         }
@@ -165,6 +169,8 @@ impl Sink for Stage {
             if !entries.is_empty() {
                 self.stream_metadata.insert(slot, Arc::new(entries));
             }
+            self.stream_origins
+                .insert(slot, (origin.map(Path::to_path_buf), owner));
         }
         StreamSlot(slot)
     }
@@ -172,6 +178,7 @@ impl Sink for Stage {
     fn close_stream(&mut self, slot: StreamSlot) {
         self.parsers.remove(&slot.0);
         self.stream_metadata.remove(&slot.0);
+        self.stream_origins.remove(&slot.0);
         if self.metadata_of == Some(slot.0) {
             self.metadata_of = None;
             self.events.set_stream_metadata(None);
@@ -185,6 +192,20 @@ impl Sink for Stage {
         };
         if !record.fields.is_empty() {
             parser.set_record_fields(record.fields);
+        }
+        if let Some(provenance) = self.provenance.as_mut() {
+            if provenance.refresh_host() {
+                // A reload found the host renamed: every stream's entries.
+                for (slot, (path, owner)) in &self.stream_origins {
+                    let entries = provenance.for_stream(path.as_deref(), *owner);
+                    if entries.is_empty() {
+                        self.stream_metadata.remove(slot);
+                    } else {
+                        self.stream_metadata.insert(*slot, Arc::new(entries));
+                    }
+                }
+                self.metadata_of = None;
+            }
         }
         if self.metadata_of != Some(slot.0) {
             self.metadata_of = Some(slot.0);

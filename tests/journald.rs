@@ -226,6 +226,16 @@ fn reads_the_filtered_entries_once_with_their_journal_fields() {
     assert_eq!(meta["systemd_unit"], "agent.service");
     assert_eq!(meta["hostname"], "fixture-host");
     assert!(meta["pid"].as_str().is_some_and(|p| !p.is_empty()));
+    // `_UID` and its name, resolved on this machine as a file's owner is.
+    assert_eq!(meta["uid"], "1000");
+    let name = std::process::Command::new("id")
+        .args(["-nu", "1000"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "1000".to_string());
+    assert_eq!(meta["user"], name.as_str());
     // occurred_at is the entry's __REALTIME_TIMESTAMP (the messages carry none).
     assert!(
         event["occurred_at"]

@@ -174,3 +174,96 @@ fn host_metadata_off_and_metadata_allow_leave_them_out() {
         assert_eq!(keys, ["seq", "host"], "{e}");
     }
 }
+
+/// Sets the host name of the calling process's UTS namespace.
+fn set_hostname(name: &str) -> std::io::Result<()> {
+    // SAFETY: sethostname(2) reads `len` bytes of `name`.
+    if unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// A host renamed while the daemon runs: events read after a reload
+/// (SIGHUP) carry the new name, events before it the old one. The daemon
+/// runs in a UTS namespace of its own, renamed through `nsenter`.
+#[test]
+fn a_reload_reads_the_host_name_again() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let log = logs.join("a.jsonl");
+    append_lines(&log, 0..50);
+    let rx = ReceiverProc::start(dir.path(), &[]);
+    let cfg = config(dir.path(), &rx.addr, "", "", "");
+    let mut daemon = start_daemon_cmd(&cfg, |c| {
+        c.env("THOTH_API_KEY", KEY);
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            c.pre_exec(|| {
+                if libc::unshare(libc::CLONE_NEWUTS) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                set_hostname("thoth-before")
+            });
+        }
+    });
+    wait_seqs(&rx, 50, Duration::from_secs(60));
+    let status = Command::new("nsenter")
+        .args([
+            "--target",
+            &daemon.id().to_string(),
+            "--uts",
+            "python3",
+            "-c",
+        ])
+        .arg("import socket; socket.sethostname('thoth-after')")
+        .status()
+        .expect("nsenter (util-linux) and python3 are needed to rename the daemon's host");
+    assert!(status.success(), "nsenter failed");
+    signal(&daemon, libc::SIGHUP);
+    // Lines one by one until one is read after the reload; all before it
+    // carry the old name, all after it the new one.
+    let mut next = 50;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        append_lines(&log, next..next + 1);
+        next += 1;
+        wait_seqs(&rx, next as usize, Duration::from_secs(30));
+        let renamed = rx
+            .stored()
+            .iter()
+            .any(|e| e["metadata"]["host"] == "thoth-after");
+        if renamed {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the reload never renamed the host"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    append_lines(&log, next..next + 20);
+    wait_seqs(&rx, next as usize + 20, Duration::from_secs(30));
+    assert!(terminate(&mut daemon).success());
+    let mut hosts: Vec<(u64, String)> = rx
+        .stored()
+        .iter()
+        .map(|e| {
+            (
+                e["metadata"]["seq"].as_u64().unwrap(),
+                e["metadata"]["host"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    hosts.sort();
+    let first_after = hosts.iter().position(|(_, h)| h == "thoth-after").unwrap();
+    assert!(first_after >= 50, "renamed before the reload");
+    assert!(hosts[..first_after]
+        .iter()
+        .all(|(_, h)| h == "thoth-before"));
+    assert!(hosts[first_after..].iter().all(|(_, h)| h == "thoth-after"));
+    assert!(hosts.len() >= 71);
+}

@@ -50,6 +50,7 @@ pub fn reload(
         error!("reload refused, the running configuration stays: {e:#}");
         return;
     }
+    thoth_ingest::stage::provenance::reread_host();
     let now = restart_only_tables(path);
     for ((name, before), (_, after)) in restart_only.iter().zip(&now) {
         if before != after {

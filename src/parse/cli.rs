@@ -156,6 +156,7 @@ pub fn run(
     let mut events = EventBuf::with_max_event_bytes(event_bound);
     let mut buf = Vec::new();
     let mut offset = 0u64;
+    let mut users = crate::stage::provenance::UserNames::default();
     let mut number = 0u64;
     loop {
         buf.clear();
@@ -173,7 +174,7 @@ pub fn run(
         let mut position = offset;
         let entry;
         if journal {
-            entry = match Entry::parse(line) {
+            entry = match Entry::parse(line, &mut users) {
                 Ok(entry) => entry,
                 Err(e) => {
                     if args.explain {

@@ -4,9 +4,11 @@
 //! `metadata_allow`, into metadata entries every event of the stream
 //! carries (see [`crate::event::StreamMetadata`]).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::ffi::CStr;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::event::StreamMetadata;
@@ -88,38 +90,89 @@ fn lookup_user(uid: u32) -> Option<Option<String>> {
     }
 }
 
+/// User names by uid, each looked up once (a lookup may read /etc/passwd
+/// or ask NSS over the network); a lookup that failed is tried again next
+/// time. Bounded: emptied when it holds [`UserNames::MAX`] uids.
+#[derive(Debug, Default)]
+pub struct UserNames {
+    names: HashMap<u32, String>,
+}
+
+impl UserNames {
+    pub const MAX: usize = 4096;
+
+    /// The name of `uid`, or the number when the system knows no name.
+    pub fn name(&mut self, uid: u32) -> Cow<'_, str> {
+        if !self.names.contains_key(&uid) {
+            let Some(found) = lookup_user(uid) else {
+                // Not kept: the next record asks again.
+                return Cow::Owned(uid.to_string());
+            };
+            if self.names.len() >= Self::MAX {
+                self.names.clear();
+            }
+            self.names
+                .insert(uid, found.unwrap_or_else(|| uid.to_string()));
+        }
+        match self.names.get(&uid) {
+            Some(name) => Cow::Borrowed(name),
+            None => Cow::Owned(uid.to_string()),
+        }
+    }
+}
+
+/// Bumped by each reload: every provenance reads the host again.
+static HOST_EPOCH: AtomicU64 = AtomicU64::new(0);
+
+/// Asks every stage to read the host's name and machine id again, before
+/// its next record (a reload: a host renamed while the daemon runs).
+pub fn reread_host() {
+    HOST_EPOCH.fetch_add(1, Ordering::Relaxed);
+}
+
 /// What the stage adds to a stream's events, and how it screens it.
 pub struct Provenance {
     /// None: `[defaults] host_metadata = false`.
     host: Option<Host>,
+    /// The [`HOST_EPOCH`] `host` was read in.
+    host_epoch: u64,
     redaction: Arc<Redaction>,
-    /// Owners resolved so far (a name lookup may read /etc/passwd or ask NSS).
-    owners: HashMap<u32, String>,
+    owners: UserNames,
 }
 
 impl Provenance {
     pub fn new(host: Option<Host>, redaction: Arc<Redaction>) -> Provenance {
         Provenance {
             host,
+            host_epoch: HOST_EPOCH.load(Ordering::Relaxed),
             redaction,
-            owners: HashMap::new(),
+            owners: UserNames::default(),
         }
     }
 
-    /// The name of `uid`, resolved once (a lookup that failed is tried
-    /// again for the next file).
+    /// Reads the host again when [`reread_host`] was called since it was
+    /// last read; true when it changed (the streams' entries are then
+    /// stale).
+    pub fn refresh_host(&mut self) -> bool {
+        let epoch = HOST_EPOCH.load(Ordering::Relaxed);
+        if epoch == self.host_epoch {
+            return false;
+        }
+        self.host_epoch = epoch;
+        let Some(host) = self.host.as_mut() else {
+            return false;
+        };
+        let now = Host::current();
+        if now == *host {
+            return false;
+        }
+        *host = now;
+        true
+    }
+
+    /// The name of `uid`, resolved once.
     pub fn owner(&mut self, uid: u32) -> String {
-        if let Some(name) = self.owners.get(&uid) {
-            return name.clone();
-        }
-        match lookup_user(uid) {
-            Some(found) => {
-                let name = found.unwrap_or_else(|| uid.to_string());
-                self.owners.insert(uid, name.clone());
-                name
-            }
-            None => uid.to_string(),
-        }
+        self.owners.name(uid).into_owned()
     }
 
     /// The entries of a stream from `path`, owned by `owner`.

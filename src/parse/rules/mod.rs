@@ -51,7 +51,7 @@ enum FieldId {
 
 /// The fields a source gives a record, as rules name them after
 /// `journald.`.
-const SOURCE_FIELDS: [&str; 7] = crate::source::journald::entry::FIELD_NAMES;
+const SOURCE_FIELDS: [&str; 9] = crate::source::journald::entry::FIELD_NAMES;
 /// The prefix of a source's fields in a rule.
 const SOURCE_PREFIX: &str = "journald.";
 

@@ -6,32 +6,37 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::event::{Metadata, Timestamp};
+use crate::stage::provenance::UserNames;
 
 /// What an entry tells of itself, by name: in `metadata.journald`, and as
 /// `journald.NAME` fields to a rules parser.
-pub const FIELD_NAMES: [&str; 7] = [
+pub const FIELD_NAMES: [&str; 9] = [
     "systemd_unit",
     "syslog_identifier",
     "pid",
     "comm",
     "hostname",
     "priority",
+    "uid",
+    "user",
     "cursor",
 ];
 
-/// Entry fields copied to every event's metadata, under the names given.
-const METADATA_FIELDS: [(&str, &str); 6] = [
+/// Entry fields copied to every event's metadata, under the names given
+/// (`uid` is followed by `user`, its name).
+const METADATA_FIELDS: [(&str, &str); 7] = [
     ("_SYSTEMD_UNIT", "systemd_unit"),
     ("SYSLOG_IDENTIFIER", "syslog_identifier"),
     ("_PID", "pid"),
     ("_COMM", "comm"),
     ("_HOSTNAME", "hostname"),
     ("PRIORITY", "priority"),
+    ("_UID", "uid"),
 ];
 
 /// The fields read from journalctl (besides __CURSOR and the timestamps,
 /// which it always writes).
-pub const FIELDS: [&str; 7] = [
+pub const FIELDS: [&str; 8] = [
     "MESSAGE",
     "_SYSTEMD_UNIT",
     "SYSLOG_IDENTIFIER",
@@ -39,6 +44,7 @@ pub const FIELDS: [&str; 7] = [
     "_COMM",
     "_HOSTNAME",
     "PRIORITY",
+    "_UID",
 ];
 
 #[derive(Deserialize)]
@@ -61,6 +67,8 @@ struct Raw<'a> {
     hostname: Option<&'a RawValue>,
     #[serde(rename = "PRIORITY", borrow)]
     priority: Option<&'a RawValue>,
+    #[serde(rename = "_UID", borrow)]
+    uid: Option<&'a RawValue>,
 }
 
 /// A journal entry as the source hands it on.
@@ -86,7 +94,9 @@ pub enum EntryError {
 }
 
 impl Entry {
-    pub fn parse(line: &[u8]) -> Result<Entry, EntryError> {
+    /// Reads one line; `users` names the entry's `_UID` (journald sets it
+    /// from the writer's credentials, so it says who ran the process).
+    pub fn parse(line: &[u8], users: &mut UserNames) -> Result<Entry, EntryError> {
         let raw: Raw<'_> = serde_json::from_slice(line)?;
         let cursor = raw.cursor.ok_or(EntryError::NoCursor)?;
         let message = raw.message.map(field_bytes).unwrap_or_default();
@@ -103,11 +113,19 @@ impl Entry {
             raw.comm,
             raw.hostname,
             raw.priority,
+            raw.uid,
         ];
         for ((_, name), value) in METADATA_FIELDS.iter().zip(values) {
             if let Some(value) = value {
                 let text = String::from_utf8_lossy(&field_bytes(value)).into_owned();
                 metadata.str(name, &text);
+                if *name == "uid" {
+                    if let Ok(uid) = text.parse::<u32>() {
+                        let user = users.name(uid).into_owned();
+                        metadata.str("user", &user);
+                        fields.push(("user", user));
+                    }
+                }
                 fields.push((*name, text));
             }
         }
@@ -200,8 +218,10 @@ mod tests {
 
     #[test]
     fn text_binary_and_repeated_messages() {
+        let users = &mut UserNames::default();
         let e = Entry::parse(
-            br#"{"__CURSOR":"s=ab;i=1f;b=c;m=1;t=2;x=3","__REALTIME_TIMESTAMP":"1700000000123456","MESSAGE":"hello","_SYSTEMD_UNIT":"agent.service","_PID":"42","PRIORITY":"6"}"#,
+            br#"{"__CURSOR":"s=ab;i=1f;b=c;m=1;t=2;x=3","__REALTIME_TIMESTAMP":"1700000000123456","MESSAGE":"hello","_SYSTEMD_UNIT":"agent.service","_PID":"42","PRIORITY":"6","_UID":"0"}"#,
+            users,
         )
         .unwrap();
         assert_eq!(e.message, b"hello");
@@ -212,18 +232,24 @@ mod tests {
         let meta: serde_json::Value = serde_json::from_str(e.metadata.as_json()).unwrap();
         assert_eq!(meta["systemd_unit"], "agent.service");
         assert_eq!(meta["pid"], "42");
+        assert_eq!(meta["uid"], "0");
+        assert_eq!(meta["user"], "root", "_UID resolved to its name");
         assert_eq!(meta["cursor"], "s=ab;i=1f;b=c;m=1;t=2;x=3");
-        let e = Entry::parse(br#"{"__CURSOR":"c","MESSAGE":[98,97,100,32,255,10,120]}"#).unwrap();
+        let e = Entry::parse(
+            br#"{"__CURSOR":"c","MESSAGE":[98,97,100,32,255,10,120]}"#,
+            users,
+        )
+        .unwrap();
         assert_eq!(e.message, b"bad \xff\nx");
-        let e = Entry::parse(br#"{"__CURSOR":"c","MESSAGE":["first","second"]}"#).unwrap();
+        let e = Entry::parse(br#"{"__CURSOR":"c","MESSAGE":["first","second"]}"#, users).unwrap();
         assert_eq!(e.message, b"first");
-        let e = Entry::parse(br#"{"__CURSOR":"c","MESSAGE":null}"#).unwrap();
+        let e = Entry::parse(br#"{"__CURSOR":"c","MESSAGE":null}"#, users).unwrap();
         assert_eq!(e.message, b"");
         assert!(matches!(
-            Entry::parse(br#"{"MESSAGE":"x"}"#),
+            Entry::parse(br#"{"MESSAGE":"x"}"#, users),
             Err(EntryError::NoCursor)
         ));
-        assert!(Entry::parse(b"not json").is_err());
+        assert!(Entry::parse(b"not json", users).is_err());
     }
 
     #[test]

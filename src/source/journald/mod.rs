@@ -27,6 +27,7 @@ use self::entry::Entry;
 use super::{ReadStats, RecordIn, Sink, SourceError, StreamSlot};
 use crate::config::SourceConfig;
 use crate::event::Timestamp;
+use crate::stage::provenance::UserNames;
 
 /// Event bytes one commit holds at most, as for files.
 const COMMIT_MAX_EVENT_BYTES: usize = 8 << 20;
@@ -51,6 +52,8 @@ pub struct JournaldSource {
     stats: Arc<ReadStats>,
     shutdown: Arc<AtomicBool>,
     key: Vec<u8>,
+    /// Names of the entries' `_UID`s.
+    users: UserNames,
 }
 
 /// How one run of journalctl ended.
@@ -73,6 +76,7 @@ impl JournaldSource {
             sink,
             stats,
             shutdown,
+            users: UserNames::default(),
         }
     }
 
@@ -208,7 +212,7 @@ impl JournaldSource {
             self.stats
                 .bytes_read
                 .fetch_add(line.len() as u64 + 1, Ordering::Relaxed);
-            let entry = match Entry::parse(&line) {
+            let entry = match Entry::parse(&line, &mut self.users) {
                 Ok(entry) => entry,
                 Err(e) => {
                     bad_lines += 1;

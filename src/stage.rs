@@ -213,8 +213,11 @@ impl Sink for Stage {
                 .set_stream_metadata(self.stream_metadata.get(&slot.0).cloned());
         }
         if let Some((key, metadata)) = record.metadata {
-            self.events
-                .set_record_metadata(Some((key, metadata.clone().into_owned())));
+            let screened = match &self.provenance {
+                Some(p) => p.redaction().screen_record_metadata(key, metadata),
+                None => Some(metadata.clone().into_owned()),
+            };
+            self.events.set_record_metadata(screened.map(|m| (key, m)));
         }
         let (line, repaired) = clean_line(record.bytes);
         if repaired {

@@ -68,7 +68,8 @@ pub fn run(
 ) -> Result<ParseStats, ParseCliError> {
     // A journald source reads `journalctl --output=json` lines: each is an
     // entry whose MESSAGE is parsed, as the daemon does.
-    let mut journal = false;
+    // With the config's redaction, which screens each entry's fields.
+    let mut journal: Option<Redaction> = None;
     let (mut parser, stream, event_bound) = match (&args.preset, &args.source, &args.parser) {
         (Some(name), None, None) => {
             let ctx = EventContext::preview("preview", "preview");
@@ -91,7 +92,9 @@ pub fn run(
                     name: name.clone(),
                     path: args.config.clone(),
                 })?;
-            journal = source.kind == SourceKind::Journald;
+            if source.kind == SourceKind::Journald {
+                journal = Some(Redaction::from_config(&config));
+            }
             (
                 build(&config, source)?,
                 format!("{name}/preview"),
@@ -173,7 +176,7 @@ pub fn run(
         let mut record_stream = None;
         let mut position = offset;
         let entry;
-        if journal {
+        if let Some(journal_redaction) = &journal {
             entry = match Entry::parse(line, &mut users) {
                 Ok(entry) => entry,
                 Err(e) => {
@@ -197,7 +200,11 @@ pub fn run(
             );
             record_stream = Some(s);
             position = p;
-            events.set_record_metadata(Some(("journald", entry.metadata.clone())));
+            events.set_record_metadata(
+                journal_redaction
+                    .screen_record_metadata("journald", &entry.metadata)
+                    .map(|m| ("journald", m)),
+            );
             parser.set_record_fields(&entry.fields);
         }
         let (line, _) = super::clean_line(line);

@@ -189,6 +189,33 @@ impl Redaction {
         out.push(e);
     }
 
+    /// What a source tells of a record (`metadata.journald`), screened
+    /// as a metadata value under `key`: redacted, and None when
+    /// `metadata_allow` leaves `key` out.
+    pub fn screen_record_metadata(
+        &self,
+        key: &str,
+        metadata: &crate::event::Metadata<'_>,
+    ) -> Option<crate::event::Metadata<'static>> {
+        if let Some(keys) = &self.metadata_allow {
+            if !keys.iter().any(|k| k == key) {
+                return None;
+            }
+        }
+        let Ok(raw) = serde_json::from_str::<&RawValue>(metadata.as_json()) else {
+            return Some(crate::event::Metadata::empty());
+        };
+        Some(match self.redactor.redact_json(&meta_field(key), raw) {
+            None => metadata.clone().into_owned(),
+            Some(RedactedJson::Value(serde_json::Value::Object(map))) => {
+                crate::event::Metadata::from_map(&map)
+            }
+            // Not an object any more: cannot be, a metadata is one; keep
+            // nothing rather than an unscreened copy.
+            Some(_) => crate::event::Metadata::empty(),
+        })
+    }
+
     /// A tool name as it enters a session's history (see
     /// [`super::history`]).
     pub fn screen_history_name(&self, name: &str) -> String {
@@ -443,5 +470,43 @@ mod tests {
         let mut again: Cow<'_, str> = Cow::Borrowed("acme-123456");
         builtin.screen_id("session_id", &mut again);
         assert_eq!(again, "acme-123456");
+    }
+
+    #[test]
+    fn a_records_source_fields_are_screened_and_may_be_left_out() {
+        let entry = crate::event::Metadata::from_map(
+            serde_json::json!({
+                "comm": "agent",
+                "syslog_identifier": "token=ghp_0123456789abcdefghijABCDEFGHIJ012345",
+                "user": "alice",
+            })
+            .as_object()
+            .expect("an object"),
+        );
+        let builtin = Redaction::builtin(4096);
+        let screened = builtin
+            .screen_record_metadata("journald", &entry)
+            .expect("allowed");
+        let v: serde_json::Value = serde_json::from_str(screened.as_json()).expect("JSON");
+        assert_eq!(v["comm"], "agent");
+        assert_eq!(v["user"], "alice");
+        assert!(
+            !screened.as_json().contains("ghp_"),
+            "{}",
+            screened.as_json()
+        );
+        let clean = crate::event::Metadata::from_map(
+            serde_json::json!({"comm": "agent"})
+                .as_object()
+                .expect("an object"),
+        );
+        assert_eq!(
+            builtin.screen_record_metadata("journald", &clean),
+            Some(clean.clone())
+        );
+        let allow = Redaction::with(Redactor::builtin(), 4096, Some(vec!["seq".into()]));
+        assert_eq!(allow.screen_record_metadata("journald", &clean), None);
+        let allow = Redaction::with(Redactor::builtin(), 4096, Some(vec!["journald".into()]));
+        assert!(allow.screen_record_metadata("journald", &clean).is_some());
     }
 }

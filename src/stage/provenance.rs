@@ -170,6 +170,11 @@ impl Provenance {
         true
     }
 
+    /// The redaction and `metadata_allow` the entries go through.
+    pub fn redaction(&self) -> &Redaction {
+        &self.redaction
+    }
+
     /// The name of `uid`, resolved once.
     pub fn owner(&mut self, uid: u32) -> String {
         self.owners.name(uid).into_owned()

@@ -185,15 +185,15 @@ impl RulesParser {
         for (key, t) in &emit.metadata {
             meta.str(key, &t.render(fields, tables)?);
         }
-        let Some(history) = history else {
-            e.metadata = meta.finish();
-            self.red.push(out, &mut e);
-            return Ok(1);
+        let entry = match history.as_deref() {
+            Some(h) => h.fill(&self.red, &mut e, &mut meta),
+            None => None,
         };
-        let entry = history.fill(&self.red, &mut e, &mut meta);
         e.metadata = meta.finish();
         self.red.push(out, &mut e);
-        history.record(entry);
+        if let Some(h) = history {
+            h.record(entry);
+        }
         Ok(1)
     }
 

@@ -213,10 +213,12 @@ impl Sink for Stage {
                 .set_stream_metadata(self.stream_metadata.get(&slot.0).cloned());
         }
         if let Some((key, metadata)) = record.metadata {
-            let screened = match &self.provenance {
-                Some(p) => p.redaction().screen_record_metadata(key, metadata),
-                None => Some(metadata.clone().into_owned()),
-            };
+            // Without a provenance there is no redaction to screen with:
+            // left out rather than copied unscreened.
+            let screened = self
+                .provenance
+                .as_ref()
+                .and_then(|p| p.redaction().screen_record_metadata(key, metadata));
             self.events.set_record_metadata(screened.map(|m| (key, m)));
         }
         let (line, repaired) = clean_line(record.bytes);

@@ -159,7 +159,7 @@ pub fn run(
     let mut events = EventBuf::with_max_event_bytes(event_bound);
     let mut buf = Vec::new();
     let mut offset = 0u64;
-    let mut users = crate::stage::provenance::UserNames::default();
+    let mut users = crate::ops::users::UserNames::default();
     let mut number = 0u64;
     loop {
         buf.clear();

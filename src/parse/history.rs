@@ -34,6 +34,13 @@ pub const SESSIONS_KEPT: usize = 32;
 pub const HISTORY_MAX_BYTES: usize = 64 << 10;
 /// Longest tool name or session id kept (a longer one is cut).
 pub const NAME_MAX_BYTES: usize = 256;
+/// Most bytes of names one event lists; older names beyond it are left
+/// out of that event and counted as dropped. Whatever the names, the list
+/// then never crowds the event's own content out of `max_event_bytes`.
+pub const EVENT_LIST_MAX_BYTES: usize = 8 << 10;
+/// Bytes of a tool name screened before it is cut: a secret that crosses
+/// the cut is still seen whole, and redacted whole.
+const SCREEN_WINDOW_BYTES: usize = 4 * NAME_MAX_BYTES;
 
 /// Which events bring their call into the history.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,9 +129,31 @@ impl SessionHistory {
         meta: &mut MetaWriter<'_>,
     ) -> Option<Entry> {
         if let Some(s) = self.find(&e.session_id).map(|i| &self.sessions[i]) {
-            e.session_tool_calls = s.tools.iter().map(|t| Cow::Borrowed(t.as_str())).collect();
-            if s.dropped > 0 {
-                meta.u64("session_tool_calls_dropped", s.dropped);
+            // The newest names within the event's budget (each costs its
+            // quotes and comma too).
+            let mut budget = EVENT_LIST_MAX_BYTES;
+            let listed = s
+                .tools
+                .iter()
+                .rev()
+                .take_while(|t| match budget.checked_sub(t.len() + 3) {
+                    Some(left) => {
+                        budget = left;
+                        true
+                    }
+                    None => false,
+                })
+                .count();
+            let left_out = s.tools.len() - listed;
+            e.session_tool_calls = s
+                .tools
+                .iter()
+                .skip(left_out)
+                .map(|t| Cow::Borrowed(t.as_str()))
+                .collect();
+            let dropped = s.dropped.saturating_add(left_out as u64);
+            if dropped > 0 {
+                meta.u64("session_tool_calls_dropped", dropped);
             }
         }
         if !self.enters_at.admits(e.event_type) || e.tool_name.is_empty() {
@@ -132,7 +161,7 @@ impl SessionHistory {
         }
         Some(Entry {
             session: truncate_utf8(&e.session_id, NAME_MAX_BYTES).to_string(),
-            tool: red.screen_history_name(truncate_utf8(&e.tool_name, NAME_MAX_BYTES)),
+            tool: history_name(red, &e.tool_name),
         })
     }
 
@@ -192,7 +221,8 @@ impl SessionHistory {
     }
 
     /// Restores a saved history, bounded again (the bytes come from disk)
-    /// and screened again with `red` (a reload may have added a detector).
+    /// and screened again with `red` (a restart may have added a detector;
+    /// a name redacted before stays redacted).
     pub fn load(&mut self, saved: SavedHistory, red: &Redaction) {
         self.sessions.clear();
         self.bytes = 0;
@@ -203,10 +233,12 @@ impl SessionHistory {
                 s.dropped = s.dropped.saturating_add(1);
             }
             for t in s.tools.iter_mut() {
-                *t = red.screen_history_name(truncate_utf8(t, NAME_MAX_BYTES));
+                *t = history_name(red, t);
             }
-            if self.find(&s.id).is_some() {
-                continue;
+            // A session saved twice (damaged state): the later, newer one.
+            if let Some(i) = self.find(&s.id) {
+                let old = self.sessions.remove(i);
+                self.bytes = self.bytes.saturating_sub(old.bytes());
             }
             self.bytes += s.bytes();
             self.sessions.push(s);
@@ -214,6 +246,19 @@ impl SessionHistory {
         self.enforce_bounds();
         self.evicted = 0;
     }
+}
+
+/// A tool name as the history keeps it: screened (over a window past the
+/// cut, so a secret across it is redacted whole), control characters made
+/// spaces (each would cost six bytes escaped, in every later event), then
+/// cut to [`NAME_MAX_BYTES`].
+fn history_name(red: &Redaction, name: &str) -> String {
+    let screened = red.screen_history_name(truncate_utf8(name, SCREEN_WINDOW_BYTES));
+    let clean: String = truncate_utf8(&screened, NAME_MAX_BYTES)
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    truncate_utf8(&clean, NAME_MAX_BYTES).to_string()
 }
 
 #[cfg(test)]
@@ -378,5 +423,51 @@ mod tests {
         let calls = v["calls"].to_string();
         assert!(!calls.contains(secret), "{calls}");
         assert!(calls.contains("REDACTED"), "{calls}");
+    }
+
+    #[test]
+    fn a_secret_across_the_cut_is_redacted_whole_and_controls_are_spaces() {
+        let (red, ctx) = (red(), EventContext::preview("t", "d"));
+        let mut h = SessionHistory::new(EntersAt::Pre);
+        // The token starts 20 bytes before the cut at 256.
+        let name = format!(
+            "{} ghp_0123456789abcdefghijABCDEFGHIJ012345",
+            "x".repeat(235)
+        );
+        event(&mut h, &red, &ctx, "a", EventType::ToolCallPre, &name);
+        event(
+            &mut h,
+            &red,
+            &ctx,
+            "a",
+            EventType::ToolCallPre,
+            "a\u{1}b\nc",
+        );
+        let v = event(&mut h, &red, &ctx, "a", EventType::LlmInvocation, "");
+        let calls = v["calls"].as_array().expect("list");
+        let first = calls[0].as_str().expect("name");
+        assert!(!first.contains("ghp_"), "{first}");
+        assert!(first.len() <= NAME_MAX_BYTES);
+        assert_eq!(calls[1], "a b c");
+    }
+
+    #[test]
+    fn an_events_list_stays_within_its_byte_budget() {
+        let (red, ctx) = (red(), EventContext::preview("t", "d"));
+        let mut h = SessionHistory::new(EntersAt::Pre);
+        for i in 0..64 {
+            let name = format!("{i:03}{}", "n".repeat(250));
+            event(&mut h, &red, &ctx, "a", EventType::ToolCallPre, &name);
+        }
+        let v = event(&mut h, &red, &ctx, "a", EventType::LlmInvocation, "");
+        let calls = v["calls"].as_array().expect("list");
+        let bytes: usize = calls
+            .iter()
+            .map(|c| c.as_str().unwrap_or("").len() + 3)
+            .sum();
+        assert!(bytes <= EVENT_LIST_MAX_BYTES, "{bytes}");
+        assert_eq!(calls.len(), EVENT_LIST_MAX_BYTES / 256);
+        assert!(calls.last().unwrap().as_str().unwrap().starts_with("063"));
+        assert_eq!(v["dropped"], 64 - calls.len() as u64);
     }
 }

@@ -111,6 +111,8 @@ struct State {
     /// Tool names of calls awaiting an answer, by `<server>\u{1f}<id>`.
     calls: Vec<(String, String)>,
     #[serde(default)]
+    requests: Vec<(String, ())>,
+    #[serde(default)]
     history: SavedHistory,
 }
 
@@ -118,6 +120,8 @@ pub struct McpClaudeDesktop {
     ctx: EventContext,
     red: Arc<Redaction>,
     calls: BoundedMap<String>,
+    /// Other requests awaiting an answer, by [`direction_key`].
+    requests: BoundedMap<()>,
     history: SessionHistory,
 }
 
@@ -127,6 +131,7 @@ impl McpClaudeDesktop {
             ctx,
             red,
             calls: BoundedMap::new(STATE_MAX_ENTRIES),
+            requests: BoundedMap::new(REQUESTS_KEPT),
             history: SessionHistory::new(EntersAt::Pre),
         }
     }
@@ -195,9 +200,9 @@ const NOTIFICATIONS: &str = "notifications/*";
 /// The entry of [`SKIPPED`] for an answer to one of its requests.
 const ANSWERS: &str = "(answer)";
 
-/// Pending requests that are not tool calls hold this instead of a tool
-/// name, so their answers are told apart from answers never asked for.
-const NOT_A_TOOL: &str = "\u{1f}";
+/// Requests that are not tool calls kept per stream, to tell their answers
+/// apart from answers never asked for: few are ever pending at once.
+const REQUESTS_KEPT: usize = 256;
 
 fn method_skip(method: Option<&str>) -> Skip {
     match method {
@@ -209,77 +214,76 @@ fn method_skip(method: Option<&str>) -> Skip {
 }
 
 fn pending_key(server: &str, id: &str) -> String {
+    direction_key(server, '\u{1f}', id)
+}
+
+/// A request's key: its server, who asked (`\u{1f}` the client, `\u{1e}`
+/// the server; ids of the two directions are apart) and its id.
+fn direction_key(server: &str, from: char, id: &str) -> String {
     let mut k = String::with_capacity(server.len() + id.len() + 1);
     k.push_str(server);
-    k.push('\u{1f}');
+    k.push(from);
     k.push_str(id);
     k
 }
 
-impl Parser for McpClaudeDesktop {
-    fn parse(&mut self, rec: &Record<'_>, out: &mut EventBuf) -> Result<usize, Skip> {
-        let trimmed = rec.line.trim_ascii();
-        if trimmed.is_empty() {
-            return Err(Skip::EmptyLine);
-        }
-        let line = std::str::from_utf8(trimmed).map_err(|_| Skip::NotJsonRpc)?;
-        let parts = split_line(line).ok_or(Skip::NotJsonRpc)?;
-        let msg = first_message(parts.json).ok_or(Skip::NotJsonRpc)?;
+/// Who sent a message, as [`direction_key`] marks it.
+fn from_mark(from_client: bool) -> char {
+    if from_client {
+        '\u{1f}'
+    } else {
+        '\u{1e}'
+    }
+}
+
+impl McpClaudeDesktop {
+    /// A client's `tools/call`: the PRE.
+    fn call(
+        &mut self,
+        rec: &Record<'_>,
+        parts: &LogLine<'_>,
+        msg: &JsonRpc<'_>,
+        out: &mut EventBuf,
+    ) -> usize {
         let at = parts.at.unwrap_or(rec.read_at);
         let call_id = text(msg.id);
-        let session = format!("{}@{}", parts.server, rec.stream);
-        let method = string(msg.method);
+        let params: Option<CallParams> = field(msg.params);
+        let name = params
+            .as_ref()
+            .and_then(|p| string(p.name))
+            .unwrap_or(Cow::Borrowed(""));
+        if let Some(id) = &call_id {
+            self.calls
+                .insert(pending_key(parts.server, id), name.to_string());
+        }
+        let mut e = self.ctx.base_event(rec, 0, EventType::ToolCallPre, at);
+        e.agent_id = mcp_agent(&self.ctx, parts.server);
+        e.session_id = Cow::Owned(session_of(parts, rec));
+        e.tool_name = name;
+        if let Some(args) = params.as_ref().and_then(|p| p.arguments) {
+            e.content = self.red.content(Cow::Borrowed(args.get()));
+        }
+        let mut meta = self.red.metadata();
+        meta.opt_str("call_id", call_id.as_deref());
+        meta.str("server", parts.server);
+        let entry = self.history.fill(&self.red, &mut e, &mut meta);
+        e.metadata = meta.finish();
+        self.red.push(out, &mut e);
+        self.history.record(entry);
+        1
+    }
 
-        if parts.from_client {
-            if method.as_deref() != Some("tools/call") {
-                if let (Some(id), Some(_)) = (&call_id, &method) {
-                    self.calls
-                        .insert(pending_key(parts.server, id), NOT_A_TOOL.to_string());
-                }
-                return Err(method_skip(method.as_deref()));
-            }
-            let params: Option<CallParams> = field(msg.params);
-            let name = params
-                .as_ref()
-                .and_then(|p| string(p.name))
-                .unwrap_or(Cow::Borrowed(""));
-            if let Some(id) = &call_id {
-                self.calls
-                    .insert(pending_key(parts.server, id), name.to_string());
-            }
-            let mut e = self.ctx.base_event(rec, 0, EventType::ToolCallPre, at);
-            e.agent_id = mcp_agent(&self.ctx, parts.server);
-            e.session_id = Cow::Owned(session);
-            e.tool_name = name;
-            if let Some(args) = params.as_ref().and_then(|p| p.arguments) {
-                e.content = self.red.content(Cow::Borrowed(args.get()));
-            }
-            let mut meta = self.red.metadata();
-            meta.opt_str("call_id", call_id.as_deref());
-            meta.str("server", parts.server);
-            let entry = self.history.fill(&self.red, &mut e, &mut meta);
-            e.metadata = meta.finish();
-            self.red.push(out, &mut e);
-            self.history.record(entry);
-            return Ok(1);
-        }
-
-        // From the server: only answers (an id and a result or error) matter.
-        if method.is_some() {
-            return Err(method_skip(method.as_deref()));
-        }
-        let Some(id) = &call_id else {
-            return Err(Skip::NotAToolCall);
-        };
-        if msg.result.is_none() && msg.error.is_none() {
-            return Err(Skip::NotAToolCall);
-        }
-        let Some(name) = self.calls.remove(&pending_key(parts.server, id)) else {
-            return Err(Skip::UnmatchedResponse);
-        };
-        if name == NOT_A_TOOL {
-            return Err(skip_kind(SKIPPED, Some(ANSWERS), Skip::NotAToolCall));
-        }
+    /// The server's answer to a tool call: the POST.
+    fn answer(
+        &mut self,
+        rec: &Record<'_>,
+        parts: &LogLine<'_>,
+        msg: &JsonRpc<'_>,
+        id: &str,
+        name: String,
+        out: &mut EventBuf,
+    ) -> usize {
+        let at = parts.at.unwrap_or(rec.read_at);
         let result: Option<CallResult> = field(msg.result);
         let error: Option<RpcError> = field(msg.error);
         let is_error = msg.error.is_some()
@@ -294,7 +298,7 @@ impl Parser for McpClaudeDesktop {
         };
         let mut e = self.ctx.base_event(rec, 0, EventType::ToolCallPost, at);
         e.agent_id = mcp_agent(&self.ctx, parts.server);
-        e.session_id = Cow::Owned(session);
+        e.session_id = Cow::Owned(session_of(parts, rec));
         e.tool_name = Cow::Owned(name);
         if let Some(c) = content {
             e.content = self.red.content(c);
@@ -308,7 +312,56 @@ impl Parser for McpClaudeDesktop {
         e.metadata = meta.finish();
         self.red.push(out, &mut e);
         self.history.record(entry);
-        Ok(1)
+        1
+    }
+}
+
+/// The session of a server's lines: `<server>@<stream>`.
+fn session_of(parts: &LogLine<'_>, rec: &Record<'_>) -> String {
+    format!("{}@{}", parts.server, rec.stream)
+}
+
+impl Parser for McpClaudeDesktop {
+    fn parse(&mut self, rec: &Record<'_>, out: &mut EventBuf) -> Result<usize, Skip> {
+        let trimmed = rec.line.trim_ascii();
+        if trimmed.is_empty() {
+            return Err(Skip::EmptyLine);
+        }
+        let line = std::str::from_utf8(trimmed).map_err(|_| Skip::NotJsonRpc)?;
+        let parts = split_line(line).ok_or(Skip::NotJsonRpc)?;
+        let msg = first_message(parts.json).ok_or(Skip::NotJsonRpc)?;
+        let id = text(msg.id);
+        let method = string(msg.method);
+        match (method.as_deref(), &id) {
+            (Some("tools/call"), _) if parts.from_client => Ok(self.call(rec, &parts, &msg, out)),
+            // Any other request: remembered, so its answer is known.
+            (Some(m), Some(id)) => {
+                let key = direction_key(parts.server, from_mark(parts.from_client), id);
+                self.requests.insert(key, ());
+                Err(method_skip(Some(m)))
+            }
+            (Some(m), None) => Err(method_skip(Some(m))),
+            (None, Some(id)) if msg.result.is_some() || msg.error.is_some() => {
+                let asker = from_mark(!parts.from_client);
+                if !parts.from_client {
+                    if let Some(name) = self.calls.remove(&pending_key(parts.server, id)) {
+                        return Ok(self.answer(rec, &parts, &msg, id, name, out));
+                    }
+                }
+                if self
+                    .requests
+                    .remove(&direction_key(parts.server, asker, id))
+                    .is_some()
+                {
+                    Err(skip_kind(SKIPPED, Some(ANSWERS), Skip::NotAToolCall))
+                } else if parts.from_client {
+                    Err(Skip::NotAToolCall)
+                } else {
+                    Err(Skip::UnmatchedResponse)
+                }
+            }
+            (None, _) => Err(Skip::NotAToolCall),
+        }
     }
 
     fn set_user(&mut self, user: &str) {
@@ -320,11 +373,12 @@ impl Parser for McpClaudeDesktop {
     }
 
     fn save_state(&self) -> Vec<u8> {
-        if self.calls.is_empty() && self.history.is_empty() {
+        if self.calls.is_empty() && self.requests.is_empty() && self.history.is_empty() {
             return Vec::new();
         }
         encode_state(&State {
             calls: self.calls.to_entries(),
+            requests: self.requests.to_entries(),
             history: self.history.save(),
         })
     }
@@ -332,11 +386,12 @@ impl Parser for McpClaudeDesktop {
     fn load_state(&mut self, bytes: &[u8]) {
         let state: State = decode_state(bytes).unwrap_or_default();
         self.calls = BoundedMap::from_entries(STATE_MAX_ENTRIES, state.calls);
+        self.requests = BoundedMap::from_entries(REQUESTS_KEPT, state.requests);
         self.history.load(state.history, &self.red);
     }
 
     fn take_evictions(&mut self) -> u64 {
-        self.calls.take_evictions() + self.history.take_evictions()
+        self.calls.take_evictions() + self.requests.take_evictions() + self.history.take_evictions()
     }
 }
 

@@ -6,7 +6,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::event::{Metadata, Timestamp};
-use crate::stage::provenance::UserNames;
+use crate::ops::users::UserNames;
 
 /// What an entry tells of itself, by name: in `metadata.journald`, and as
 /// `journald.NAME` fields to a rules parser.

@@ -32,6 +32,18 @@ struct Cli {
     /// Log level when RUST_LOG is not set (error, warn, info, debug, trace).
     #[arg(long, global = true, default_value = "info")]
     log_level: String,
+    /// Form of the daemon's own logs on stderr: `auto` is `journal` under
+    /// systemd (no colours or timestamps, a syslog priority per line) and
+    /// `text` elsewhere (colours only on a terminal); `json` is one object a
+    /// line.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "auto",
+        env = "THOTH_INGEST_LOG_FORMAT"
+    )]
+    log_format: ops::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -73,7 +85,7 @@ fn main() -> ExitCode {
     thoth_ingest::private_fs::restrict_umask();
     tune_malloc();
     let parsed = Cli::parse();
-    ops::init_logging(&parsed.log_level);
+    ops::init_logging(&parsed.log_level, parsed.log_format);
     let result = match parsed.command {
         Command::Validate => cli::validate::validate(&parsed.config),
         Command::Run => cli::runtime().and_then(|rt| rt.block_on(cli::run::run(&parsed.config))),

@@ -89,10 +89,9 @@ parser = "json"
         }
     }
     let elapsed = started.elapsed();
-    let lines: u64 = pipeline.sources.iter().map(|(_, s)| s.lines()).sum();
+    let lines: u64 = pipeline.sources().map(|(_, s)| s.lines()).sum();
     let skipped: u64 = pipeline
-        .sources
-        .iter()
+        .sources()
         .map(|(_, s)| s.snapshot().skipped_total())
         .sum();
     let committed = pipeline.queue.committed_events();

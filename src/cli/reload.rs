@@ -20,7 +20,7 @@ pub fn restart_only_tables(path: &Path) -> Vec<(&'static str, Option<toml::Value
             other => doc.get(other).cloned(),
         }
     };
-    ["sources", "state", "defaults", "redaction", "api.tenant_id"]
+    ["state", "api.tenant_id"]
         .into_iter()
         .map(|name| (name, get(name)))
         .collect()
@@ -29,9 +29,9 @@ pub fn restart_only_tables(path: &Path) -> Vec<(&'static str, Option<toml::Value
 /// SIGHUP: reads the config file and the key again and applies what can
 /// change while running (see `Pipeline::reload`). A config or key that does
 /// not load changes nothing.
-pub fn reload(
+pub async fn reload(
     path: &Path,
-    pipeline: &Pipeline,
+    pipeline: &mut Pipeline,
     restart_only: &[(&'static str, Option<toml::Value>)],
 ) {
     let env = Env::from_process();
@@ -46,8 +46,8 @@ pub fn reload(
             return;
         }
     };
-    if let Err(e) = pipeline.reload(&config, &key) {
-        error!("reload refused, the running configuration stays: {e:#}");
+    if let Err(e) = pipeline.reload(&config, &key).await {
+        error!("reload: {e:#}");
         return;
     }
     thoth_ingest::stage::provenance::reread_host();

@@ -179,11 +179,12 @@ pub async fn replay(config_path: &Path, args: ReplayArgs) -> anyhow::Result<Exit
         &config,
         &key,
         queue.clone(),
-        shutdown,
+        shutdown.clone(),
         vec![Started {
             name: name.clone(),
             stats: source_stats.clone(),
             source: Box::new(replay),
+            stop: shutdown,
         }],
     )?;
     let mut tick = tokio::time::interval(Duration::from_millis(250));

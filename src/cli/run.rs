@@ -1,6 +1,8 @@
 //! `thoth-ingest run`: the daemon. Starts the pipeline (waiting while the
 //! state's disk is full), applies SIGHUP reloads, stops on SIGINT or SIGTERM,
-//! and starts again from what is durable when sled meets a full disk.
+//! and starts again from what is durable when sled meets a full disk. Under
+//! systemd it says when it is ready, reloading or stopping, keeps a status
+//! line, and pings the watchdog while the pipeline shows signs of life.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -9,10 +11,13 @@ use std::time::Duration;
 use anyhow::Context;
 use thoth_ingest::config::{self, Config, Env};
 use thoth_ingest::ops;
-use thoth_ingest::pipeline::Pipeline;
+use thoth_ingest::pipeline::{Liveness, Pipeline};
 use tracing::{error, info, warn};
 
 use super::reload::{reload, restart_only_tables};
+
+/// How often `STATUS=` is brought up to date under systemd.
+const STATUS_EVERY: Duration = Duration::from_secs(10);
 
 pub async fn run(path: &Path) -> anyhow::Result<ExitCode> {
     let mut signals = ops::StopSignals::install().context("cannot install signal handlers")?;
@@ -23,21 +28,56 @@ pub async fn run(path: &Path) -> anyhow::Result<ExitCode> {
     let (mut key, origin) = config.resolve_api_key(&env)?;
     info!(key_from = %origin, "configuration loaded from {}", path.display());
     let mut restart_only = restart_only_tables(path);
+    let notifier = ops::Notifier::from_env();
     loop {
         let Some(mut pipeline) = start_when_disk_has_room(&config, &key, &mut signals).await?
         else {
+            notifier.stopping();
             return Ok(ExitCode::SUCCESS);
         };
+        notifier.ready(&pipeline.status_line());
+        let watchdog = notifier.watchdog_interval();
+        // systemd's advice: ping at half the interval.
+        let mut watchdog_tick =
+            tokio::time::interval(watchdog.map_or(Duration::from_secs(3600), |w| w / 2));
+        let mut status_tick = tokio::time::interval(STATUS_EVERY);
+        let mut sweep_tick = tokio::time::interval(Duration::from_secs(3600));
+        sweep_tick.tick().await; // the start swept already
+        let mut liveness = Liveness::default();
+        let mut stuck_said = false;
         let outcome = loop {
             tokio::select! {
                 signal = signals.recv() => {
                     info!(signal, "stopping");
                     break Ok(());
                 }
-                () = hups.recv() => reload(path, &pipeline, &restart_only),
+                () = hups.recv() => {
+                    notifier.reloading();
+                    reload(path, &mut pipeline, &restart_only).await;
+                    notifier.reloaded(&pipeline.status_line());
+                }
                 e = pipeline.failed() => break Err(e),
+                _ = watchdog_tick.tick(), if watchdog.is_some() => {
+                    match pipeline.check_liveness(&mut liveness) {
+                        Ok(()) => {
+                            notifier.watchdog();
+                            stuck_said = false;
+                        }
+                        // No ping: the service manager restarts a stuck pipeline.
+                        Err(why) if !stuck_said => {
+                            error!("{why}: not pinging the watchdog");
+                            stuck_said = true;
+                        }
+                        Err(_) => {}
+                    }
+                }
+                _ = sweep_tick.tick() => pipeline.sweep_orphan_checkpoints(),
+                _ = status_tick.tick(), if notifier.enabled() => {
+                    notifier.status(&pipeline.status_line());
+                }
             }
         };
+        notifier.stopping();
         // The flusher gives requests in flight shutdown_timeout; this is the backstop.
         let stopped = pipeline
             .stop(config.delivery.shutdown_timeout + Duration::from_secs(5))

@@ -113,7 +113,7 @@ pub(super) fn default_max_files() -> usize {
     10_000
 }
 pub(super) fn default_checkpoint_retention() -> Duration {
-    Duration::from_secs(7 * 24 * 3600)
+    super::DEFAULT_CHECKPOINT_RETENTION
 }
 pub(super) fn default_multiline_timeout() -> Duration {
     Duration::from_secs(1)

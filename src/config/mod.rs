@@ -41,6 +41,9 @@ pub const SYSTEMD_CREDENTIAL: &str = "thoth-api-key";
 pub use crate::event::bound::{DEFAULT_MAX_EVENT_BYTES, MIN_MAX_EVENT_BYTES};
 /// Default bound of `content`, in bytes.
 pub const CONTENT_MAX_BYTES: usize = 4096;
+/// How long the checkpoints of files gone (and of sources removed) are kept.
+pub const DEFAULT_CHECKPOINT_RETENTION: std::time::Duration =
+    std::time::Duration::from_secs(7 * 24 * 3600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

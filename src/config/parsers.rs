@@ -21,7 +21,7 @@ pub enum Format {
 }
 
 /// `[parsers.NAME]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ParserSpec {
     pub format: Format,
@@ -40,7 +40,7 @@ pub struct ParserSpec {
 }
 
 /// `[[parsers.NAME.rules]]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuleSpec {
     /// Shown in skip reasons and config errors.
@@ -66,7 +66,7 @@ pub struct RuleSpec {
 }
 
 /// `{ field = "tool", equals = "x" }`; exactly one test per condition.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConditionSpec {
     pub field: String,
@@ -80,7 +80,7 @@ pub struct ConditionSpec {
 
 /// `occurred_at`: a template (read as RFC 3339 or an epoch number), or
 /// `{ field = "ts", format = "..." }` / `{ template = "...", format = "..." }`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TimeSpec {
     pub field: Option<String>,
     pub template: Option<String>,

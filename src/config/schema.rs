@@ -41,7 +41,7 @@ pub struct Config {
     pub(super) text: ConfigText,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiConfig {
     #[serde(default = "default_base_url")]
@@ -55,7 +55,7 @@ pub struct ApiConfig {
     pub timeout: Duration,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StateConfig {
     #[serde(default = "default_state_dir")]
@@ -70,7 +70,7 @@ impl Default for StateConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeliveryConfig {
     #[serde(default = "default_rpm")]
@@ -125,7 +125,7 @@ impl Default for DeliveryConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BudgetConfig {
     pub requests: u32,
@@ -152,7 +152,7 @@ pub enum WhenFull {
     DropOldest,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QueueConfig {
     /// sled's page cache; sled's own default (1 GiB) would let RSS grow far past
@@ -182,7 +182,7 @@ impl Default for QueueConfig {
 }
 
 /// Event fields that no log line provides.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Defaults {
     #[serde(default = "default_user_id")]
@@ -215,7 +215,7 @@ impl Default for Defaults {
 
 /// What of a line may be copied into an event (`[redaction]`). The built-in
 /// secret detectors run unless named in `disable`; `patterns` add to them.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedactionConfig {
     /// Longest `content` (tool arguments or output) copied into an event.
@@ -272,7 +272,7 @@ pub enum SourceKind {
     Journald,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
     pub name: Spanned<String>,
@@ -385,7 +385,7 @@ pub enum StartAt {
     End,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MultilineConfig {
     /// A line matching this regex starts a record; other lines continue the
@@ -397,7 +397,7 @@ pub struct MultilineConfig {
 }
 
 /// For each event field, the top-level JSON keys tried in order.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JsonFields {
     #[serde(default = "keys_agent_id", deserialize_with = "one_or_many")]

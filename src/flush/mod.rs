@@ -57,6 +57,11 @@ pub struct FlushStats {
     pub rejected_requests: AtomicU64,
     pub rate_limited: AtomicU64,
     pub in_flight: AtomicUsize,
+    /// Bumped each time the flusher's loop turns (at least once a second
+    /// while it runs): the watchdog's sign of life.
+    pub heartbeat: AtomicU64,
+    /// What the last answer meant, and when it came.
+    pub last_outcome: std::sync::Mutex<Option<(&'static str, std::time::SystemTime)>>,
 }
 
 pub struct Flusher {
@@ -132,6 +137,7 @@ impl Flusher {
         let mut in_flight: JoinSet<(Batch, Reply)> = JoinSet::new();
         let stop = || shutdown.load(Ordering::SeqCst);
         while !stop() {
+            self.stats.heartbeat.fetch_add(1, Ordering::Relaxed);
             let reload = self
                 .reloads
                 .lock()
@@ -178,7 +184,8 @@ impl Flusher {
                         tokio::select! {
                             Some(done) = in_flight.join_next_with_id() => self.completed(done).await?,
                             _ = self.queue.appended.notified() => {}
-                            _ = tokio::time::sleep(wait) => {}
+                            // Bounded, so the loop (and its heartbeat) turns.
+                            _ = tokio::time::sleep(wait.min(Duration::from_secs(1))) => {}
                         }
                         continue;
                     }

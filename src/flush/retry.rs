@@ -47,6 +47,9 @@ impl Flusher {
             }
         };
         let now = Instant::now();
+        if let Ok(mut last) = self.stats.last_outcome.lock() {
+            *last = Some((reply.outcome.summary(), std::time::SystemTime::now()));
+        }
         if !matches!(reply.outcome, Outcome::Unauthorized(..)) {
             // (A refused key has no tenant: its headers describe no budget.)
             self.follow_rate_headers(&reply, now);

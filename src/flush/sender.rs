@@ -33,6 +33,21 @@ pub(super) enum Outcome {
     Transient(String),
 }
 
+impl Outcome {
+    /// A few words for the operator (`STATUS=`, logs).
+    pub(super) fn summary(&self) -> &'static str {
+        match self {
+            Outcome::Delivered => "delivered",
+            Outcome::RateLimited(_) => "429 rate limited",
+            Outcome::BadRequest(_) => "400 refused",
+            Outcome::TooLarge => "413 too large",
+            Outcome::Unauthorized(..) => "key refused",
+            Outcome::Redirected(..) => "redirected (not followed)",
+            Outcome::Transient(_) => "network error or 5xx",
+        }
+    }
+}
+
 #[derive(Debug)]
 pub(super) struct Reply {
     pub(super) outcome: Outcome,

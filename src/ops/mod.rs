@@ -1,19 +1,12 @@
-//! Operating the daemon: signals (stop, reload), logging set-up, and the
-//! process limits it starts with.
+//! Operating the daemon: signals (stop, reload), logging set-up, the
+//! service manager's notifications, and the process limits it starts with.
 
-use tracing_subscriber::EnvFilter;
+mod logging;
+mod notify;
+pub mod users;
 
-/// Logs to stderr (journald picks it up under systemd). `RUST_LOG` wins over
-/// `default_level`.
-pub fn init_logging(default_level: &str) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
-}
+pub use logging::{init_logging, LogFormat};
+pub use notify::Notifier;
 
 /// Raises the soft limit on open files to the hard limit: a source may follow
 /// thousands of files, and the distributions' soft default (1,024) is meant

@@ -1,5 +1,9 @@
 //! Wires sources, parsers, the queue and the flusher into one running
-//! pipeline, and stops it cleanly.
+//! pipeline, applies a reloaded configuration to it (sources added, removed
+//! or changed, delivery settings), and stops it cleanly.
+
+mod orphans;
+mod sources;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -9,18 +13,17 @@ use anyhow::Context;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+use crate::config::SourceConfig;
 use crate::config::{ApiKey, Config};
 use crate::flush::{FlushStats, Flusher, Reload, ReloadSlot};
 use crate::queue::Queue;
-use crate::source::Source;
 use crate::stage::SourceStats;
 
-/// A source ready to start, with its name and counters.
-pub struct Started {
-    pub name: String,
-    pub stats: Arc<SourceStats>,
-    pub source: Box<dyn Source>,
-}
+use sources::Sources;
+pub use sources::Started;
+
+/// How long a reload waits for a removed or changed source to stop.
+const SOURCE_STOP_BOUND: Duration = Duration::from_secs(10);
 
 /// Opens the queue in `dir` with the config's bounds.
 pub fn open_queue(config: &Config, dir: &std::path::Path) -> anyhow::Result<Arc<Queue>> {
@@ -33,15 +36,25 @@ pub fn open_queue(config: &Config, dir: &std::path::Path) -> anyhow::Result<Arc<
     Ok(queue)
 }
 
+/// The signs of life the last [`Pipeline::check_liveness`] saw.
+#[derive(Debug, Default)]
+pub struct Liveness {
+    /// Each source's heartbeat and bytes read, by name.
+    sources: Vec<(String, (u64, u64))>,
+    flusher: Option<u64>,
+}
+
 pub struct Pipeline {
     pub queue: Arc<Queue>,
-    pub sources: Vec<(String, Arc<SourceStats>)>,
     pub flush_stats: Arc<FlushStats>,
-    source_threads: Vec<std::thread::JoinHandle<()>>,
+    sources: Sources,
     flusher: tokio::task::JoinHandle<()>,
+    /// The flusher's stop flag (each source has its own).
     shutdown: Arc<AtomicBool>,
     failures: mpsc::UnboundedReceiver<anyhow::Error>,
     reload: ReloadSlot,
+    /// The configuration the sources run with (what a reload compares).
+    applied: Config,
 }
 
 impl Pipeline {
@@ -50,36 +63,21 @@ impl Pipeline {
     pub fn start(config: &Config, key: &ApiKey) -> anyhow::Result<Pipeline> {
         let queue = open_queue(config, &config.state.dir)?;
         let shutdown = Arc::new(AtomicBool::new(false));
-        let open_files_each = crate::source::file::handles::default_max_open_files(
-            crate::ops::fd_limit(),
-            config.sources.len(),
-        );
-        let mut sources = Vec::new();
+        let mut started = Vec::new();
         for source_config in &config.sources {
-            let name = source_config.name.get_ref().clone();
-            let stats = Arc::new(SourceStats::default());
-            let mut source_config = source_config.clone();
-            source_config.max_open_files.get_or_insert(open_files_each);
-            let source = crate::stage::source(
-                config,
-                &source_config,
-                queue.clone(),
-                stats.clone(),
-                shutdown.clone(),
-            )
-            .with_context(|| format!("source `{name}`"))?;
-            sources.push(Started {
-                name,
-                stats,
-                source,
-            });
+            started.push((
+                build_source(config, source_config, &queue)?,
+                Some(source_config.clone()),
+            ));
         }
-        Pipeline::launch(config, key, queue, shutdown, sources)
+        let pipeline = Pipeline::launch_with(config, key, queue, shutdown, started)?;
+        pipeline.sweep_orphan_checkpoints();
+        Ok(pipeline)
     }
 
-    /// Starts `sources` (each on a thread of its own) and the flusher of
-    /// `queue`. `shutdown` is the flag the sources stop on. Call from within
-    /// a tokio runtime.
+    /// Starts `sources` (each on a thread of its own, stopping on its own
+    /// flag) and the flusher of `queue`, which stops on `shutdown`. Call
+    /// from within a tokio runtime.
     pub fn launch(
         config: &Config,
         key: &ApiKey,
@@ -87,41 +85,21 @@ impl Pipeline {
         shutdown: Arc<AtomicBool>,
         to_start: Vec<Started>,
     ) -> anyhow::Result<Pipeline> {
+        let started = to_start.into_iter().map(|s| (s, None)).collect();
+        Pipeline::launch_with(config, key, queue, shutdown, started)
+    }
+
+    fn launch_with(
+        config: &Config,
+        key: &ApiKey,
+        queue: Arc<Queue>,
+        shutdown: Arc<AtomicBool>,
+        to_start: Vec<(Started, Option<SourceConfig>)>,
+    ) -> anyhow::Result<Pipeline> {
         let (fail_tx, failures) = mpsc::unbounded_channel();
-        let mut sources = Vec::new();
-        let mut source_threads = Vec::new();
-        for Started {
-            name,
-            stats,
-            source,
-        } in to_start
-        {
-            let fail = fail_tx.clone();
-            let source_name = name.clone();
-            let thread = std::thread::Builder::new()
-                .name(format!("src-{name}"))
-                .spawn(move || {
-                    // A panic is a bug: it must end the process (non-zero, so
-                    // the service manager restarts it), not leave a healthy-
-                    // looking daemon that reads nothing.
-                    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        source.run_until_shutdown()
-                    })) {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => {
-                            let _ = fail.send(anyhow::Error::new(e));
-                        }
-                        Err(payload) => {
-                            let _ = fail.send(anyhow::anyhow!(
-                                "source `{source_name}` panicked: {}",
-                                crate::ops::panic_message(payload)
-                            ));
-                        }
-                    }
-                })
-                .context("cannot start a source thread")?;
-            sources.push((name, stats));
-            source_threads.push(thread);
+        let mut sources = Sources::new(fail_tx.clone());
+        for (started, source_config) in to_start {
+            sources.spawn(started, source_config)?;
         }
         let flush_stats = Arc::new(FlushStats::default());
         let flusher = Flusher::new(config, key, queue.clone(), flush_stats.clone())?;
@@ -146,29 +124,62 @@ impl Pipeline {
             }
         });
         info!(
-            sources = sources.len(),
+            sources = sources.running.len(),
             state = %config.state.dir.display(),
             url = %config.api.base_url.get_ref(),
             "pipeline started"
         );
         Ok(Pipeline {
             queue,
-            sources,
             flush_stats,
-            source_threads,
+            sources,
             flusher,
             shutdown,
             failures,
             reload,
+            applied: config.clone(),
         })
     }
 
-    /// Applies a reloaded configuration to what can change while running:
-    /// the key, `[api]`'s URL, CA file and timeout, `[delivery]`, and the
-    /// queue's bound. Sources, parsers and the state directory keep their
-    /// start-up configuration. On an error nothing changes.
-    pub fn reload(&self, config: &Config, key: &ApiKey) -> anyhow::Result<()> {
-        let settings = Reload::new(config, key)?;
+    /// Marks and, after the default `checkpoint_retention`, deletes the
+    /// file checkpoints of sources the config no longer names (at start,
+    /// at each reload, and hourly from `run`). A failure is logged: the
+    /// checkpoints stay a little longer, nothing else depends on it.
+    pub fn sweep_orphan_checkpoints(&self) {
+        let live: Vec<&str> = self
+            .applied
+            .sources
+            .iter()
+            .map(|s| s.name.get_ref().as_str())
+            .collect();
+        let retention = crate::config::DEFAULT_CHECKPOINT_RETENTION;
+        match orphans::sweep_orphans(&self.queue, &live, retention) {
+            Ok(0) => {}
+            Ok(n) => info!(checkpoints = n, "forgot the checkpoints of removed sources"),
+            Err(e) => warn!(error = %e, "cannot sweep the checkpoints of removed sources"),
+        }
+    }
+
+    /// Each running source's name and counters.
+    pub fn sources(&self) -> impl Iterator<Item = (&str, &Arc<SourceStats>)> + '_ {
+        self.sources
+            .running
+            .iter()
+            .map(|r| (r.name.as_str(), &r.stats))
+    }
+
+    /// Applies a reloaded configuration: the key, `[api]`'s URL, CA file
+    /// and timeout, `[delivery]`, the queue's bound, and the sources. A
+    /// source that keeps its name and its settings (and the parsers,
+    /// redaction and defaults it uses) keeps running; one removed stops;
+    /// one added starts; one changed stops and starts again with its new
+    /// settings, where it was (positions are per source name, in the
+    /// queue). The state directory and the tenant need a restart. On an
+    /// error in the new delivery settings nothing changes; a source that
+    /// fails to stop or to start is named in the error, the rest applied.
+    pub async fn reload(&mut self, config: &Config, key: &ApiKey) -> anyhow::Result<()> {
+        let settings =
+            Reload::new(config, key).context("refused; the running configuration stays")?;
         self.queue.set_bound(
             config.queue.max_bytes.0,
             config.queue.when_full == crate::config::WhenFull::DropOldest,
@@ -176,20 +187,118 @@ impl Pipeline {
         self.queue
             .set_dead_letter_bound(config.queue.dead_letter_max_bytes.0)?;
         *self.reload.lock().unwrap_or_else(|p| p.into_inner()) = Some(settings);
-        Ok(())
+        self.reload_sources(config).await
+    }
+
+    async fn reload_sources(&mut self, config: &Config) -> anyhow::Result<()> {
+        let stages_changed = stage_inputs(&self.applied) != stage_inputs(config);
+        let mut problems = Vec::new();
+        // Removed or changed: stop first, so a changed one never reads
+        // beside its new self.
+        let mut i = 0;
+        while i < self.sources.running.len() {
+            let r = &self.sources.running[i];
+            let Some(old) = &r.config else {
+                i += 1;
+                continue;
+            };
+            let new = config.sources.iter().find(|s| s.name.get_ref() == &r.name);
+            if new.is_some_and(|n| n == old) && !stages_changed {
+                i += 1;
+                continue;
+            }
+            let name = r.name.clone();
+            match self.sources.stop_one(i, SOURCE_STOP_BOUND).await {
+                Ok(()) => info!(source = %name, "source stopped by the reload"),
+                Err(e) => {
+                    problems.push(e);
+                    i += 1;
+                }
+            }
+        }
+        for source_config in &config.sources {
+            let name = source_config.name.get_ref();
+            if self.sources.running.iter().any(|r| &r.name == name) {
+                continue;
+            }
+            match build_source(config, source_config, &self.queue) {
+                Ok(started) => {
+                    self.sources.spawn(started, Some(source_config.clone()))?;
+                    info!(source = %name, "source started by the reload");
+                }
+                Err(e) => problems.push(format!("{e:#}")),
+            }
+        }
+        self.applied = config.clone();
+        self.sweep_orphan_checkpoints();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            anyhow::bail!("applied but for: {}", problems.join("; "))
+        }
+    }
+
+    /// Whether every source and the flusher showed a sign of life (their
+    /// loops turned, a source read) since the check that filled `last`; a
+    /// source whose commit waits for room in a full queue is paused by
+    /// design. Err names one that did not. The first check only records.
+    pub fn check_liveness(&self, last: &mut Liveness) -> Result<(), String> {
+        let sources: Vec<(String, (u64, u64))> = self
+            .sources()
+            .map(|(name, s)| {
+                let signs = (
+                    s.read.heartbeat.load(Ordering::Relaxed),
+                    s.read.bytes_read.load(Ordering::Relaxed),
+                );
+                (name.to_string(), signs)
+            })
+            .collect();
+        let flusher = self.flush_stats.heartbeat.load(Ordering::Relaxed);
+        let mut stuck = None;
+        let paused = self.queue.commits_waiting_for_room();
+        for (name, now) in &sources {
+            // A source started since the last check is judged at the next.
+            let then = last.sources.iter().find(|(n, _)| n == name).map(|(_, s)| s);
+            if then == Some(now) && !paused {
+                stuck = Some(format!("source `{name}` has not turned its loop"));
+            }
+        }
+        if last.flusher == Some(flusher) {
+            stuck = Some("the flusher has not turned its loop".to_string());
+        }
+        *last = Liveness {
+            sources,
+            flusher: Some(flusher),
+        };
+        stuck.map_or(Ok(()), Err)
+    }
+
+    /// A line for the service manager's `STATUS=`: what waits, what went,
+    /// and the last answer.
+    pub fn status_line(&self) -> String {
+        let queued = self.queue.pending_events();
+        let delivered = self.flush_stats.delivered_events.load(Ordering::Relaxed);
+        let last = self.flush_stats.last_outcome.lock().ok().and_then(|l| *l);
+        match last {
+            Some((what, at)) => {
+                let ago = at.elapsed().map(|d| d.as_secs()).unwrap_or(0);
+                format!("{queued} events queued, {delivered} delivered; last answer: {what}, {ago} s ago")
+            }
+            None => format!("{queued} events queued, {delivered} delivered; no request yet"),
+        }
     }
 
     /// True when every source has read all it can see and every event it
     /// produced has been accepted by the server.
     pub fn is_drained(&self) -> bool {
-        self.sources.iter().all(|(_, s)| s.is_caught_up())
+        self.sources().all(|(_, s)| s.is_caught_up())
             && self.flush_stats.in_flight.load(Ordering::SeqCst) == 0
             && self.queue.is_empty()
     }
 
     /// Every source thread has ended (a replay read all its files).
     pub fn sources_finished(&self) -> bool {
-        self.source_threads.iter().all(|t| t.is_finished())
+        self.sources.all_finished()
     }
 
     /// Resolves with the first fatal error of a source or the flusher.
@@ -207,17 +316,10 @@ impl Pipeline {
     pub async fn stop(self, grace: Duration) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + grace;
         self.shutdown.store(true, Ordering::SeqCst);
+        self.sources.stop_all();
         self.queue.start_closing();
         self.queue.appended.notify_one();
-        for (thread, (name, _)) in self.source_threads.iter().zip(&self.sources) {
-            while !thread.is_finished() {
-                if tokio::time::Instant::now() >= deadline {
-                    warn!(source = %name, "source did not stop within the shutdown bound (stuck reading?); stopping without it, its uncommitted reads are read again at the next start");
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
+        self.sources.wait_all(deadline).await;
         // The flusher has its own shutdown_timeout for requests in flight.
         let mut flusher = self.flusher;
         if tokio::time::timeout_at(deadline, &mut flusher)
@@ -232,4 +334,48 @@ impl Pipeline {
         info!("pipeline stopped");
         Ok(())
     }
+}
+
+/// What every source's stage is built from besides its own table: a change
+/// there restarts every source at a reload.
+fn stage_inputs(config: &Config) -> impl PartialEq + '_ {
+    (
+        &config.defaults,
+        &config.redaction,
+        &config.parsers,
+        config.redaction.event_bound(&config.delivery),
+    )
+}
+
+/// The source `source_config` of `config`, built to read into `queue`,
+/// with a stop flag of its own.
+fn build_source(
+    config: &Config,
+    source_config: &SourceConfig,
+    queue: &Arc<Queue>,
+) -> anyhow::Result<Started> {
+    let name = source_config.name.get_ref().clone();
+    let stats = Arc::new(SourceStats::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut effective = source_config.clone();
+    effective
+        .max_open_files
+        .get_or_insert(crate::source::file::handles::default_max_open_files(
+            crate::ops::fd_limit(),
+            config.sources.len(),
+        ));
+    let source = crate::stage::source(
+        config,
+        &effective,
+        queue.clone(),
+        stats.clone(),
+        stop.clone(),
+    )
+    .with_context(|| format!("source `{name}`"))?;
+    Ok(Started {
+        name,
+        stats,
+        source,
+        stop,
+    })
 }

@@ -18,6 +18,12 @@ impl Queue {
         self.drop_oldest.store(drop_oldest, Ordering::Relaxed);
     }
 
+    /// Whether a commit waits for room now (its source is paused by
+    /// backpressure).
+    pub fn commits_waiting_for_room(&self) -> bool {
+        self.waiting_for_room.load(Ordering::Relaxed) > 0
+    }
+
     /// Events dropped by `when_full = "drop_oldest"` since the queue was opened.
     pub fn dropped_events(&self) -> u64 {
         self.dropped_events.load(Ordering::Relaxed)
@@ -27,6 +33,7 @@ impl Queue {
     /// oldest chunks to make room, if so configured).
     pub(super) fn wait_for_room(&self, incoming: u64) -> Result<(), QueueError> {
         let mut warned = false;
+        let _waiting = WaitingForRoom::enter(&self.waiting_for_room);
         loop {
             let max = self.max_bytes.load(Ordering::Relaxed);
             let queued = self.queued_bytes();
@@ -113,6 +120,22 @@ impl Queue {
     /// Bytes of events waiting for delivery (whole chunks, as stored).
     pub fn queued_bytes(&self) -> u64 {
         self.queued_bytes.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts a commit in [`Queue::wait_for_room`] while it is there.
+struct WaitingForRoom<'a>(&'a std::sync::atomic::AtomicU64);
+
+impl<'a> WaitingForRoom<'a> {
+    fn enter(count: &'a std::sync::atomic::AtomicU64) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        WaitingForRoom(count)
+    }
+}
+
+impl Drop for WaitingForRoom<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -114,6 +114,9 @@ pub struct Queue {
     acked_events: AtomicU64,
     dead_events: AtomicU64,
     dropped_events: AtomicU64,
+    /// Commits waiting for room under the bound now (sources paused by
+    /// backpressure: idle by design, not stuck).
+    waiting_for_room: AtomicU64,
     /// Bound on `queued_bytes`, and what to do at it.
     max_bytes: AtomicU64,
     drop_oldest: std::sync::atomic::AtomicBool,
@@ -276,6 +279,7 @@ impl Queue {
             acked_events: AtomicU64::new(0),
             dead_events: AtomicU64::new(0),
             dropped_events: AtomicU64::new(0),
+            waiting_for_room: AtomicU64::new(0),
             max_bytes: AtomicU64::new(u64::MAX),
             drop_oldest: std::sync::atomic::AtomicBool::new(false),
             closing: std::sync::atomic::AtomicBool::new(false),

@@ -103,9 +103,16 @@ pub struct ReadStats {
     pub lag_bytes: AtomicU64,
     /// Set when a full pass over every file found nothing new to read.
     pub caught_up: AtomicBool,
+    /// Bumped each time the source's loop turns (at least once a second
+    /// while it runs, idle or not): the watchdog's sign of life.
+    pub heartbeat: AtomicU64,
 }
 
 impl ReadStats {
+    pub fn beat(&self) {
+        self.heartbeat.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn is_caught_up(&self) -> bool {
         self.caught_up.load(Ordering::SeqCst)
     }

@@ -289,6 +289,7 @@ impl FileSource {
         self.watcher = self.start_watcher(wake_tx);
         let mut last_scan: Option<Instant> = None;
         while !self.shutdown.load(Ordering::SeqCst) {
+            self.stats.beat();
             if last_scan.is_none_or(|t| t.elapsed() >= self.config.glob_interval) {
                 self.scan();
                 last_scan = Some(Instant::now());
@@ -303,7 +304,9 @@ impl FileSource {
             self.publish_streams(false);
             if !progressed {
                 self.stats.caught_up.store(true, Ordering::SeqCst);
-                match wake_rx.recv_timeout(self.config.poll_interval) {
+                // At most a second, so the loop (and its heartbeat) turns.
+                let wait = self.config.poll_interval.min(Duration::from_secs(1));
+                match wake_rx.recv_timeout(wait) {
                     Ok(wake) => {
                         let mut rescan = wake == Wake::Rescan;
                         while let Ok(w) = wake_rx.try_recv() {
@@ -314,9 +317,7 @@ impl FileSource {
                         }
                     }
                     Err(mpsc::RecvTimeoutError::Timeout) => {}
-                    Err(mpsc::RecvTimeoutError::Disconnected) => {
-                        std::thread::sleep(self.config.poll_interval)
-                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => std::thread::sleep(wait),
                 }
             } else {
                 self.stats.caught_up.store(false, Ordering::SeqCst);

@@ -236,7 +236,11 @@ impl Journalctl {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .env("SYSTEMD_COLORS", "0")
-            .env("SYSTEMD_PAGER", "");
+            .env("SYSTEMD_PAGER", "")
+            // The service manager's socket is the daemon's to speak on.
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID");
         // SAFETY: prctl is async-signal-safe and touches nothing of the
         // parent's: it asks the kernel to end the child with its parent, so
         // a daemon killed by -9 leaves no journalctl behind.

@@ -27,7 +27,7 @@ use self::entry::Entry;
 use super::{ReadStats, RecordIn, Sink, SourceError, StreamSlot};
 use crate::config::SourceConfig;
 use crate::event::Timestamp;
-use crate::stage::provenance::UserNames;
+use crate::ops::users::UserNames;
 
 /// Event bytes one commit holds at most, as for files.
 const COMMIT_MAX_EVENT_BYTES: usize = 8 << 20;
@@ -171,6 +171,7 @@ impl JournaldSource {
         // journalctl starts at the cursor's own entry, already committed.
         let mut already_read = cursor.clone();
         loop {
+            self.stats.beat();
             if self.shutdown.load(Ordering::SeqCst) {
                 break;
             }
@@ -310,6 +311,7 @@ impl JournaldSource {
     fn pause(&self, d: Duration) {
         let until = Instant::now() + d;
         while !self.shutdown.load(Ordering::SeqCst) && Instant::now() < until {
+            self.stats.beat();
             std::thread::sleep(Duration::from_millis(50).min(d));
         }
     }

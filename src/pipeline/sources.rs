@@ -1,0 +1,140 @@
+//! The running sources of a pipeline, each on a thread of its own with its
+//! own stop flag, so a reload can stop, start or replace one source and
+//! leave the others reading.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::mpsc;
+use tracing::warn;
+
+use crate::config::SourceConfig;
+use crate::source::Source;
+use crate::stage::SourceStats;
+
+/// A source ready to start, with its name, counters and the flag it stops
+/// on.
+pub struct Started {
+    pub name: String,
+    pub stats: Arc<SourceStats>,
+    pub source: Box<dyn Source>,
+    pub stop: Arc<AtomicBool>,
+}
+
+/// One source's thread.
+pub(super) struct Running {
+    pub(super) name: String,
+    /// As the config file gave it (None: a replay's), for a reload to tell
+    /// whether it changed.
+    pub(super) config: Option<SourceConfig>,
+    pub(super) stats: Arc<SourceStats>,
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+/// Every running source, and where their fatal errors go.
+pub(super) struct Sources {
+    pub(super) running: Vec<Running>,
+    failures: mpsc::UnboundedSender<anyhow::Error>,
+}
+
+impl Sources {
+    pub(super) fn new(failures: mpsc::UnboundedSender<anyhow::Error>) -> Sources {
+        Sources {
+            running: Vec::new(),
+            failures,
+        }
+    }
+
+    /// Starts `started` on its own thread. A panic there is a bug: it must
+    /// end the process (non-zero, so the service manager restarts it), not
+    /// leave a healthy-looking daemon that reads nothing.
+    pub(super) fn spawn(
+        &mut self,
+        started: Started,
+        config: Option<SourceConfig>,
+    ) -> anyhow::Result<()> {
+        let Started {
+            name,
+            stats,
+            source,
+            stop,
+        } = started;
+        let fail = self.failures.clone();
+        let source_name = name.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("src-{name}"))
+            .spawn(move || {
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    source.run_until_shutdown()
+                })) {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        let _ = fail.send(anyhow::Error::new(e));
+                    }
+                    Err(payload) => {
+                        let _ = fail.send(anyhow::anyhow!(
+                            "source `{source_name}` panicked: {}",
+                            crate::ops::panic_message(payload)
+                        ));
+                    }
+                }
+            })
+            .context("cannot start a source thread")?;
+        self.running.push(Running {
+            name,
+            config,
+            stats,
+            stop,
+            thread,
+        });
+        Ok(())
+    }
+
+    /// Asks every source to stop.
+    pub(super) fn stop_all(&self) {
+        for r in &self.running {
+            r.stop.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Waits until every source thread ended or `deadline`; names the ones
+    /// still running then.
+    pub(super) async fn wait_all(&self, deadline: tokio::time::Instant) {
+        for r in &self.running {
+            while !r.thread.is_finished() {
+                if tokio::time::Instant::now() >= deadline {
+                    warn!(source = %r.name, "source did not stop within the shutdown bound (stuck reading?); stopping without it, its uncommitted reads are read again at the next start");
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+
+    pub(super) fn all_finished(&self) -> bool {
+        self.running.iter().all(|r| r.thread.is_finished())
+    }
+
+    /// Stops the source at `index` and waits up to `bound` for its thread.
+    /// Err (and the source stays listed, stopping) when it did not end: a
+    /// new instance must not read beside it.
+    pub(super) async fn stop_one(&mut self, index: usize, bound: Duration) -> Result<(), String> {
+        let r = &self.running[index];
+        r.stop.store(true, Ordering::SeqCst);
+        let deadline = tokio::time::Instant::now() + bound;
+        while !r.thread.is_finished() {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!(
+                    "source `{}` did not stop within {bound:?} (stuck reading?)",
+                    r.name
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.running.remove(index);
+        Ok(())
+    }
+}

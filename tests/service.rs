@@ -1,6 +1,7 @@
 //! Running as a service: the daemon's own logs in the form the journal
-//! wants (no colour codes, no timestamps, a syslog priority per line), or
-//! as JSON lines.
+//! wants (no colour codes, no timestamps, a syslog priority per line) or as
+//! JSON lines; the service manager's notifications and the watchdog over a
+//! real notify socket; the unit's checks; the Debian package.
 
 mod common;
 
@@ -248,4 +249,21 @@ fn the_unit_verifies_and_is_sandboxed() {
         .expect("systemd-analyze (systemd) is needed to check the unit");
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && said.trim().is_empty(), "{said}");
+}
+
+/// `packaging/build-deb.sh`: the package of this build, its contents and
+/// modes, control fields and scripts, and an install and a purge in a
+/// throwaway root (the script installs cargo-deb when it is missing).
+#[test]
+fn the_debian_package_builds_installs_and_purges() {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/build-deb.sh");
+    let out = std::process::Command::new(&script)
+        .arg("--no-cargo-build")
+        .output()
+        .expect("packaging/build-deb.sh runs (bash, dpkg, unshare)");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "build-deb failed:\n{said}");
+    let deb = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(deb.ends_with(".deb") && Path::new(&deb).is_file(), "{deb}");
+    assert!(said.contains("install and purge checked"), "{said}");
 }

@@ -267,3 +267,39 @@ fn the_debian_package_builds_installs_and_purges() {
     assert!(deb.ends_with(".deb") && Path::new(&deb).is_file(), "{deb}");
     assert!(said.contains("install and purge checked"), "{said}");
 }
+
+/// SIGTERM in the middle of a backlog (a small budget holds it back): the
+/// daemon stops within the unit's TimeoutStopSec with exit status 0, and
+/// the next start delivers the rest; every line arrives, each under one id.
+#[test]
+fn sigterm_mid_backlog_exits_0_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let rx = ReceiverProc::start(dir.path(), &[]);
+    let config = write_config_with(
+        dir.path(),
+        &rx.addr,
+        "budget = { requests = 4, per = \"1s\" }\nbatch_max_events = 50",
+    );
+    append_lines(&dir.path().join("logs/a.jsonl"), 0..5000);
+    let mut daemon = start_daemon(&config);
+    wait_seqs(&rx, 400, Duration::from_secs(30));
+    let asked = Instant::now();
+    let status = terminate(&mut daemon);
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(40),
+        "took {:?}",
+        asked.elapsed()
+    );
+    let before = stored_seqs(&rx).len();
+    assert!(before < 5000, "no backlog left to test: {before}");
+    let mut daemon = start_daemon(&config);
+    wait_seqs(&rx, 5000, Duration::from_secs(120));
+    assert!(terminate(&mut daemon).success());
+    let ids = ids_by_seq(&rx.stored());
+    assert_eq!(ids.len(), 5000);
+    assert!(
+        ids.values().all(|set| set.len() == 1),
+        "a line arrived under two ids"
+    );
+}

@@ -17,10 +17,11 @@ pub fn restart_only_tables(path: &Path) -> Vec<(&'static str, Option<toml::Value
         let doc = doc.as_ref()?;
         match name {
             "api.tenant_id" => doc.get("api")?.get("tenant_id").cloned(),
+            "queue.cache" => doc.get("queue")?.get("cache").cloned(),
             other => doc.get(other).cloned(),
         }
     };
-    ["state", "api.tenant_id"]
+    ["state", "api.tenant_id", "queue.cache"]
         .into_iter()
         .map(|name| (name, get(name)))
         .collect()
@@ -46,9 +47,16 @@ pub async fn reload(
             return;
         }
     };
-    if let Err(e) = pipeline.reload(&config, &key).await {
-        error!("reload: {e:#}");
-        return;
+    let problems = match pipeline.reload(&config, &key).await {
+        Ok(problems) => problems,
+        Err(e) => {
+            error!("reload refused, the running configuration stays: {e:#}");
+            return;
+        }
+    };
+    // Applied, perhaps but for a source: the rest of the reload goes on.
+    for problem in &problems {
+        error!("reload: {problem}; it applies at a later reload once the source has stopped");
     }
     thoth_ingest::stage::provenance::reread_host();
     let now = restart_only_tables(path);

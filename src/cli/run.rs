@@ -30,7 +30,8 @@ pub async fn run(path: &Path) -> anyhow::Result<ExitCode> {
     let mut restart_only = restart_only_tables(path);
     let notifier = ops::Notifier::from_env();
     loop {
-        let Some(mut pipeline) = start_when_disk_has_room(&config, &key, &mut signals).await?
+        let Some(mut pipeline) =
+            start_when_disk_has_room(&config, &key, &mut signals, &notifier).await?
         else {
             notifier.stopping();
             return Ok(ExitCode::SUCCESS);
@@ -42,6 +43,7 @@ pub async fn run(path: &Path) -> anyhow::Result<ExitCode> {
             tokio::time::interval(watchdog.map_or(Duration::from_secs(3600), |w| w / 2));
         let mut status_tick = tokio::time::interval(STATUS_EVERY);
         let mut sweep_tick = tokio::time::interval(Duration::from_secs(3600));
+        let mut resume_tick = tokio::time::interval(Duration::from_secs(5));
         sweep_tick.tick().await; // the start swept already
         let mut liveness = Liveness::default();
         let mut stuck_said = false;
@@ -72,12 +74,20 @@ pub async fn run(path: &Path) -> anyhow::Result<ExitCode> {
                     }
                 }
                 _ = sweep_tick.tick() => pipeline.sweep_orphan_checkpoints(),
+                // A source a reload changed whose old thread took long to stop.
+                _ = resume_tick.tick() => {
+                    for problem in pipeline.start_missing_sources() {
+                        error!("{problem}");
+                    }
+                }
                 _ = status_tick.tick(), if notifier.enabled() => {
                     notifier.status(&pipeline.status_line());
                 }
             }
         };
-        notifier.stopping();
+        if !outcome.as_ref().is_err_and(is_disk_full) {
+            notifier.stopping();
+        }
         // The flusher gives requests in flight shutdown_timeout; this is the backstop.
         let stopped = pipeline
             .stop(config.delivery.shutdown_timeout + Duration::from_secs(5))
@@ -123,6 +133,7 @@ async fn start_when_disk_has_room(
     config: &Config,
     key: &config::ApiKey,
     signals: &mut ops::StopSignals,
+    notifier: &ops::Notifier,
 ) -> anyhow::Result<Option<Pipeline>> {
     let mut warned = false;
     loop {
@@ -133,6 +144,10 @@ async fn start_when_disk_has_room(
                     error!("disk full: {e}; retrying every 5 s until space is freed");
                     warned = true;
                 }
+                // Up and waiting, not failed: systemd neither times the
+                // start out nor kills a silent watchdog meanwhile.
+                notifier.ready("waiting: the state's disk is full");
+                notifier.watchdog();
             }
             Err(e) => return Err(e),
         }

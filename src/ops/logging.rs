@@ -109,8 +109,17 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> std::fmt::Result {
-        write!(writer, "<{}>", priority(event.metadata().level()))?;
-        self.0.format_event(ctx, writer, event)
+        // journald makes each line an entry: a message of several lines
+        // (an error chain, a child's stderr) stays one, newlines escaped.
+        let mut line = String::new();
+        self.0.format_event(ctx, Writer::new(&mut line), event)?;
+        let body = line.strip_suffix('\n').unwrap_or(&line);
+        writeln!(
+            writer,
+            "<{}>{}",
+            priority(event.metadata().level()),
+            body.replace('\n', "\\n")
+        )
     }
 }
 

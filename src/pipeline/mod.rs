@@ -174,12 +174,13 @@ impl Pipeline {
     /// redaction and defaults it uses) keeps running; one removed stops;
     /// one added starts; one changed stops and starts again with its new
     /// settings, where it was (positions are per source name, in the
-    /// queue). The state directory and the tenant need a restart. On an
-    /// error in the new delivery settings nothing changes; a source that
-    /// fails to stop or to start is named in the error, the rest applied.
-    pub async fn reload(&mut self, config: &Config, key: &ApiKey) -> anyhow::Result<()> {
-        let settings =
-            Reload::new(config, key).context("refused; the running configuration stays")?;
+    /// queue). The state directory, the tenant and the queue's cache need a
+    /// restart. Err: the new delivery settings are refused and nothing
+    /// changed. Ok: applied, but for the problems listed (a source that
+    /// did not stop within the bound is asked to, and started again with
+    /// its new settings at a later reload once it has).
+    pub async fn reload(&mut self, config: &Config, key: &ApiKey) -> anyhow::Result<Vec<String>> {
+        let settings = Reload::new(config, key)?;
         self.queue.set_bound(
             config.queue.max_bytes.0,
             config.queue.when_full == crate::config::WhenFull::DropOldest,
@@ -187,55 +188,55 @@ impl Pipeline {
         self.queue
             .set_dead_letter_bound(config.queue.dead_letter_max_bytes.0)?;
         *self.reload.lock().unwrap_or_else(|p| p.into_inner()) = Some(settings);
-        self.reload_sources(config).await
+        Ok(self.reload_sources(config).await)
     }
 
-    async fn reload_sources(&mut self, config: &Config) -> anyhow::Result<()> {
+    async fn reload_sources(&mut self, config: &Config) -> Vec<String> {
         let stages_changed = stage_inputs(&self.applied) != stage_inputs(config);
-        let mut problems = Vec::new();
-        // Removed or changed: stop first, so a changed one never reads
-        // beside its new self.
-        let mut i = 0;
-        while i < self.sources.running.len() {
-            let r = &self.sources.running[i];
-            let Some(old) = &r.config else {
-                i += 1;
-                continue;
-            };
-            let new = config.sources.iter().find(|s| s.name.get_ref() == &r.name);
-            if new.is_some_and(|n| n == old) && !stages_changed {
-                i += 1;
-                continue;
-            }
-            let name = r.name.clone();
-            match self.sources.stop_one(i, SOURCE_STOP_BOUND).await {
-                Ok(()) => info!(source = %name, "source stopped by the reload"),
-                Err(e) => {
-                    problems.push(e);
-                    i += 1;
+        // Removed or changed: all asked at once, then waited for under one
+        // bound, so a changed source never reads beside its new self.
+        let to_stop: Vec<usize> = self
+            .sources
+            .running
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| match &r.config {
+                None => false,
+                Some(old) => {
+                    let new = config.sources.iter().find(|s| s.name.get_ref() == &r.name);
+                    stages_changed || new != Some(old)
                 }
-            }
-        }
+            })
+            .map(|(i, _)| i)
+            .collect();
+        let mut problems = self.sources.stop(&to_stop, SOURCE_STOP_BOUND).await;
+        self.applied = config.clone();
+        problems.extend(self.start_missing_sources());
+        self.sweep_orphan_checkpoints();
+        problems
+    }
+
+    /// Starts each source of the applied configuration that does not run:
+    /// added by a reload, or changed by one while its old thread had not
+    /// stopped yet (stuck, or waiting for room in a full queue), which
+    /// `run` calls this again for until it has. Returns what failed.
+    pub fn start_missing_sources(&mut self) -> Vec<String> {
+        self.sources.forget_stopped();
+        let mut problems = Vec::new();
+        let config = &self.applied;
         for source_config in &config.sources {
             let name = source_config.name.get_ref();
             if self.sources.running.iter().any(|r| &r.name == name) {
                 continue;
             }
-            match build_source(config, source_config, &self.queue) {
-                Ok(started) => {
-                    self.sources.spawn(started, Some(source_config.clone()))?;
-                    info!(source = %name, "source started by the reload");
-                }
+            match build_source(config, source_config, &self.queue)
+                .and_then(|started| self.sources.spawn(started, Some(source_config.clone())))
+            {
+                Ok(()) => info!(source = %name, "source started by the reload"),
                 Err(e) => problems.push(format!("{e:#}")),
             }
         }
-        self.applied = config.clone();
-        self.sweep_orphan_checkpoints();
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            anyhow::bail!("applied but for: {}", problems.join("; "))
-        }
+        problems
     }
 
     /// Whether every source and the flusher showed a sign of life (their

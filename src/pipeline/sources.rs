@@ -118,23 +118,42 @@ impl Sources {
         self.running.iter().all(|r| r.thread.is_finished())
     }
 
-    /// Stops the source at `index` and waits up to `bound` for its thread.
-    /// Err (and the source stays listed, stopping) when it did not end: a
-    /// new instance must not read beside it.
-    pub(super) async fn stop_one(&mut self, index: usize, bound: Duration) -> Result<(), String> {
-        let r = &self.running[index];
-        r.stop.store(true, Ordering::SeqCst);
+    /// Stops the sources at `indexes` (asked at once) and waits up to
+    /// `bound` for their threads. Those that ended are removed; each one
+    /// still running is named in the result and stays listed, marked as
+    /// stopping, until [`Sources::forget_stopped`] finds it ended: a new
+    /// instance must not read beside it.
+    pub(super) async fn stop(&mut self, indexes: &[usize], bound: Duration) -> Vec<String> {
+        for &i in indexes {
+            self.running[i].stop.store(true, Ordering::SeqCst);
+        }
         let deadline = tokio::time::Instant::now() + bound;
-        while !r.thread.is_finished() {
-            if tokio::time::Instant::now() >= deadline {
-                return Err(format!(
-                    "source `{}` did not stop within {bound:?} (stuck reading?)",
+        while indexes
+            .iter()
+            .any(|&i| !self.running[i].thread.is_finished())
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut problems = Vec::new();
+        for &i in indexes {
+            let r = &self.running[i];
+            if r.thread.is_finished() {
+                tracing::info!(source = %r.name, "source stopped by the reload");
+            } else {
+                problems.push(format!(
+                    "source `{}` did not stop within {bound:?} (stuck reading, or waiting for room in a full queue)",
                     r.name
                 ));
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        self.running.remove(index);
-        Ok(())
+        self.forget_stopped();
+        problems
+    }
+
+    /// Removes the sources asked to stop whose threads have ended.
+    pub(super) fn forget_stopped(&mut self) {
+        self.running
+            .retain(|r| !(r.stop.load(Ordering::SeqCst) && r.thread.is_finished()));
     }
 }

@@ -156,6 +156,9 @@ pub fn access(config: &SourceConfig) -> std::io::Result<Access> {
     let out = command
         .stdin(Stdio::null())
         .env("SYSTEMD_COLORS", "0")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID")
         .output()?;
     let said = String::from_utf8_lossy(&out.stderr).trim().to_string();
     Ok(classify_access(out.status.success(), &said))

@@ -56,7 +56,7 @@ pub async fn reload(
     };
     // Applied, perhaps but for a source: the rest of the reload goes on.
     for problem in &problems {
-        error!("reload: {problem}; it applies at a later reload once the source has stopped");
+        error!("reload: {problem}; its new settings apply as soon as it has stopped");
     }
     thoth_ingest::stage::provenance::reread_host();
     let now = restart_only_tables(path);

@@ -177,8 +177,8 @@ impl Pipeline {
     /// queue). The state directory, the tenant and the queue's cache need a
     /// restart. Err: the new delivery settings are refused and nothing
     /// changed. Ok: applied, but for the problems listed (a source that
-    /// did not stop within the bound is asked to, and started again with
-    /// its new settings at a later reload once it has).
+    /// did not stop within the bound stays asked to, and its new self
+    /// starts once it has: see [`Pipeline::start_missing_sources`]).
     pub async fn reload(&mut self, config: &Config, key: &ApiKey) -> anyhow::Result<Vec<String>> {
         let settings = Reload::new(config, key)?;
         self.queue.set_bound(

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use crate::config::{Config, SourceConfig, SourceKind, UserIdFrom};
 use crate::event::TimeWindow;
 use crate::parse::{clean_line, parse_counted, EventBuf, ParseStats, Parser, Record};
-use crate::queue::Queue;
+use crate::queue::{Queue, RoomWait};
 use crate::source::file::FileSource;
 use crate::source::journald::JournaldSource;
 use crate::source::{KeyValue, ReadStats, RecordIn, Sink, SinkError, Source, StreamSlot};
@@ -79,6 +79,8 @@ pub struct Stage {
     metadata_of: Option<u64>,
     /// A file's owner is the `user_id` of its events (`user_id_from`).
     user_from_owner: bool,
+    /// The source's stop flag: a commit waiting for room gives up on it.
+    stop: Option<Arc<AtomicBool>>,
 }
 
 impl Stage {
@@ -107,6 +109,7 @@ impl Stage {
             stream_origins: HashMap::new(),
             metadata_of: None,
             user_from_owner: false,
+            stop: None,
         }
     }
 
@@ -125,6 +128,12 @@ impl Stage {
 
     /// Makes each file's owner the `user_id` of its events (with a
     /// provenance, which resolves owners).
+    /// Gives a commit waiting for room the source's stop flag to end on.
+    pub fn with_stop(mut self, stop: Arc<AtomicBool>) -> Stage {
+        self.stop = Some(stop);
+        self
+    }
+
     pub fn with_user_from_owner(mut self, on: bool) -> Stage {
         self.user_from_owner = on;
         self
@@ -266,9 +275,15 @@ impl Sink for Stage {
 
     fn commit(&mut self, key: &[u8], checkpoint: &[u8]) -> Result<(), SinkError> {
         match &self.store {
-            Store::Queue(queue) => queue
-                .commit(&self.events, key, checkpoint)
-                .map_err(store_error)?,
+            Store::Queue(queue) => {
+                let wait = RoomWait {
+                    stop: self.stop.as_deref(),
+                    waiting: Some(&self.stats.read.waiting_for_room),
+                };
+                queue
+                    .commit_waiting(&self.events, key, checkpoint, wait)
+                    .map_err(store_error)?
+            }
             Store::DryRun(_) => self.put_checkpoint(key, checkpoint)?,
         }
         self.events.clear();
@@ -361,7 +376,8 @@ pub fn file_source(
     let stage = Stage::new(parser, queue, stats.clone())
         .with_max_event_bytes(config.redaction.event_bound(&config.delivery))
         .with_provenance(provenance(config))
-        .with_user_from_owner(source.user_id_from == Some(UserIdFrom::FileOwner));
+        .with_user_from_owner(source.user_id_from == Some(UserIdFrom::FileOwner))
+        .with_stop(shutdown.clone());
     Ok(FileSource::new(
         source.clone(),
         Box::new(stage),
@@ -385,7 +401,8 @@ pub fn source(
             let parser = crate::parse::build(config, source)?;
             let stage = Stage::new(parser, queue, stats.clone())
                 .with_max_event_bytes(config.redaction.event_bound(&config.delivery))
-                .with_provenance(provenance(config));
+                .with_provenance(provenance(config))
+                .with_stop(shutdown.clone());
             Box::new(JournaldSource::new(
                 source.clone(),
                 Box::new(stage),

@@ -66,46 +66,6 @@ fn sighup_reloads_the_key_file_and_retries_at_once() {
     assert!(terminate(&mut daemon).success());
 }
 
-/// A config of file sources, one per `(name, folder, extra)`, each over
-/// `<folder>/*.jsonl`.
-fn sources_config(dir: &std::path::Path, receiver: &str, sources: &[(&str, &str, &str)]) -> String {
-    let mut text = format!(
-        r#"
-[api]
-base_url = "http://{receiver}"
-tenant_id = "it-tenant"
-[state]
-dir = "{state}"
-[delivery]
-requests_per_minute = 100000
-linger = "100ms"
-"#,
-        state = dir.join("state").display()
-    );
-    for (name, folder, extra) in sources {
-        let logs = dir.join(folder);
-        std::fs::create_dir_all(&logs).unwrap();
-        text.push_str(&format!(
-            "[[sources]]\nname = \"{name}\"\ntype = \"file\"\ninclude = [\"{}/*.jsonl\"]\nparser = \"json\"\npoll_interval = \"50ms\"\n{extra}\n",
-            logs.display()
-        ));
-    }
-    text
-}
-
-/// For each seq, the user of each time it arrived.
-fn arrivals(receiver: &ReceiverProc) -> std::collections::BTreeMap<u64, Vec<String>> {
-    let mut by_seq = std::collections::BTreeMap::<u64, Vec<String>>::new();
-    for e in receiver.stored() {
-        let seq = e["metadata"]["seq"].as_u64().unwrap();
-        by_seq
-            .entry(seq)
-            .or_default()
-            .push(e["user_id"].as_str().unwrap_or("").to_string());
-    }
-    by_seq
-}
-
 /// SIGHUP with a new set of sources: one kept as it was reads on, one
 /// removed stops reading, one added starts, one changed goes on from its
 /// position with its new settings; no line is lost or sent twice.
@@ -215,4 +175,160 @@ fn an_invalid_reload_keeps_the_running_sources() {
     append_lines(&log, 50..100);
     wait_seqs(&receiver, 100, Duration::from_secs(30));
     assert!(terminate(&mut daemon).success());
+}
+
+/// Waits until a line of the log at `path` holds every one of `needles`;
+/// panics with the log after `timeout`.
+fn wait_log_line(path: &std::path::Path, needles: &[&str], timeout: Duration) {
+    let start = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.lines().any(|l| needles.iter().all(|n| l.contains(n))) {
+            return;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "no line with {needles:?} within {timeout:?}:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// With the queue full and delivery refused, every source's commit waits
+/// for room. The watchdog still hears from the daemon (paused by design is
+/// not stuck); a reload stops the removed and changed sources at once
+/// (their waiting commits give up, nothing committed) and starts the
+/// changed and added ones; once delivery resumes every line of a kept,
+/// changed or added source arrives once, and the removed source's lines
+/// arrive as a prefix, each once.
+#[test]
+fn a_reload_under_a_full_queue_stops_and_starts_sources_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = ReceiverProc::start(dir.path(), &["--api-key", RIGHT]);
+    let key_file = dir.path().join("api-key");
+    std::fs::write(&key_file, format!("{WRONG}\n")).unwrap();
+    let config = dir.path().join("config.toml");
+    let write = |sources: &[(&str, &str, &str)]| {
+        let text = sources_config(dir.path(), &receiver.addr, sources)
+            .replace(
+                "[api]\n",
+                &format!("[api]\napi_key_file = \"{}\"\n", key_file.display()),
+            )
+            .replace("[state]\n", "[queue]\nmax_bytes = \"64KiB\"\n[state]\n");
+        std::fs::write(&config, text).unwrap();
+    };
+    write(&[
+        ("kept", "kept", ""),
+        ("changed", "changed", "user_id = \"before\""),
+        ("removed", "removed", ""),
+    ]);
+    let file = |folder: &str| dir.path().join(folder).join("a.jsonl");
+    std::fs::create_dir_all(dir.path().join("added")).unwrap();
+    append_lines(&file("added"), 30_000..30_100);
+    append_lines(&file("kept"), 0..3000);
+    let log = dir.path().join("stderr.log");
+    let sock = NotifySocket::bind(dir.path());
+    let mut daemon = start_daemon_cmd(&config, |c| {
+        c.env("RUST_LOG", "thoth_ingest=info")
+            .env("NOTIFY_SOCKET", &sock.path)
+            .env("WATCHDOG_USEC", "2000000")
+            .env_remove("WATCHDOG_PID")
+            .stderr(std::fs::File::create(&log).unwrap());
+    });
+    // The first commit goes in whole (an empty queue takes any commit)
+    // and is refused delivery; every commit after it waits for room.
+    let start = Instant::now();
+    while !receiver.stats().status.contains_key(&401) {
+        assert!(start.elapsed() < Duration::from_secs(20), "no 401 seen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    append_lines(&file("changed"), 10_000..10_500);
+    append_lines(&file("removed"), 20_000..20_500);
+    append_lines(&file("kept"), 3000..3100);
+    // Each source's waiting commit says so once.
+    let start = Instant::now();
+    while std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .matches("queue full")
+        .count()
+        < 3
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "not every source waits"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Pings at about 1 s go on while every source waits for room.
+    let mut seen = Vec::new();
+    let pings = Instant::now();
+    for _ in 0..4 {
+        sock.wait_for("WATCHDOG=1", Duration::from_secs(3), &mut seen)
+            .unwrap_or_else(|| panic!("no WATCHDOG=1 while paused; seen {seen:?}"));
+    }
+    assert!(pings.elapsed() < Duration::from_secs(6), "{seen:?}");
+
+    write(&[
+        ("kept", "kept", ""),
+        ("changed", "changed", "user_id = \"after\""),
+        ("added", "added", ""),
+    ]);
+    signal(&daemon, libc::SIGHUP);
+    let bound = Duration::from_secs(5);
+    wait_log_line(&log, &["source stopped by the reload", "removed"], bound);
+    wait_log_line(&log, &["source started by the reload", "changed"], bound);
+    wait_log_line(&log, &["source started by the reload", "added"], bound);
+    assert!(daemon.try_wait().unwrap().is_none(), "the daemon ended");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains("still stopping"), "{text}");
+
+    std::fs::write(&key_file, format!("{RIGHT}\n")).unwrap();
+    signal(&daemon, libc::SIGHUP);
+    let expect: std::collections::BTreeSet<u64> = (0..3100)
+        .chain(10_000..10_500)
+        .chain(30_000..30_100)
+        .collect();
+    let start = Instant::now();
+    while !stored_seqs(&receiver).is_superset(&expect) {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{} of {} lines arrived",
+            stored_seqs(&receiver).intersection(&expect).count(),
+            expect.len()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(terminate(&mut daemon).success());
+
+    let by_seq = arrivals(&receiver);
+    for (seq, users) in &by_seq {
+        assert_eq!(users.len(), 1, "seq {seq} arrived {} times", users.len());
+    }
+    let removed: Vec<u64> = by_seq
+        .keys()
+        .copied()
+        .filter(|s| (20_000..30_000).contains(s))
+        .collect();
+    assert_eq!(
+        removed,
+        (20_000..20_000 + removed.len() as u64).collect::<Vec<_>>(),
+        "the removed source's lines are not a prefix"
+    );
+    let others: Vec<u64> = by_seq
+        .keys()
+        .copied()
+        .filter(|s| !(20_000..30_000).contains(s))
+        .collect();
+    assert_eq!(others, expect.into_iter().collect::<Vec<_>>());
+    // The changed source committed nothing before the reload (the queue
+    // was full): all of it went through its new self.
+    assert!(
+        (10_000..10_500).all(|s| by_seq[&s] == ["after"]),
+        "changed: {:?}",
+        (10_000..10_500)
+            .map(|s| &by_seq[&s][0])
+            .collect::<std::collections::BTreeSet<_>>()
+    );
+    eprintln!("removed source: {} of 500 lines arrived", removed.len());
 }

@@ -102,40 +102,6 @@ fn log_format_json_writes_one_object_a_line() {
     assert!(saw_loaded, "{text}");
 }
 
-/// A service manager's notify socket: the datagrams the daemon sends.
-struct NotifySocket {
-    socket: std::os::unix::net::UnixDatagram,
-    path: std::path::PathBuf,
-}
-
-impl NotifySocket {
-    fn bind(dir: &Path) -> NotifySocket {
-        let path = dir.join("notify.sock");
-        let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
-        socket
-            .set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
-        NotifySocket { socket, path }
-    }
-
-    /// Messages until one contains `want`, or None after `timeout`; every
-    /// message seen on the way is appended to `seen`.
-    fn wait_for(&self, want: &str, timeout: Duration, seen: &mut Vec<String>) -> Option<String> {
-        let deadline = Instant::now() + timeout;
-        let mut buf = vec![0u8; 4096];
-        while Instant::now() < deadline {
-            if let Ok(n) = self.socket.recv(&mut buf) {
-                let msg = String::from_utf8_lossy(&buf[..n]).to_string();
-                seen.push(msg.clone());
-                if msg.lines().any(|l| l == want || l.starts_with(want)) {
-                    return Some(msg);
-                }
-            }
-        }
-        None
-    }
-}
-
 fn notifying_daemon(dir: &Path, sock: &NotifySocket, hook: Option<&str>) -> (Daemon, ReceiverProc) {
     let rx = ReceiverProc::start(dir, &[]);
     let config = write_config(dir, &rx.addr, "");

@@ -79,7 +79,7 @@ fn journal_state(source: &SourceConfig) -> Result<String, String> {
         Some(dir) => format!("journal directory {}", dir.display()),
         None => "the system journal".to_string(),
     };
-    match journald::child::access(source).map_err(|e| journalctl_error(source, e))? {
+    match journald::child::access(source, &|| {}).map_err(|e| journalctl_error(source, e))? {
         Access::Readable => {
             let n =
                 journald::child::count_entries(source).map_err(|e| journalctl_error(source, e))?;

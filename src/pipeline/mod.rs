@@ -241,23 +241,24 @@ impl Pipeline {
 
     /// Whether every source and the flusher showed a sign of life (their
     /// loops turned, a source read) since the check that filled `last`; a
-    /// source whose commit waits for room in a full queue is paused by
-    /// design. Err names one that did not. The first check only records.
+    /// source whose commit waits for room in a full queue (or for disk
+    /// space) is paused by design. Err names one that did not. The first
+    /// check only records.
     pub fn check_liveness(&self, last: &mut Liveness) -> Result<(), String> {
-        let sources: Vec<(String, (u64, u64))> = self
+        let sources: Vec<(String, (u64, u64), bool)> = self
             .sources()
             .map(|(name, s)| {
                 let signs = (
                     s.read.heartbeat.load(Ordering::Relaxed),
                     s.read.bytes_read.load(Ordering::Relaxed),
                 );
-                (name.to_string(), signs)
+                let paused = s.read.waiting_for_room.load(Ordering::Relaxed);
+                (name.to_string(), signs, paused)
             })
             .collect();
         let flusher = self.flush_stats.heartbeat.load(Ordering::Relaxed);
         let mut stuck = None;
-        let paused = self.queue.commits_waiting_for_room();
-        for (name, now) in &sources {
+        for (name, now, paused) in &sources {
             // A source started since the last check is judged at the next.
             let then = last.sources.iter().find(|(n, _)| n == name).map(|(_, s)| s);
             if then == Some(now) && !paused {
@@ -268,7 +269,7 @@ impl Pipeline {
             stuck = Some("the flusher has not turned its loop".to_string());
         }
         *last = Liveness {
-            sources,
+            sources: sources.into_iter().map(|(n, s, _)| (n, s)).collect(),
             flusher: Some(flusher),
         };
         stuck.map_or(Ok(()), Err)

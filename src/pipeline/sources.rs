@@ -64,6 +64,7 @@ impl Sources {
         } = started;
         let fail = self.failures.clone();
         let source_name = name.clone();
+        let stopped = stop.clone();
         let thread = std::thread::Builder::new()
             .name(format!("src-{name}"))
             .spawn(move || {
@@ -71,6 +72,12 @@ impl Sources {
                     source.run_until_shutdown()
                 })) {
                     Ok(Ok(())) => {}
+                    // Its commit gave up waiting for room because it was
+                    // asked to stop: nothing was committed, its checkpoint
+                    // did not move, and its next self reads on from there.
+                    Ok(Err(e)) if stopped.load(Ordering::SeqCst) && ended_by_closing(&e) => {
+                        tracing::debug!(source = %source_name, "stopped while waiting for room in the queue");
+                    }
                     Ok(Err(e)) => {
                         let _ = fail.send(anyhow::Error::new(e));
                     }
@@ -155,5 +162,17 @@ impl Sources {
     pub(super) fn forget_stopped(&mut self) {
         self.running
             .retain(|r| !(r.stop.load(Ordering::SeqCst) && r.thread.is_finished()));
+    }
+}
+
+/// Whether a source ended because its commit was refused by a closing queue
+/// (or its own stop flag), not by a fault.
+fn ended_by_closing(e: &crate::source::SourceError) -> bool {
+    match e {
+        crate::source::SourceError::Store { err, .. } => matches!(
+            err.0.downcast_ref::<crate::queue::QueueError>(),
+            Some(crate::queue::QueueError::Closing)
+        ),
+        _ => false,
     }
 }

@@ -2,7 +2,7 @@
 //! for room or, with `drop_oldest`, drops the oldest undelivered chunks and
 //! counts their events.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
@@ -18,22 +18,20 @@ impl Queue {
         self.drop_oldest.store(drop_oldest, Ordering::Relaxed);
     }
 
-    /// Whether a commit waits for room now (its source is paused by
-    /// backpressure).
-    pub fn commits_waiting_for_room(&self) -> bool {
-        self.waiting_for_room.load(Ordering::Relaxed) > 0
-    }
-
     /// Events dropped by `when_full = "drop_oldest"` since the queue was opened.
     pub fn dropped_events(&self) -> u64 {
         self.dropped_events.load(Ordering::Relaxed)
     }
 
     /// Waits until `incoming` more bytes fit under the bound (or drops the
-    /// oldest chunks to make room, if so configured).
-    pub(super) fn wait_for_room(&self, incoming: u64) -> Result<(), QueueError> {
+    /// oldest chunks to make room, if so configured). Err(Closing) when the
+    /// queue closes or the committer's own stop flag is raised meanwhile.
+    pub(super) fn wait_for_room(
+        &self,
+        incoming: u64,
+        wait: &mut Waiting<'_>,
+    ) -> Result<(), QueueError> {
         let mut warned = false;
-        let _waiting = WaitingForRoom::enter(&self.waiting_for_room);
         loop {
             let max = self.max_bytes.load(Ordering::Relaxed);
             let queued = self.queued_bytes();
@@ -45,9 +43,10 @@ impl Queue {
                 self.drop_oldest_chunk()?;
                 continue;
             }
-            if self.is_closing() {
+            if self.is_closing() || wait.stopped() {
                 return Err(QueueError::Closing);
             }
+            wait.mark();
             if !warned {
                 tracing::warn!(
                     queued_bytes = queued,
@@ -123,19 +122,46 @@ impl Queue {
     }
 }
 
-/// Counts a commit in [`Queue::wait_for_room`] while it is there.
-struct WaitingForRoom<'a>(&'a std::sync::atomic::AtomicU64);
+/// What a commit that must wait (for room under the bound, or for disk
+/// space) watches: its committer's stop flag, which ends the wait, and a
+/// mark it raises while it waits (a source paused by design, not stuck).
+#[derive(Clone, Copy, Default)]
+pub struct RoomWait<'a> {
+    pub stop: Option<&'a AtomicBool>,
+    pub waiting: Option<&'a AtomicBool>,
+}
 
-impl<'a> WaitingForRoom<'a> {
-    fn enter(count: &'a std::sync::atomic::AtomicU64) -> Self {
-        count.fetch_add(1, Ordering::Relaxed);
-        WaitingForRoom(count)
+/// A [`RoomWait`] in use: lowers the mark it raised when the commit goes on.
+pub(super) struct Waiting<'a> {
+    wait: RoomWait<'a>,
+    marked: bool,
+}
+
+impl<'a> Waiting<'a> {
+    pub(super) fn new(wait: RoomWait<'a>) -> Self {
+        Waiting {
+            wait,
+            marked: false,
+        }
+    }
+
+    pub(super) fn stopped(&self) -> bool {
+        self.wait.stop.is_some_and(|s| s.load(Ordering::SeqCst))
+    }
+
+    pub(super) fn mark(&mut self) {
+        if let (false, Some(mark)) = (self.marked, self.wait.waiting) {
+            mark.store(true, Ordering::Relaxed);
+            self.marked = true;
+        }
     }
 }
 
-impl Drop for WaitingForRoom<'_> {
+impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        if let (true, Some(mark)) = (self.marked, self.wait.waiting) {
+            mark.store(false, Ordering::Relaxed);
+        }
     }
 }
 
@@ -188,6 +214,37 @@ mod tests {
             "checkpoint did not move"
         );
         assert_eq!(q.dropped_events(), 0);
+    }
+
+    #[test]
+    fn a_waiting_commit_is_marked_and_gives_up_on_its_own_stop_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Arc::new(Queue::open(dir.path(), 8 << 20).unwrap());
+        q.set_bound(10_000, false);
+        q.commit(&events(10, "a"), b"src", b"1").unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let mark = Arc::new(AtomicBool::new(false));
+        let waiting = {
+            let (q, stop, mark) = (q.clone(), stop.clone(), mark.clone());
+            std::thread::spawn(move || {
+                let wait = RoomWait {
+                    stop: Some(&stop),
+                    waiting: Some(&mark),
+                };
+                q.commit_waiting(&events(10, "b"), b"src", b"2", wait)
+            })
+        };
+        let start = std::time::Instant::now();
+        while !mark.load(Ordering::Relaxed) {
+            assert!(start.elapsed().as_secs() < 10, "the wait is not marked");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        stop.store(true, Ordering::SeqCst);
+        assert!(matches!(waiting.join().unwrap(), Err(QueueError::Closing)));
+        assert!(!mark.load(Ordering::Relaxed), "the mark outlived the wait");
+        assert!(!q.is_closing(), "one committer's stop closes nothing else");
+        assert_eq!(q.checkpoint(b"src").unwrap().as_deref(), Some(&b"1"[..]));
+        assert_eq!(q.pending_events(), 10);
     }
 
     #[test]

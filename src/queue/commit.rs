@@ -8,6 +8,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 
 use crate::event::{EventBuf, Timestamp};
 
+use super::bound::{RoomWait, Waiting};
 use super::chunk::{chunk_header, Pointer, CHUNK_TARGET_BYTES, HEADER_LEN, POINTER_LEN};
 use super::disk::{free_bytes, DISK_RESERVE_BYTES};
 use super::segments::{write_all_vectored_at, SEGMENT_MAX_BYTES};
@@ -17,7 +18,20 @@ impl Queue {
     /// Appends `events` and sets checkpoint `key` to `value` atomically, and
     /// returns once both are on disk.
     pub fn commit(&self, events: &EventBuf, key: &[u8], value: &[u8]) -> Result<(), QueueError> {
-        self.commit_removing_dead(events, key, value, &[])
+        self.commit_removing_dead(events, key, value, &[], RoomWait::default())
+    }
+
+    /// [`commit`](Self::commit) for a source: a wait for room or disk space
+    /// ends (Err(Closing), nothing committed) when `wait.stop` is raised,
+    /// and raises `wait.waiting` while it lasts.
+    pub fn commit_waiting(
+        &self,
+        events: &EventBuf,
+        key: &[u8],
+        value: &[u8],
+        wait: RoomWait<'_>,
+    ) -> Result<(), QueueError> {
+        self.commit_removing_dead(events, key, value, &[], wait)
     }
 
     /// [`commit`](Self::commit), also removing the dead letters `dead` in
@@ -28,7 +42,9 @@ impl Queue {
         key: &[u8],
         value: &[u8],
         dead: &[u64],
+        wait: RoomWait<'_>,
     ) -> Result<(), QueueError> {
+        let mut wait = Waiting::new(wait);
         let committed_at = Timestamp::now();
         // Cut the events into chunks and build their headers outside the lock.
         let mut headers: Vec<Vec<u8>> = Vec::new();
@@ -52,7 +68,7 @@ impl Queue {
             spans.push((total, len, ((h.len() - HEADER_LEN) / 4) as u32));
             total += u64::from(len);
         }
-        self.wait_for_room(total)?;
+        self.wait_for_room(total, &mut wait)?;
         let mut warned = false;
         // The segment lock is not held while the disk is full, so deliveries
         // (and their acknowledgements, which free space) go on meanwhile.
@@ -61,7 +77,7 @@ impl Queue {
             // does: keep its reserve.
             let free = free_bytes(&self.dir);
             if free.is_some_and(|f| f < DISK_RESERVE_BYTES.saturating_add(total)) {
-                self.pause_on_full_disk(&mut warned, free)?;
+                self.pause_on_full_disk(&mut warned, free, &mut wait)?;
                 continue;
             }
             let mut segments = self.segments.lock().unwrap_or_else(|p| p.into_inner());
@@ -92,7 +108,7 @@ impl Queue {
                     // past the segment's end are rewritten on the next try.
                     Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => {
                         drop(segments);
-                        self.pause_on_full_disk(&mut warned, free)?;
+                        self.pause_on_full_disk(&mut warned, free, &mut wait)?;
                         continue;
                     }
                     Err(e) => return Err(self.io(e)),

@@ -161,7 +161,13 @@ impl Queue {
         let n = Timestamp::now().unix_micros.to_le_bytes();
         let keys: Vec<u64> = letters.iter().map(|(key, _)| *key).collect();
         // One transaction: a crash leaves them either dead or queued, never both.
-        self.commit_removing_dead(&events, b"dead-letter/retried-at", &n, &keys)?;
+        self.commit_removing_dead(
+            &events,
+            b"dead-letter/retried-at",
+            &n,
+            &keys,
+            super::RoomWait::default(),
+        )?;
         self.recount_dead_bytes()?;
         Ok(letters.len())
     }

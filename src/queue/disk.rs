@@ -61,10 +61,12 @@ impl Queue {
         &self,
         warned: &mut bool,
         free: Option<u64>,
+        wait: &mut super::bound::Waiting<'_>,
     ) -> Result<(), QueueError> {
-        if self.is_closing() {
+        if self.is_closing() || wait.stopped() {
             return Err(QueueError::Closing);
         }
+        wait.mark();
         if !*warned {
             tracing::error!(dir = %self.dir.display(), free_bytes = free, reserve_bytes = DISK_RESERVE_BYTES,
                 "disk full: reading paused until space is freed");

@@ -54,6 +54,7 @@ mod ranges;
 mod segments;
 
 pub use batch::{Batch, Piece};
+pub use bound::RoomWait;
 pub use chunk::CHUNK_TARGET_BYTES;
 pub use dead_letter::{DeadLetter, DeadReason};
 pub use disk::{is_disk_full, DISK_RESERVE_BYTES};
@@ -114,9 +115,6 @@ pub struct Queue {
     acked_events: AtomicU64,
     dead_events: AtomicU64,
     dropped_events: AtomicU64,
-    /// Commits waiting for room under the bound now (sources paused by
-    /// backpressure: idle by design, not stuck).
-    waiting_for_room: AtomicU64,
     /// Bound on `queued_bytes`, and what to do at it.
     max_bytes: AtomicU64,
     drop_oldest: std::sync::atomic::AtomicBool,
@@ -279,7 +277,6 @@ impl Queue {
             acked_events: AtomicU64::new(0),
             dead_events: AtomicU64::new(0),
             dropped_events: AtomicU64::new(0),
-            waiting_for_room: AtomicU64::new(0),
             max_bytes: AtomicU64::new(u64::MAX),
             drop_oldest: std::sync::atomic::AtomicBool::new(false),
             closing: std::sync::atomic::AtomicBool::new(false),

@@ -106,6 +106,9 @@ pub struct ReadStats {
     /// Bumped each time the source's loop turns (at least once a second
     /// while it runs, idle or not): the watchdog's sign of life.
     pub heartbeat: AtomicU64,
+    /// Raised while a commit of this source waits for room in a full queue
+    /// or for disk space: paused by design, not stuck.
+    pub waiting_for_room: AtomicBool,
 }
 
 impl ReadStats {

@@ -99,15 +99,12 @@ pub fn write_config_with(dir: &Path, receiver: &str, delivery: &str) -> PathBuf 
     config
 }
 
-/// Writes a config for one file source over `logs/*.jsonl`.
-pub fn write_config(dir: &Path, receiver: &str, extra: &str) -> PathBuf {
-    let logs = dir.join("logs");
-    std::fs::create_dir_all(&logs).unwrap();
-    let config = dir.join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
+/// The `[api]`, `[state]` and `[delivery]` tables every test config starts
+/// with: the receiver at `receiver`, state in `<dir>/state`, no budget in
+/// the way, a short linger.
+pub fn config_header(dir: &Path, receiver: &str) -> String {
+    format!(
+        r#"
 [api]
 base_url = "http://{receiver}"
 tenant_id = "it-tenant"
@@ -116,7 +113,20 @@ dir = "{state}"
 [delivery]
 requests_per_minute = 100000
 linger = "100ms"
-[[sources]]
+"#,
+        state = dir.join("state").display(),
+    )
+}
+
+/// Writes a config for one file source over `logs/*.jsonl`.
+pub fn write_config(dir: &Path, receiver: &str, extra: &str) -> PathBuf {
+    let logs = dir.join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"{header}[[sources]]
 name = "agents"
 type = "file"
 include = ["{logs}/*.jsonl"]
@@ -124,12 +134,40 @@ parser = "json"
 poll_interval = "50ms"
 {extra}
 "#,
-            state = dir.join("state").display(),
+            header = config_header(dir, receiver),
             logs = logs.display(),
         ),
     )
     .unwrap();
     config
+}
+
+/// A config of file sources, one per `(name, folder, extra)`, each over
+/// `<dir>/<folder>/*.jsonl`.
+pub fn sources_config(dir: &Path, receiver: &str, sources: &[(&str, &str, &str)]) -> String {
+    let mut text = config_header(dir, receiver);
+    for (name, folder, extra) in sources {
+        let logs = dir.join(folder);
+        std::fs::create_dir_all(&logs).unwrap();
+        text.push_str(&format!(
+            "[[sources]]\nname = \"{name}\"\ntype = \"file\"\ninclude = [\"{}/*.jsonl\"]\nparser = \"json\"\npoll_interval = \"50ms\"\n{extra}\n",
+            logs.display()
+        ));
+    }
+    text
+}
+
+/// For each seq the receiver stored, the `user_id` of each time it arrived.
+pub fn arrivals(receiver: &ReceiverProc) -> BTreeMap<u64, Vec<String>> {
+    let mut by_seq = BTreeMap::<u64, Vec<String>>::new();
+    for e in receiver.stored() {
+        let seq = e["metadata"]["seq"].as_u64().unwrap();
+        by_seq
+            .entry(seq)
+            .or_default()
+            .push(e["user_id"].as_str().unwrap_or("").to_string());
+    }
+    by_seq
 }
 
 /// A daemon process, killed if a test ends (or panics) without stopping it.
@@ -369,5 +407,44 @@ pub fn wait_log(path: &Path, needle: &str, timeout: Duration) -> String {
             "{needle:?} not logged within {timeout:?}:\n{text}"
         );
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A service manager's notify socket: the datagrams the daemon sends.
+pub struct NotifySocket {
+    pub socket: std::os::unix::net::UnixDatagram,
+    pub path: std::path::PathBuf,
+}
+
+impl NotifySocket {
+    pub fn bind(dir: &Path) -> NotifySocket {
+        let path = dir.join("notify.sock");
+        let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        NotifySocket { socket, path }
+    }
+
+    /// Messages until one contains `want`, or None after `timeout`; every
+    /// message seen on the way is appended to `seen`.
+    pub fn wait_for(
+        &self,
+        want: &str,
+        timeout: Duration,
+        seen: &mut Vec<String>,
+    ) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        let mut buf = vec![0u8; 4096];
+        while Instant::now() < deadline {
+            if let Ok(n) = self.socket.recv(&mut buf) {
+                let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+                seen.push(msg.clone());
+                if msg.lines().any(|l| l == want || l.starts_with(want)) {
+                    return Some(msg);
+                }
+            }
+        }
+        None
     }
 }

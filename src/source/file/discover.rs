@@ -131,10 +131,16 @@ impl FileMatcher {
     /// The paths that match now (see [`Found`]). Unreadable directories on
     /// the way are skipped, and tried again on the next walk.
     pub fn walk(&self) -> Found {
+        self.walk_beating(&|| {})
+    }
+
+    /// [`walk`](Self::walk), calling `beat` at each directory it reads: a
+    /// walk over slow or huge trees is a sign of life, not a stall.
+    pub fn walk_beating(&self, beat: &dyn Fn()) -> Found {
         let mut found = Found::default();
         let mut dirs_read = 0usize;
         for pattern in &self.patterns {
-            self.walk_pattern(pattern, &mut found, &mut dirs_read);
+            self.walk_pattern(pattern, &mut found, &mut dirs_read, beat);
         }
         found.files.sort();
         found.files.dedup();
@@ -171,7 +177,13 @@ impl FileMatcher {
         dirs
     }
 
-    fn walk_pattern(&self, pattern: &Pattern, found: &mut Found, dirs_read: &mut usize) {
+    fn walk_pattern(
+        &self,
+        pattern: &Pattern,
+        found: &mut Found,
+        dirs_read: &mut usize,
+        beat: &dyn Fn(),
+    ) {
         let Ok(base) = std::fs::metadata(&pattern.base) else {
             return;
         };
@@ -198,6 +210,7 @@ impl FileMatcher {
                         return;
                     }
                     *dirs_read += 1;
+                    beat();
                     if matches!(pattern.parts[i], Part::AnyDirs) {
                         if last {
                             // `dir/**` matches everything below: nothing to

@@ -17,9 +17,11 @@ impl FileSource {
         }
         self.count_descriptors();
         let mut seen = HashSet::new();
-        let found = self.matcher.walk();
+        let stats = self.stats.clone();
+        let found = self.matcher.walk_beating(&|| stats.beat());
         self.report_walk(&found);
         for path in found.files {
+            stats.beat();
             let follow = self.config.follow_symlinks;
             let meta = match stat(&path, follow) {
                 Ok(m) => m,

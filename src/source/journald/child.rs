@@ -108,7 +108,11 @@ pub fn arguments(config: &SourceConfig, start: &Start, follow: bool) -> Vec<OsSt
 /// (the entry read last may not match filters changed since): the same
 /// cursor if the journal still holds that entry. None if the journal ends
 /// before one, or journalctl says nothing within 10 s.
-pub fn first_cursor_at(config: &SourceConfig, cursor: &str) -> std::io::Result<Option<String>> {
+pub fn first_cursor_at(
+    config: &SourceConfig,
+    cursor: &str,
+    beat: &dyn Fn(),
+) -> std::io::Result<Option<String>> {
     let mut args: Vec<OsString> = vec![
         "--output=json".into(),
         "--no-pager".into(),
@@ -121,6 +125,7 @@ pub fn first_cursor_at(config: &SourceConfig, cursor: &str) -> std::io::Result<O
     let mut line = Vec::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while std::time::Instant::now() < deadline {
+        beat();
         match journal.read_line(&mut line, 64 << 10, Duration::from_millis(200))? {
             Line::Whole => {
                 let first = serde_json::from_slice::<serde_json::Value>(&line)
@@ -145,23 +150,55 @@ pub enum Access {
     Denied(String),
 }
 
+/// How long journalctl may take to say whether the journal is readable.
+const ACCESS_BOUND: Duration = Duration::from_secs(30);
+
 /// Asks journalctl whether the source's journal is readable (without
 /// `--quiet`, which would hide the notice of a user outside the journal's
-/// groups).
-pub fn access(config: &SourceConfig) -> std::io::Result<Access> {
+/// groups). `beat` is called while it runs; a journalctl that has not
+/// answered within 30 s is killed (Err TimedOut).
+pub fn access(config: &SourceConfig, beat: &dyn Fn()) -> std::io::Result<Access> {
     let mut command = Command::new(&config.journalctl_path);
     command
         .args(["--lines=0", "--no-pager"])
         .args(directory_arg(config));
-    let out = command
+    let mut child = command
         .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
         .env("SYSTEMD_COLORS", "0")
         .env_remove("NOTIFY_SOCKET")
         .env_remove("WATCHDOG_USEC")
         .env_remove("WATCHDOG_PID")
-        .output()?;
-    let said = String::from_utf8_lossy(&out.stderr).trim().to_string();
-    Ok(classify_access(out.status.success(), &said))
+        .spawn()?;
+    let stderr = child.stderr.take();
+    // Read on a thread, so a chatty journalctl never blocks on a full pipe.
+    let said = std::thread::spawn(move || {
+        let mut said = Vec::new();
+        if let Some(stderr) = stderr {
+            let _ = stderr.take(STDERR_KEPT as u64).read_to_end(&mut said);
+        }
+        said
+    });
+    let deadline = std::time::Instant::now() + ACCESS_BOUND;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "journalctl did not answer within 30 s",
+            ));
+        }
+        beat();
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let said = said.join().unwrap_or_default();
+    let said = String::from_utf8_lossy(&said).trim().to_string();
+    Ok(classify_access(status.success(), &said))
 }
 
 fn classify_access(success: bool, stderr: &str) -> Access {

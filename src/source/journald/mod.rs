@@ -95,7 +95,7 @@ impl JournaldSource {
             }
             None => (None, None),
         };
-        match child::access(&self.config) {
+        match child::access(&self.config, &|| self.stats.beat()) {
             Ok(child::Access::Readable) => {}
             Ok(child::Access::NoFiles) => {
                 warn!(source = %self.name, "no journal files yet; following for new ones")
@@ -278,7 +278,7 @@ impl JournaldSource {
     /// once what was lost. A journalctl that cannot tell is taken to say yes:
     /// the cursor is then tried as it is.
     fn cursor_present(&self, cursor: &str) -> Result<bool, SourceError> {
-        let present = match child::first_cursor_at(&self.config, cursor) {
+        let present = match child::first_cursor_at(&self.config, cursor, &|| self.stats.beat()) {
             Ok(Some(first)) => first == cursor,
             Ok(None) => false,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(self.not_found()),

@@ -4,9 +4,10 @@
 //! The pipeline: a [`source`] reads records and hands them to its [`stage`],
 //! where [`parse`] turns them into [`event`]s and [`queue`] holds them
 //! durably with the source's checkpoint; [`flush`] delivers them within the
-//! tenant's request budget. [`pipeline`] wires them together; [`receiver`]
-//! is a local stand-in for the API.
+//! tenant's request budget. [`pipeline`] wires them together; [`admin`]
+//! serves what it counts; [`receiver`] is a local stand-in for the API.
 
+pub mod admin;
 pub mod config;
 pub mod event;
 pub mod flush;

@@ -18,6 +18,7 @@ use cli::demo::DemoArgs;
 use cli::parse::ParseCmdArgs;
 use cli::receiver::ReceiverArgs;
 use cli::replay::ReplayArgs;
+use cli::status::StatusArgs;
 
 #[derive(Parser)]
 #[command(
@@ -54,6 +55,14 @@ enum Command {
     Run,
     /// Check the configuration and the API key; list the files each source matches now.
     Validate,
+    /// What the daemon is doing: sources, queue, delivery, budget and the
+    /// time to drain the backlog.
+    ///
+    /// Asks the running daemon's admin endpoint; when none answers, shows
+    /// the last report the daemon left in its state directory. Exit status:
+    /// 0 running and ready, 1 running but not ready (the reasons are
+    /// printed), 3 not running, 1 also on an error.
+    Status(StatusArgs),
     /// Run the whole pipeline against a built-in local receiver on the sample logs.
     Demo(DemoArgs),
     /// Run a local Thoth-compatible ingest endpoint (for tests, benchmarks and demos).
@@ -88,6 +97,7 @@ fn main() -> ExitCode {
     ops::init_logging(&parsed.log_level, parsed.log_format);
     let result = match parsed.command {
         Command::Validate => cli::validate::validate(&parsed.config),
+        Command::Status(args) => cli::status::status(&parsed.config, args),
         Command::Run => cli::runtime().and_then(|rt| rt.block_on(cli::run::run(&parsed.config))),
         Command::Demo(args) => cli::runtime().and_then(|rt| rt.block_on(cli::demo::demo(args))),
         Command::Receiver(args) => {

@@ -10,6 +10,7 @@ pub mod receiver;
 pub mod reload;
 pub mod replay;
 pub mod run;
+pub mod status;
 pub mod validate;
 
 use anyhow::Context;

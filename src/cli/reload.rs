@@ -21,7 +21,7 @@ pub fn restart_only_tables(path: &Path) -> Vec<(&'static str, Option<toml::Value
             other => doc.get(other).cloned(),
         }
     };
-    ["state", "api.tenant_id", "queue.cache"]
+    ["state", "api.tenant_id", "queue.cache", "admin"]
         .into_iter()
         .map(|name| (name, get(name)))
         .collect()

@@ -14,6 +14,8 @@ use thoth_ingest::ops;
 use thoth_ingest::pipeline::{Liveness, Pipeline};
 use tracing::{error, info, warn};
 
+use thoth_ingest::admin::{save_report, Admin};
+
 use super::reload::{reload, restart_only_tables};
 
 /// How often `STATUS=` is brought up to date under systemd.
@@ -29,6 +31,15 @@ pub async fn run(path: &Path) -> anyhow::Result<ExitCode> {
     info!(key_from = %origin, "configuration loaded from {}", path.display());
     let mut restart_only = restart_only_tables(path);
     let notifier = ops::Notifier::from_env();
+    // Validation checked the address; the endpoint lives as long as the
+    // process, across the pipeline's restarts on a full disk.
+    let admin = Admin::new(
+        &config.state.dir,
+        source_names(&config),
+        config.admin.stuck_after,
+    );
+    admin.start_sampling();
+    admin.serve(config.admin.endpoint().map_err(anyhow::Error::msg)?);
     loop {
         let Some(mut pipeline) =
             start_when_disk_has_room(&config, &key, &mut signals, &notifier).await?
@@ -36,6 +47,7 @@ pub async fn run(path: &Path) -> anyhow::Result<ExitCode> {
             notifier.stopping();
             return Ok(ExitCode::SUCCESS);
         };
+        admin.attach(Some(pipeline.observed()));
         notifier.ready(&pipeline.status_line());
         let watchdog = notifier.watchdog_interval();
         // systemd's advice: ping at half the interval.
@@ -56,6 +68,7 @@ pub async fn run(path: &Path) -> anyhow::Result<ExitCode> {
                 () = hups.recv() => {
                     notifier.reloading();
                     reload(path, &mut pipeline, &restart_only).await;
+                    admin.set_configured(source_names(pipeline.applied()));
                     notifier.reloaded(&pipeline.status_line());
                 }
                 e = pipeline.failed() => break Err(e),
@@ -80,8 +93,11 @@ pub async fn run(path: &Path) -> anyhow::Result<ExitCode> {
                         error!("{problem}");
                     }
                 }
-                _ = status_tick.tick(), if notifier.enabled() => {
+                _ = status_tick.tick() => {
                     notifier.status(&pipeline.status_line());
+                    if let Some(report) = admin.report() {
+                        save_report(&config.state.dir, &report);
+                    }
                 }
             }
         };
@@ -92,6 +108,13 @@ pub async fn run(path: &Path) -> anyhow::Result<ExitCode> {
         let stopped = pipeline
             .stop(config.delivery.shutdown_timeout + Duration::from_secs(5))
             .await;
+        // What `status` shows while the daemon is stopped.
+        if let Some(mut report) = admin.report() {
+            report.running = false;
+            report.ready = false;
+            save_report(&config.state.dir, &report);
+        }
+        admin.attach(None);
         match outcome {
             Ok(()) => return stopped.map(|()| ExitCode::SUCCESS),
             // sled met the full disk before the reserve check did (another
@@ -119,6 +142,15 @@ pub async fn run(path: &Path) -> anyhow::Result<ExitCode> {
             Err(e) => return Err(e),
         }
     }
+}
+
+/// The names of the sources `config` asks for.
+fn source_names(config: &Config) -> Vec<String> {
+    config
+        .sources
+        .iter()
+        .map(|s| s.name.get_ref().clone())
+        .collect()
 }
 
 /// Whether an error comes from a full disk under the state directory.

@@ -43,6 +43,16 @@ pub(super) fn keys_occurred_at() -> Vec<String> {
 pub(super) fn default_event_type() -> String {
     "TOOL_CALL_POST".into()
 }
+/// The admin endpoint's default address (Prometheus' exporter registry
+/// does not list 9977).
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9977";
+
+pub(super) fn default_admin_listen() -> Spanned<String> {
+    Spanned::new(0..0, DEFAULT_ADMIN_LISTEN.to_string())
+}
+pub(super) fn default_stuck_after() -> Duration {
+    Duration::from_secs(300)
+}
 pub(super) fn default_base_url() -> Spanned<String> {
     Spanned::new(0..0, DEFAULT_BASE_URL.to_string())
 }

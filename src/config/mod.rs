@@ -27,9 +27,9 @@ use toml::Spanned;
 
 pub use key::{ApiKey, KeyOrigin};
 pub use schema::{
-    ApiConfig, BudgetConfig, Compression, Config, Defaults, DeliveryConfig, JsonFields,
-    MultilineConfig, QueueConfig, RedactionConfig, SourceConfig, SourceKind, StartAt, StateConfig,
-    UserIdFrom, UserPattern, WhenFull,
+    AdminConfig, AdminListen, ApiConfig, BudgetConfig, Compression, Config, Defaults,
+    DeliveryConfig, JsonFields, MultilineConfig, QueueConfig, RedactionConfig, SourceConfig,
+    SourceKind, StartAt, StateConfig, UserIdFrom, UserPattern, WhenFull,
 };
 pub use size::ByteSize;
 pub use validate::check_base_url;

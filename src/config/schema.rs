@@ -30,6 +30,8 @@ pub struct Config {
     pub sources: Vec<SourceConfig>,
     #[serde(default)]
     pub redaction: RedactionConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
     /// Rules parsers for in-house formats (`[parsers.NAME]`), by name.
     #[serde(default)]
     pub parsers: BTreeMap<String, parsers::ParserSpec>,
@@ -178,6 +180,67 @@ impl Default for QueueConfig {
             when_full: WhenFull::default(),
             dead_letter_max_bytes: default_dead_letter_max_bytes(),
         }
+    }
+}
+
+/// The admin endpoint: metrics, health, readiness and `status`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// `IP:port` (loopback unless `allow_remote`), `unix:/path/to.sock`,
+    /// or `off`.
+    #[serde(default = "default_admin_listen")]
+    pub listen: Spanned<String>,
+    #[serde(default)]
+    pub allow_remote: bool,
+    /// Readiness fails when events wait and no batch was accepted for
+    /// this long.
+    #[serde(default = "default_stuck_after", with = "humantime_serde")]
+    pub stuck_after: Duration,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: default_admin_listen(),
+            allow_remote: false,
+            stuck_after: default_stuck_after(),
+        }
+    }
+}
+
+/// Where the admin endpoint listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminListen {
+    Off,
+    Tcp(std::net::SocketAddr),
+    Unix(PathBuf),
+}
+
+impl AdminConfig {
+    /// `listen` read, and checked against `allow_remote`.
+    pub fn endpoint(&self) -> Result<AdminListen, String> {
+        let listen = self.listen.get_ref().trim();
+        if listen == "off" {
+            return Ok(AdminListen::Off);
+        }
+        if let Some(path) = listen.strip_prefix("unix:") {
+            let path = PathBuf::from(path);
+            if !path.is_absolute() {
+                return Err(format!("`{listen}`: a socket path must be absolute"));
+            }
+            return Ok(AdminListen::Unix(path));
+        }
+        let addr: std::net::SocketAddr = listen.parse().map_err(|_| {
+            format!("`{listen}` is not IP:port (e.g. 127.0.0.1:9977), unix:/path or off")
+        })?;
+        if !addr.ip().is_loopback() && !self.allow_remote {
+            return Err(format!(
+                "`{listen}` is reachable from other hosts; the endpoint has no authentication, \
+                 so set admin.allow_remote = true to mean it (and firewall it), or listen on 127.0.0.1"
+            ));
+        }
+        Ok(AdminListen::Tcp(addr))
     }
 }
 

@@ -18,6 +18,18 @@ impl Config {
                 "must not be empty".into(),
             ));
         }
+        if let Err(m) = self.admin.endpoint() {
+            let span = self.admin.listen.span();
+            return Err(self.invalid(text, span, "admin.listen", m));
+        }
+        if self.admin.stuck_after.is_zero() {
+            return Err(self.invalid(
+                text,
+                0..0,
+                "admin.stuck_after",
+                "must be more than zero".into(),
+            ));
+        }
         if self.delivery.requests_per_minute == 0 {
             return Err(self.invalid(
                 text,

@@ -77,6 +77,16 @@ impl Budget {
         self.window
     }
 
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Requests started in the window ending at `now`.
+    pub fn used(&mut self, now: Instant) -> usize {
+        self.expire(now);
+        self.sent.len()
+    }
+
     /// Requests that may start now.
     pub fn available(&mut self, now: Instant) -> usize {
         self.expire(now);

@@ -62,6 +62,37 @@ pub struct FlushStats {
     pub heartbeat: AtomicU64,
     /// What the last answer meant, and when it came.
     pub last_outcome: std::sync::Mutex<Option<(&'static str, std::time::SystemTime)>>,
+    /// Answers by HTTP status code.
+    pub by_status: std::sync::Mutex<std::collections::BTreeMap<u16, u64>>,
+    /// Requests that got no HTTP answer (connection refused, timeout, TLS).
+    pub no_answer: AtomicU64,
+    /// Requests that carried events sent before (after a failure, a 429,
+    /// or as halves of a refused batch).
+    pub retries: AtomicU64,
+    /// Times a batch ready to go waited for the budget or a Retry-After.
+    pub budget_waits: AtomicU64,
+    /// When the last batch was accepted.
+    pub last_success: std::sync::Mutex<Option<std::time::SystemTime>>,
+    /// The last answer that was not an acceptance, and when it came.
+    pub last_error: std::sync::Mutex<Option<(String, std::time::SystemTime)>>,
+    /// The budget in force: requests per window, the window in ms, and the
+    /// requests started in the window ending now (as of the last loop turn).
+    pub budget_limit: AtomicU64,
+    pub budget_window_ms: AtomicU64,
+    pub budget_used: AtomicU64,
+    /// The batch bounds in force (a 413 lowers them).
+    pub batch_max_events: AtomicU64,
+    pub batch_max_bytes: AtomicU64,
+}
+
+impl FlushStats {
+    /// Answers by status code, as `(code, count)`.
+    pub fn answers(&self) -> Vec<(u16, u64)> {
+        self.by_status
+            .lock()
+            .map(|m| m.iter().map(|(k, v)| (*k, *v)).collect())
+            .unwrap_or_default()
+    }
 }
 
 pub struct Flusher {
@@ -92,6 +123,9 @@ pub struct Flusher {
     outstanding: usize,
     /// The configured budget, to see whether a reload changes it.
     budget_config: (u32, Duration),
+    /// Whether the last loop turn found a batch held back by the budget
+    /// (to count each wait once).
+    waiting_on_budget: bool,
     reloads: ReloadSlot,
 }
 
@@ -122,6 +156,7 @@ impl Flusher {
             sending: HashMap::new(),
             outstanding: 0,
             budget_config: (requests, per),
+            waiting_on_budget: false,
             reloads: Arc::default(),
         })
     }
@@ -154,6 +189,17 @@ impl Flusher {
                 .store(in_flight.len(), Ordering::SeqCst);
             let now = Instant::now();
             let gate = self.next_start(now);
+            self.publish_limits(now);
+            let work = !self.retry.is_empty() || self.queue.pending_events() > 0;
+            // (Not the budget's spacing of a few ms between requests.)
+            let held_by_budget = work
+                && gate > now + Duration::from_millis(50)
+                && in_flight.len() < self.limits.max_in_flight
+                && self.hold_until.is_none_or(|h| h < gate);
+            if held_by_budget && !self.waiting_on_budget {
+                self.stats.budget_waits.fetch_add(1, Ordering::Relaxed);
+            }
+            self.waiting_on_budget = held_by_budget;
             // While sharing, one request at a time: its answer sets the next gap.
             let max_in_flight = if self.pace_gap.is_some() || self.share.shared(now) {
                 1
@@ -177,7 +223,10 @@ impl Flusher {
                     self.retry.push_front(first);
                     continue;
                 }
-                Some(b) => b,
+                Some(b) => {
+                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    b
+                }
                 None => match self.next_batch().await? {
                     Ok(b) => b,
                     Err(wait) => {
@@ -235,6 +284,21 @@ impl Flusher {
         }
         self.stats.in_flight.store(0, Ordering::SeqCst);
         Ok(())
+    }
+
+    /// The budget and batch bounds in force, for `status` and the metrics.
+    fn publish_limits(&mut self, now: Instant) {
+        let s = &self.stats;
+        s.budget_limit
+            .store(self.budget.limit() as u64, Ordering::Relaxed);
+        s.budget_window_ms
+            .store(self.budget.window().as_millis() as u64, Ordering::Relaxed);
+        s.budget_used
+            .store(self.budget.used(now) as u64, Ordering::Relaxed);
+        s.batch_max_events
+            .store(self.limits.batch_max_events as u64, Ordering::Relaxed);
+        s.batch_max_bytes
+            .store(self.limits.batch_max_bytes as u64, Ordering::Relaxed);
     }
 
     /// The earliest time the next request may start.

@@ -47,9 +47,7 @@ impl Flusher {
             }
         };
         let now = Instant::now();
-        if let Ok(mut last) = self.stats.last_outcome.lock() {
-            *last = Some((reply.outcome.summary(), std::time::SystemTime::now()));
-        }
+        self.count_answer(&reply);
         if !matches!(reply.outcome, Outcome::Unauthorized(..)) {
             // (A refused key has no tenant: its headers describe no budget.)
             self.follow_rate_headers(&reply, now);
@@ -188,6 +186,38 @@ impl Flusher {
             }
         }
         Ok(())
+    }
+
+    /// Counts an answer by its status, and notes the last acceptance and
+    /// the last error.
+    fn count_answer(&self, reply: &Reply) {
+        let at = std::time::SystemTime::now();
+        let stats = &self.stats;
+        match reply.status {
+            Some(code) => {
+                if let Ok(mut m) = stats.by_status.lock() {
+                    *m.entry(code).or_default() += 1;
+                }
+            }
+            None => {
+                stats.no_answer.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if let Ok(mut last) = stats.last_outcome.lock() {
+            *last = Some((reply.outcome.summary(), at));
+        }
+        if matches!(reply.outcome, Outcome::Delivered) {
+            if let Ok(mut last) = stats.last_success.lock() {
+                *last = Some(at);
+            }
+        } else if let Ok(mut last) = stats.last_error.lock() {
+            let what = match (&reply.outcome, reply.status) {
+                (Outcome::Transient(why), _) => why.chars().take(200).collect(),
+                (outcome, Some(code)) => format!("HTTP {code}: {}", outcome.summary()),
+                (outcome, None) => outcome.summary().to_string(),
+            };
+            *last = Some((what, at));
+        }
     }
 
     /// Holds requests back until `until` (or longer, if already held).

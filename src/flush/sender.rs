@@ -51,6 +51,8 @@ impl Outcome {
 #[derive(Debug)]
 pub(super) struct Reply {
     pub(super) outcome: Outcome,
+    /// The HTTP status, if an answer came at all.
+    pub(super) status: Option<u16>,
     /// The `X-RateLimit-*` headers, when present and sensible.
     pub(super) rate: Option<RateHeaders>,
 }
@@ -136,6 +138,7 @@ impl Sender {
             Err(e) => {
                 return Reply {
                     outcome: Outcome::Transient(without_url(&e)),
+                    status: None,
                     rate: None,
                 }
             }
@@ -174,7 +177,11 @@ impl Sender {
                 ))
             }
         };
-        Reply { outcome, rate }
+        Reply {
+            outcome,
+            status: Some(status),
+            rate,
+        }
     }
 }
 

@@ -20,7 +20,7 @@ use crate::queue::Queue;
 use crate::stage::SourceStats;
 
 use sources::Sources;
-pub use sources::Started;
+pub use sources::{Listed, Listing, Started};
 
 /// How long a reload waits for a removed or changed source to stop.
 const SOURCE_STOP_BOUND: Duration = Duration::from_secs(10);
@@ -44,6 +44,17 @@ pub struct Liveness {
     flusher: Option<u64>,
 }
 
+/// What the admin endpoint reads of a running pipeline: shared handles
+/// to its counters, readable while the pipeline reloads.
+#[derive(Clone)]
+pub struct Observed {
+    pub queue: Arc<Queue>,
+    pub flush: Arc<FlushStats>,
+    pub sources: Listing,
+    pub started_at: std::time::SystemTime,
+    pub state_dir: std::path::PathBuf,
+}
+
 pub struct Pipeline {
     pub queue: Arc<Queue>,
     pub flush_stats: Arc<FlushStats>,
@@ -55,6 +66,7 @@ pub struct Pipeline {
     reload: ReloadSlot,
     /// The configuration the sources run with (what a reload compares).
     applied: Config,
+    started_at: std::time::SystemTime,
 }
 
 impl Pipeline {
@@ -138,6 +150,7 @@ impl Pipeline {
             failures,
             reload,
             applied: config.clone(),
+            started_at: std::time::SystemTime::now(),
         })
     }
 
@@ -158,6 +171,22 @@ impl Pipeline {
             Ok(n) => info!(checkpoints = n, "forgot the checkpoints of removed sources"),
             Err(e) => warn!(error = %e, "cannot sweep the checkpoints of removed sources"),
         }
+    }
+
+    /// Shared handles to the counters, for the admin endpoint.
+    pub fn observed(&self) -> Observed {
+        Observed {
+            queue: self.queue.clone(),
+            flush: self.flush_stats.clone(),
+            sources: self.sources.listing(),
+            started_at: self.started_at,
+            state_dir: self.applied.state.dir.clone(),
+        }
+    }
+
+    /// The configuration the sources run with.
+    pub fn applied(&self) -> &Config {
+        &self.applied
     }
 
     /// Each running source's name and counters.

@@ -38,6 +38,21 @@ pub(super) struct Running {
 pub(super) struct Sources {
     pub(super) running: Vec<Running>,
     failures: mpsc::UnboundedSender<anyhow::Error>,
+    /// What `status` and the metrics see of `running`, kept in step.
+    listing: Listing,
+}
+
+/// The running sources as others see them (the admin endpoint), without
+/// the pipeline's lock.
+pub type Listing = Arc<std::sync::Mutex<Vec<Listed>>>;
+
+/// One running source: its name, type and counters.
+#[derive(Clone)]
+pub struct Listed {
+    pub name: String,
+    /// `file`, `journald`, or `replay`.
+    pub kind: &'static str,
+    pub stats: Arc<SourceStats>,
 }
 
 impl Sources {
@@ -45,7 +60,31 @@ impl Sources {
         Sources {
             running: Vec::new(),
             failures,
+            listing: Listing::default(),
         }
+    }
+
+    pub(super) fn listing(&self) -> Listing {
+        self.listing.clone()
+    }
+
+    /// Lists `running` again for those who read [`Listing`].
+    fn publish(&self) {
+        let listed = self
+            .running
+            .iter()
+            .filter(|r| !r.stop.load(Ordering::SeqCst))
+            .map(|r| Listed {
+                name: r.name.clone(),
+                kind: match r.config.as_ref().map(|c| c.kind) {
+                    Some(crate::config::SourceKind::File) => "file",
+                    Some(crate::config::SourceKind::Journald) => "journald",
+                    None => "replay",
+                },
+                stats: r.stats.clone(),
+            })
+            .collect();
+        *self.listing.lock().unwrap_or_else(|p| p.into_inner()) = listed;
     }
 
     /// Starts `started` on its own thread. A panic there is a bug: it must
@@ -97,6 +136,7 @@ impl Sources {
             stop,
             thread,
         });
+        self.publish();
         Ok(())
     }
 
@@ -162,6 +202,7 @@ impl Sources {
     pub(super) fn forget_stopped(&mut self) {
         self.running
             .retain(|r| !(r.stop.load(Ordering::SeqCst) && r.thread.is_finished()));
+        self.publish();
     }
 }
 

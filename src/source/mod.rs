@@ -109,6 +109,9 @@ pub struct ReadStats {
     /// Raised while a commit of this source waits for room in a full queue
     /// or for disk space: paused by design, not stuck.
     pub waiting_for_room: AtomicBool,
+    /// When the record at the committed position was written, in Unix
+    /// microseconds (0: not known); journald sets it, for the cursor's age.
+    pub position_written_at: std::sync::atomic::AtomicI64,
 }
 
 impl ReadStats {

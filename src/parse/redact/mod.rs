@@ -12,6 +12,7 @@
 //! triggers occur run their regex. User patterns have no triggers and are
 //! screened by one `RegexSet`.
 
+mod counts;
 mod detectors;
 mod explain;
 
@@ -21,6 +22,7 @@ use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use regex::{Regex, RegexSet};
 use serde_json::value::RawValue;
 
+pub use counts::redactions_by_detector;
 pub use detectors::BUILTINS;
 pub use explain::{explain_start, explain_take, Fired};
 
@@ -31,7 +33,14 @@ pub fn explain_active() -> bool {
 
 /// Records a value redacted whole because its key names a secret.
 pub fn record_named(field: &str) {
-    explain::record("secret-assignment", field);
+    fired("secret-assignment", field);
+}
+
+/// A replacement by detector `kind` in `field`: counted, and recorded for
+/// `parse --explain`.
+fn fired(kind: &str, field: &str) {
+    counts::add(kind);
+    explain::record(kind, field);
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -427,12 +436,12 @@ impl Redactor {
         use serde_json::Value;
         match v {
             Value::String(s) if !is_placeholder(s, true) => {
-                explain::record("secret-assignment", path);
+                fired("secret-assignment", path);
                 *v = Value::String("[REDACTED:secret-assignment]".into());
                 true
             }
             Value::Number(_) => {
-                explain::record("secret-assignment", path);
+                fired("secret-assignment", path);
                 *v = Value::String("[REDACTED:secret-assignment]".into());
                 true
             }
@@ -590,7 +599,7 @@ fn replace_all<'a>(s: Cow<'a, str>, d: &Detector, field: &str) -> Cow<'a, str> {
         o.push_str(&d.kind);
         o.push(']');
         last = secret.end();
-        explain::record(&d.kind, field);
+        fired(&d.kind, field);
     }
     match out {
         None => s,

@@ -54,6 +54,8 @@ pub struct JournaldSource {
     key: Vec<u8>,
     /// Names of the entries' `_UID`s.
     users: UserNames,
+    /// When the last entry read was written: published at its commit.
+    read_written_at: Option<Timestamp>,
 }
 
 /// How one run of journalctl ended.
@@ -77,6 +79,7 @@ impl JournaldSource {
             stats,
             shutdown,
             users: UserNames::default(),
+            read_written_at: None,
         }
     }
 
@@ -251,6 +254,7 @@ impl JournaldSource {
                 },
             );
             *cursor = Some(entry.cursor);
+            self.read_written_at = entry.written_at.or(self.read_written_at);
             entries += 1;
             pending = true;
         }
@@ -271,7 +275,13 @@ impl JournaldSource {
             .map_err(|err| SourceError::Store {
                 source_name: self.name.clone(),
                 err,
-            })
+            })?;
+        if let Some(t) = self.read_written_at {
+            self.stats
+                .position_written_at
+                .store(t.unix_micros, Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     /// Whether the journal still holds the entry at `cursor`. If not, says

@@ -149,6 +149,8 @@ fn write_journald_config(dir: &Path, receiver: &str, journal: &Path, extra: &str
 [api]
 base_url = "http://{receiver}"
 tenant_id = "it-tenant"
+[admin]
+listen = "127.0.0.1:0"
 [state]
 dir = "{state}"
 [delivery]

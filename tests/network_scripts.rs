@@ -159,7 +159,7 @@ fn run_script(script: &[serde_json::Value], elsewhere: &Elsewhere) -> Result<(),
     let text = std::fs::read_to_string(&config).unwrap();
     std::fs::write(
         &config,
-        text.replace("[state]", "timeout = \"1s\"\n[state]"),
+        text.replace("[admin]", "timeout = \"1s\"\n[admin]"),
     )
     .unwrap();
     append_lines(&dir.path().join("logs/a.jsonl"), 0..LINES);

@@ -22,6 +22,8 @@ fn config(dir: &Path, receiver: &str, defaults: &str, redaction: &str, source: &
 [api]
 base_url = "http://{receiver}"
 tenant_id = "it-tenant"
+[admin]
+listen = "127.0.0.1:0"
 [state]
 dir = "{state}"
 [delivery]

@@ -27,6 +27,8 @@ fn config(dir: &Path, receiver: &str, delivery: &str, extra: &str) -> PathBuf {
 [api]
 base_url = "http://{receiver}"
 tenant_id = "it-tenant"
+[admin]
+listen = "127.0.0.1:0"
 [state]
 dir = "{state}"
 [delivery]

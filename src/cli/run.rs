@@ -31,15 +31,15 @@ pub async fn run(path: &Path) -> anyhow::Result<ExitCode> {
     info!(key_from = %origin, "configuration loaded from {}", path.display());
     let mut restart_only = restart_only_tables(path);
     let notifier = ops::Notifier::from_env();
-    // Validation checked the address; the endpoint lives as long as the
-    // process, across the pipeline's restarts on a full disk.
+    // The endpoint lives as long as the process, across the pipeline's
+    // restarts on a full disk.
     let admin = Admin::new(
         &config.state.dir,
         source_names(&config),
         config.admin.stuck_after,
     );
     admin.start_sampling();
-    admin.serve(config.admin.endpoint().map_err(anyhow::Error::msg)?);
+    let mut admin_listen = Some(config.admin.endpoint().map_err(anyhow::Error::msg)?);
     loop {
         let Some(mut pipeline) =
             start_when_disk_has_room(&config, &key, &mut signals, &notifier).await?
@@ -48,6 +48,10 @@ pub async fn run(path: &Path) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         };
         admin.attach(Some(pipeline.observed()));
+        // Once the state directory exists, where the bound address is named.
+        if let Some(listen) = admin_listen.take() {
+            admin.serve(listen);
+        }
         notifier.ready(&pipeline.status_line());
         let watchdog = notifier.watchdog_interval();
         // systemd's advice: ping at half the interval.

@@ -99,15 +99,18 @@ pub fn write_config_with(dir: &Path, receiver: &str, delivery: &str) -> PathBuf 
     config
 }
 
-/// The `[api]`, `[state]` and `[delivery]` tables every test config starts
-/// with: the receiver at `receiver`, state in `<dir>/state`, no budget in
-/// the way, a short linger.
+/// The `[api]`, `[admin]`, `[state]` and `[delivery]` tables every test
+/// config starts with: the receiver at `receiver`, the admin endpoint on a
+/// port of the kernel's choice (named in `<state>/admin.addr`), state in
+/// `<dir>/state`, no budget in the way, a short linger.
 pub fn config_header(dir: &Path, receiver: &str) -> String {
     format!(
         r#"
 [api]
 base_url = "http://{receiver}"
 tenant_id = "it-tenant"
+[admin]
+listen = "127.0.0.1:0"
 [state]
 dir = "{state}"
 [delivery]

@@ -304,3 +304,39 @@ fn the_drain_eta_is_within_a_fifth_of_the_measured_drain() {
     );
     assert!(terminate(&mut daemon).success());
 }
+
+/// `listen = "unix:PATH"`: the endpoint on a socket (a stale one from an
+/// earlier run replaced), which `status` finds through the config.
+#[test]
+fn the_endpoint_serves_a_unix_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = ReceiverProc::start(dir.path(), &[]);
+    let socket = dir.path().join("admin.sock");
+    // What a killed daemon leaves behind.
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+    let config = write_config(dir.path(), &receiver.addr, "");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"unix:{}\"", socket.display()),
+    );
+    std::fs::write(&config, text).unwrap();
+    append_lines(&dir.path().join("logs/a.jsonl"), 0..20);
+    let mut daemon = start_daemon(&config);
+    wait_seqs(&receiver, 20, Duration::from_secs(30));
+    let at = AdminListen::Unix(socket.clone());
+    let start = Instant::now();
+    while client::get(&at, "/healthz").is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no socket served"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(get(&at, "/readyz").0, 200);
+    std::fs::remove_file(dir.path().join("state/admin.addr")).unwrap();
+    let (code, shown) = status_command(&config, &["--json"]);
+    assert_eq!(code, 0, "{shown}");
+    let r: serde_json::Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(r["running"], true);
+    assert!(terminate(&mut daemon).success());
+}

@@ -237,7 +237,11 @@ fn render(r: &Report, note: Option<&str>, now: f64) -> String {
         "           budget: {} of {} requests used in the {} window; batches up to {} events, {}",
         d.budget.used,
         d.budget.limit,
-        span(d.budget.window_seconds),
+        if d.budget.window_seconds < 60.0 {
+            format!("{:.2}s", d.budget.window_seconds)
+        } else {
+            span(d.budget.window_seconds)
+        },
         d.batch_max_events,
         bytes(d.batch_max_bytes)
     );

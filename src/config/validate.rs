@@ -344,6 +344,30 @@ mod tests {
     }
 
     #[test]
+    fn the_admin_endpoint_stays_local_unless_told() {
+        let with = |admin: &str| format!("{GOOD}\n[admin]\n{admin}\n");
+        for ok in [
+            "listen = \"127.0.0.1:9977\"",
+            "listen = \"[::1]:0\"",
+            "listen = \"unix:/run/thoth-ingest/admin.sock\"",
+            "listen = \"off\"",
+            "listen = \"0.0.0.0:9977\"\nallow_remote = true",
+        ] {
+            assert!(load(&with(ok)).is_ok(), "{ok} should be accepted");
+        }
+        for (bad, says) in [
+            ("listen = \"0.0.0.0:9977\"", "allow_remote"),
+            ("listen = \"10.1.2.3:9977\"", "allow_remote"),
+            ("listen = \"localhost:9977\"", "not IP:port"),
+            ("listen = \"unix:admin.sock\"", "absolute"),
+            ("stuck_after = \"0s\"", "admin.stuck_after"),
+        ] {
+            let e = load(&with(bad)).unwrap_err().to_string();
+            assert!(e.contains("admin.") && e.contains(says), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn env_overrides_base_url_and_is_validated() {
         let env = Env {
             api_url: Some("http://example.com".into()),

@@ -35,6 +35,9 @@ use crate::queue::{Batch, Queue, QueueError};
 
 pub const BATCH_PATH: &str = "/v1/events/batch";
 
+/// How often the budget's use is published for `status` and the metrics.
+const PUBLISH_EVERY: Duration = Duration::from_millis(250);
+
 #[derive(Debug, thiserror::Error)]
 pub enum FlushError {
     #[error("cannot build the HTTP client: {0}")]
@@ -126,6 +129,8 @@ pub struct Flusher {
     /// Whether the last loop turn found a batch held back by the budget
     /// (to count each wait once).
     waiting_on_budget: bool,
+    /// When the budget's use was last published to the stats.
+    limits_published_at: Instant,
     reloads: ReloadSlot,
 }
 
@@ -157,6 +162,9 @@ impl Flusher {
             outstanding: 0,
             budget_config: (requests, per),
             waiting_on_budget: false,
+            limits_published_at: Instant::now()
+                .checked_sub(PUBLISH_EVERY)
+                .unwrap_or_else(Instant::now),
             reloads: Arc::default(),
         })
     }
@@ -189,13 +197,14 @@ impl Flusher {
                 .store(in_flight.len(), Ordering::SeqCst);
             let now = Instant::now();
             let gate = self.next_start(now);
-            self.publish_limits(now);
-            let work = !self.retry.is_empty() || self.queue.pending_events() > 0;
+            if now >= self.limits_published_at + PUBLISH_EVERY {
+                self.publish_limits(now);
+            }
             // (Not the budget's spacing of a few ms between requests.)
-            let held_by_budget = work
-                && gate > now + Duration::from_millis(50)
+            let held_by_budget = gate > now + Duration::from_millis(50)
                 && in_flight.len() < self.limits.max_in_flight
-                && self.hold_until.is_none_or(|h| h < gate);
+                && self.hold_until.is_none_or(|h| h < gate)
+                && (!self.retry.is_empty() || self.queue.pending_events() > 0);
             if held_by_budget && !self.waiting_on_budget {
                 self.stats.budget_waits.fetch_add(1, Ordering::Relaxed);
             }
@@ -286,8 +295,10 @@ impl Flusher {
         Ok(())
     }
 
-    /// The budget and batch bounds in force, for `status` and the metrics.
+    /// The budget and batch bounds in force, for `status` and the metrics
+    /// (at most every [`PUBLISH_EVERY`]: the loop may turn every few µs).
     fn publish_limits(&mut self, now: Instant) {
+        self.limits_published_at = now;
         let s = &self.stats;
         s.budget_limit
             .store(self.budget.limit() as u64, Ordering::Relaxed);

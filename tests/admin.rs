@@ -340,3 +340,59 @@ fn the_endpoint_serves_a_unix_socket() {
     assert_eq!(r["running"], true);
     assert!(terminate(&mut daemon).success());
 }
+
+/// Forty clients that connect and say nothing: events still flow, the
+/// server closes each idle connection after its 10 s, and the endpoint
+/// answers again once it has.
+#[test]
+fn idle_connections_hold_neither_the_daemon_nor_the_endpoint() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = ReceiverProc::start(dir.path(), &[]);
+    let config = write_config(dir.path(), &receiver.addr, "");
+    let log = dir.path().join("logs/a.jsonl");
+    append_lines(&log, 0..10);
+    let mut daemon = start_daemon(&config);
+    let at = admin_address(dir.path());
+    wait_seqs(&receiver, 10, Duration::from_secs(30));
+    let AdminListen::Tcp(addr) = at.clone() else {
+        unreachable!()
+    };
+    let opened = Instant::now();
+    let mut idle: Vec<std::net::TcpStream> = (0..40)
+        .map(|_| std::net::TcpStream::connect(addr).unwrap())
+        .collect();
+    append_lines(&log, 10..20);
+    wait_seqs(&receiver, 20, Duration::from_secs(10));
+    // The served ones are closed at their deadline (a read sees the end).
+    let mut first = idle.remove(0);
+    first
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    let closed = first.read(&mut byte);
+    let lived = opened.elapsed();
+    assert!(
+        matches!(closed, Ok(0)) || closed.is_err(),
+        "the idle connection read {closed:?}"
+    );
+    assert!(
+        lived >= Duration::from_secs(9) && lived < Duration::from_secs(15),
+        "closed after {lived:?}"
+    );
+    // The rest are served and closed in turn; a real request gets through.
+    let start = Instant::now();
+    loop {
+        if let Ok((200, _)) = client::get(&at, "/healthz") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(40),
+            "the endpoint never answered"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(idle);
+    assert_eq!(get(&at, "/readyz").0, 200);
+    assert!(terminate(&mut daemon).success());
+}

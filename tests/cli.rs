@@ -40,6 +40,7 @@ fn validate_names_the_bad_key_and_line_and_exits_1() {
     let text = std::fs::read_to_string(&config)
         .unwrap()
         .replace("linger = \"100ms\"", "linger = \"100 parsecs\"");
+    let line = 1 + text.lines().position(|l| l.contains("parsecs")).unwrap();
     std::fs::write(&config, text).unwrap();
     let out = Command::new(BIN)
         .arg("--config")
@@ -51,7 +52,7 @@ fn validate_names_the_bad_key_and_line_and_exits_1() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        stderr.contains("delivery.linger") && stderr.contains("config.toml:9:"),
+        stderr.contains("delivery.linger") && stderr.contains(&format!("config.toml:{line}:")),
         "{stderr}"
     );
 }

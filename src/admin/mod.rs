@@ -11,6 +11,7 @@
 //! `report.rs` makes the report, `metrics.rs` encodes it, `client.rs` is
 //! what `thoth-ingest status` asks it with.
 
+mod bounded;
 pub mod client;
 pub mod metrics;
 pub mod report;
@@ -28,6 +29,7 @@ use tracing::{debug, error, info};
 
 use crate::config::AdminListen;
 use crate::pipeline::Observed;
+use bounded::Bounded;
 use report::{Rates, Report};
 
 /// The file a daemon names its bound admin address in, in the state
@@ -167,13 +169,13 @@ impl Admin {
                 let bound = listener.local_addr()?;
                 info!(listen = %bound, "admin endpoint: /metrics /healthz /readyz /status");
                 name_address(&state_dir, &bound.to_string());
-                axum::serve(listener, app).await
+                axum::serve(Bounded::new(listener), app).await
             }
             AdminListen::Unix(path) => {
                 let listener = bind_unix(path)?;
                 info!(listen = %path.display(), "admin endpoint: /metrics /healthz /readyz /status");
                 name_address(&state_dir, &format!("unix:{}", path.display()));
-                axum::serve(listener, app).await
+                axum::serve(Bounded::new(listener), app).await
             }
         }
     }

@@ -211,8 +211,14 @@ impl Flusher {
                 *last = Some(at);
             }
         } else if let Ok(mut last) = stats.last_error.lock() {
+            // The server's words end up on an operator's terminal: no
+            // control characters (escape sequences), and a bounded length.
             let what = match (&reply.outcome, reply.status) {
-                (Outcome::Transient(why), _) => why.chars().take(200).collect(),
+                (Outcome::Transient(why), _) => why
+                    .chars()
+                    .take(200)
+                    .map(|c| if c.is_control() { ' ' } else { c })
+                    .collect(),
                 (outcome, Some(code)) => format!("HTTP {code}: {}", outcome.summary()),
                 (outcome, None) => outcome.summary().to_string(),
             };

@@ -18,13 +18,6 @@ impl Queue {
         self.drop_oldest.store(drop_oldest, Ordering::Relaxed);
     }
 
-    /// When the oldest chunk still waiting for delivery was committed (None
-    /// when nothing waits, or its pointer cannot be read).
-    pub fn oldest_committed_at(&self) -> Option<crate::event::Timestamp> {
-        let (_, v) = self.chunks.first().ok()??;
-        Pointer::decode(&v).map(|p| p.committed_at)
-    }
-
     /// Events dropped by `when_full = "drop_oldest"` since the queue was opened.
     pub fn dropped_events(&self) -> u64 {
         self.dropped_events.load(Ordering::Relaxed)

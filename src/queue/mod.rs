@@ -366,6 +366,13 @@ impl Queue {
             .saturating_sub(self.dropped_events())
     }
 
+    /// When the oldest chunk still waiting for delivery was committed (None
+    /// when nothing waits, or its pointer cannot be read).
+    pub fn oldest_committed_at(&self) -> Option<crate::event::Timestamp> {
+        let (_, v) = self.chunks.first().ok()??;
+        Pointer::decode(&v).map(|p| p.committed_at)
+    }
+
     /// True when no event waits for delivery.
     pub fn is_empty(&self) -> bool {
         self.chunks.is_empty()

@@ -77,7 +77,18 @@ fn endpoints_and_status_with_the_daemon_running_and_stopped() {
     let dir = tempfile::tempdir().unwrap();
     let receiver = ReceiverProc::start(dir.path(), &[]);
     let config = write_config(dir.path(), &receiver.addr, "");
-    append_lines(&dir.path().join("logs/a.jsonl"), 0..300);
+    let log = dir.path().join("logs/a.jsonl");
+    append_lines(&log, 0..299);
+    // One line with a secret in it, for the redaction counter.
+    let secret = line(299).replace(
+        "line 299",
+        "token ghp_0123456789abcdefghijklmnopqrstuvwxyzAB",
+    );
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&log)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, secret.as_bytes()))
+        .unwrap();
     let mut daemon = start_daemon(&config);
     let at = admin_address(dir.path());
     wait_seqs(&receiver, 300, Duration::from_secs(30));
@@ -118,6 +129,11 @@ fn endpoints_and_status_with_the_daemon_running_and_stopped() {
         ("thoth_ingest_queue_events", "", 0.0),
         ("thoth_ingest_source_files", "source=\"agents\"", 1.0),
         ("thoth_ingest_ready", "", 1.0),
+        (
+            "thoth_ingest_redactions_total",
+            "detector=\"github-token\"",
+            1.0,
+        ),
     ] {
         assert_eq!(metric(&text, name, labels), Some(value), "{name}:\n{text}");
     }

@@ -145,24 +145,13 @@ fn write_journald_config(dir: &Path, receiver: &str, journal: &Path, extra: &str
     std::fs::write(
         &config,
         format!(
-            r#"
-[api]
-base_url = "http://{receiver}"
-tenant_id = "it-tenant"
-[admin]
-listen = "127.0.0.1:0"
-[state]
-dir = "{state}"
-[delivery]
-requests_per_minute = 100000
-linger = "100ms"
-[[sources]]
+            r#"{header}[[sources]]
 name = "journal"
 type = "journald"
 directory = "{journal}"
 {extra}
 "#,
-            state = dir.join("state").display(),
+            header = config_header(dir, receiver),
             journal = journal.display(),
         ),
     )
@@ -246,6 +235,23 @@ fn reads_the_filtered_entries_once_with_their_journal_fields() {
             .starts_with("2023-11-1"),
         "{}",
         event["occurred_at"]
+    );
+    // The cursor's age is the age of the last entry committed (written in
+    // November 2023), in /status and /metrics.
+    let addr: std::net::SocketAddr = std::fs::read_to_string(dir.path().join("state/admin.addr"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let at = thoth_ingest::config::AdminListen::Tcp(addr);
+    let (_, body) = thoth_ingest::admin::client::get(&at, "/status").unwrap();
+    let report: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let age = report["sources"][0]["cursor_age_seconds"].as_f64().unwrap();
+    assert!(age > 365.0 * 86_400.0, "cursor age {age} s");
+    let (_, metrics) = thoth_ingest::admin::client::get(&at, "/metrics").unwrap();
+    assert!(
+        metrics.contains("thoth_ingest_journald_cursor_age_seconds{source=\"journal\"} "),
+        "{metrics}"
     );
     assert!(terminate(&mut daemon).success());
 

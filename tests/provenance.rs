@@ -18,18 +18,7 @@ fn config(dir: &Path, receiver: &str, defaults: &str, redaction: &str, source: &
     std::fs::write(
         &path,
         format!(
-            r#"
-[api]
-base_url = "http://{receiver}"
-tenant_id = "it-tenant"
-[admin]
-listen = "127.0.0.1:0"
-[state]
-dir = "{state}"
-[delivery]
-requests_per_minute = 100000
-linger = "100ms"
-[defaults]
+            r#"{header}[defaults]
 {defaults}
 [redaction]
 {redaction}
@@ -41,7 +30,7 @@ parser = "json"
 poll_interval = "50ms"
 {source}
 "#,
-            state = dir.join("state").display(),
+            header = config_header(dir, receiver),
             logs = logs.display(),
         ),
     )

@@ -23,18 +23,7 @@ fn config(dir: &Path, receiver: &str, delivery: &str, extra: &str) -> PathBuf {
     std::fs::write(
         &path,
         format!(
-            r#"
-[api]
-base_url = "http://{receiver}"
-tenant_id = "it-tenant"
-[admin]
-listen = "127.0.0.1:0"
-[state]
-dir = "{state}"
-[delivery]
-requests_per_minute = 100000
-linger = "100ms"
-{delivery}
+            r#"{header}{delivery}
 {extra}
 [[sources]]
 name = "agents"
@@ -43,7 +32,7 @@ include = ["{logs}/*.jsonl", "{logs}/*.jsonl.gz"]
 parser = "json"
 poll_interval = "50ms"
 "#,
-            state = dir.join("state").display(),
+            header = config_header(dir, receiver),
             logs = logs.display(),
         ),
     )

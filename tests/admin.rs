@@ -412,3 +412,35 @@ fn idle_connections_hold_neither_the_daemon_nor_the_endpoint() {
     assert_eq!(get(&at, "/readyz").0, 200);
     assert!(terminate(&mut daemon).success());
 }
+
+/// With the endpoint off, `status` reads the report the running daemon
+/// keeps in its state directory and still tells running from stopped.
+#[test]
+fn status_without_an_endpoint_reads_the_state_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = ReceiverProc::start(dir.path(), &[]);
+    let config = write_config(dir.path(), &receiver.addr, "");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("listen = \"127.0.0.1:0\"", "listen = \"off\"");
+    std::fs::write(&config, text).unwrap();
+    append_lines(&dir.path().join("logs/a.jsonl"), 0..10);
+    let mut daemon = start_daemon(&config);
+    wait_seqs(&receiver, 10, Duration::from_secs(30));
+    let start = Instant::now();
+    while !dir.path().join("state/status.json").exists() {
+        assert!(start.elapsed() < Duration::from_secs(20), "no report kept");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!dir.path().join("state/admin.addr").exists());
+    let (code, shown) = status_command(&config, &[]);
+    assert_eq!(code, 0, "{shown}");
+    assert!(
+        shown.contains("running") && shown.contains("endpoint is off"),
+        "{shown}"
+    );
+    assert!(terminate(&mut daemon).success());
+    let (code, shown) = status_command(&config, &[]);
+    assert_eq!(code, 3, "{shown}");
+    assert!(shown.contains("STOPPED"), "{shown}");
+}

@@ -31,7 +31,7 @@ pub fn status(path: &Path, args: StatusArgs) -> anyhow::Result<ExitCode> {
     let config = thoth_ingest::parse::check::load_config(path, &env)?;
     let (report, note) = match ask_daemon(&config)? {
         Some(report) => (report, None),
-        None => last_report(&config)?,
+        None => last_report(&config, now())?,
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -82,8 +82,10 @@ fn parse_address(text: &str) -> Option<AdminListen> {
 }
 
 /// The report the daemon left at its last stop (or its last 10 s tick,
-/// if it was killed), marked not running; with a note on its age.
-fn last_report(config: &Config) -> anyhow::Result<(Report, Option<String>)> {
+/// if it was killed), marked not running; with a note on its age. A
+/// daemon that serves no endpoint (`listen = "off"`) but whose process
+/// lives and whose report is fresh is running: its report says so.
+fn last_report(config: &Config, now: f64) -> anyhow::Result<(Report, Option<String>)> {
     let path = config.state.dir.join(STATUS_FILE);
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
@@ -99,6 +101,12 @@ fn last_report(config: &Config) -> anyhow::Result<(Report, Option<String>)> {
     };
     let mut report: Report = serde_json::from_str(&text)
         .with_context(|| format!("{} is not a status report", path.display()))?;
+    let fresh = now - report.as_of < 30.0;
+    if report.running && fresh && process_lives(report.pid) {
+        let note =
+            "the admin endpoint is off: this report is from the state directory, up to 10 s old";
+        return Ok((report, Some(note.to_string())));
+    }
     let note = if report.running {
         "it did not stop cleanly: the report is from its last 10 s tick"
     } else {
@@ -107,6 +115,20 @@ fn last_report(config: &Config) -> anyhow::Result<(Report, Option<String>)> {
     report.running = false;
     report.ready = false;
     Ok((report, Some(note.to_string())))
+}
+
+/// Whether a process `pid` exists (signal 0 checks without sending).
+fn process_lives(pid: u32) -> bool {
+    // (0 and -1 would name a group of processes, not one.)
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: kill with signal 0 sends nothing; it only checks the pid.
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 fn now() -> f64 {
@@ -154,6 +176,9 @@ fn render(r: &Report, note: Option<&str>, now: f64) -> String {
             ago(r.started_at),
             if r.ready { "ready" } else { "NOT READY" }
         );
+        if let Some(note) = note {
+            let _ = writeln!(out, "  ({note})");
+        }
     } else {
         let _ = writeln!(
             out,

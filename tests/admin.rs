@@ -109,6 +109,9 @@ fn endpoints_and_status_with_the_daemon_running_and_stopped() {
     assert_eq!(r["sources"][0]["lines"], 300);
     assert_eq!(r["sources"][0]["events"], 300);
     assert_eq!(r["sources"][0]["files"], 1);
+    let size = std::fs::metadata(&log).unwrap().len();
+    assert_eq!(r["sources"][0]["position_bytes"], size);
+    assert_eq!(r["sources"][0]["lag_bytes"], 0);
     assert_eq!(r["queue"]["events"], 0);
     assert_eq!(r["queue"]["events_queued"], 300);
     let (code, text) = get(&at, "/metrics");

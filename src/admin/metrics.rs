@@ -165,6 +165,14 @@ impl Collector for Snapshot {
         )?;
         family(
             e,
+            "source_position",
+            "The read positions in each source's followed plain files, summed.",
+            Some(Unit::Bytes),
+            Gauge,
+            per_source(r, |s| s.position_bytes as f64),
+        )?;
+        family(
+            e,
             "source_lag",
             "Bytes between each source's read positions and the ends of its files.",
             Some(Unit::Bytes),

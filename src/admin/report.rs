@@ -41,6 +41,8 @@ pub struct SourceReport {
     pub kind: String,
     pub files: u64,
     pub bytes_read: u64,
+    /// The read positions in the followed plain files, summed.
+    pub position_bytes: u64,
     /// Bytes between the read position and the end of every followed file.
     pub lag_bytes: u64,
     pub lines: u64,
@@ -201,6 +203,7 @@ pub fn gather(
                 kind: l.kind.to_string(),
                 files: read.files.load(Ordering::Relaxed),
                 bytes_read: read.bytes_read.load(Ordering::Relaxed),
+                position_bytes: read.position_bytes.load(Ordering::Relaxed),
                 lag_bytes: read.lag_bytes.load(Ordering::Relaxed),
                 lines: parse.lines,
                 events: parse.events,

@@ -205,7 +205,13 @@ fn render(r: &Report, note: Option<&str>, now: f64) -> String {
             s.events
         );
         if s.kind == "file" {
-            let _ = write!(line, "  files {}  lag {}", s.files, bytes(s.lag_bytes));
+            let _ = write!(
+                line,
+                "  files {}  at {}  lag {}",
+                s.files,
+                bytes(s.position_bytes),
+                bytes(s.lag_bytes)
+            );
         }
         if let Some(age) = s.cursor_age_seconds {
             let _ = write!(line, "  cursor {} old", span(age));

@@ -99,6 +99,8 @@ pub struct ReadStats {
     pub truncated_lines: AtomicU64,
     /// Files followed now.
     pub files: AtomicU64,
+    /// The read positions in every followed plain file, summed.
+    pub position_bytes: AtomicU64,
     /// Bytes between the read position and the end of every followed file.
     pub lag_bytes: AtomicU64,
     /// Set when a full pass over every file found nothing new to read.

@@ -423,12 +423,17 @@ impl FileSource {
                 err,
             })?;
         }
-        let lag: u64 = self
-            .tracked
-            .values()
-            .filter(|t| t.gz.is_none())
-            .map(|t| t.size.saturating_sub(t.offset))
-            .sum();
+        let (position, lag) =
+            self.tracked
+                .values()
+                .filter(|t| t.gz.is_none())
+                .fold((0u64, 0u64), |(p, l), t| {
+                    (
+                        p.saturating_add(t.offset),
+                        l.saturating_add(t.size.saturating_sub(t.offset)),
+                    )
+                });
+        self.stats.position_bytes.store(position, Ordering::Relaxed);
         self.stats.lag_bytes.store(lag, Ordering::Relaxed);
         Ok(progressed)
     }

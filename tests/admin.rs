@@ -219,16 +219,31 @@ fn readiness_fails_with_the_reason_when_delivery_is_stuck() {
     assert!(terminate(&mut daemon).success());
 }
 
-/// After a run with 500s and 429s, the daemon's counters say what the
+/// After a run with 5xx and 429s, the daemon's counters say what the
 /// receiver counted: events accepted, requests by status, 429s; and each
 /// refused request's events went again once (the retries).
 #[test]
 fn the_counters_agree_with_the_receiver_after_retries_and_429s() {
     let dir = tempfile::tempdir().unwrap();
-    // 3 requests per 2 s, a fifth of them failing: 429s and 500s both.
+    // A 500, a 429, a 503 and a 429 first, then 3 requests per 2 s (more
+    // 429s).
+    let script = dir.path().join("script.jsonl");
+    let too_many = r#"{"status": 429, "headers": [["Retry-After", "1"]]}"#;
+    std::fs::write(
+        &script,
+        format!("{{\"status\": 500}}\n{too_many}\n{{\"status\": 503}}\n{too_many}\n"),
+    )
+    .unwrap();
     let receiver = ReceiverProc::start(
         dir.path(),
-        &["--limit", "3", "--window", "2s", "--fail-ratio", "0.2"],
+        &[
+            "--limit",
+            "3",
+            "--window",
+            "2s",
+            "--script",
+            script.to_str().unwrap(),
+        ],
     );
     let config = write_config_with(dir.path(), &receiver.addr, "batch_max_events = 100");
     append_lines(&dir.path().join("logs/a.jsonl"), 0..1500);
@@ -273,7 +288,7 @@ fn the_counters_agree_with_the_receiver_after_retries_and_429s() {
         metric(&text, "thoth_ingest_rate_limited_total", ""),
         Some(stats.status[&429] as f64)
     );
-    let refused = stats.status[&429] + stats.status[&500];
+    let refused = stats.status[&429] + stats.status[&500] + stats.status[&503];
     assert_eq!(
         metric(&text, "thoth_ingest_retries_total", ""),
         Some(refused as f64),

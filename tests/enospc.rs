@@ -164,6 +164,17 @@ fn a_full_disk_pauses_and_resumes_without_loss() {
 #[test]
 fn a_daemon_started_on_a_full_disk_waits_for_room_instead_of_exiting() {
     let s = setup(&[], "");
+    // A fixed admin port: a full disk has no room to name a chosen one.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let text = std::fs::read_to_string(&s.config).unwrap().replace(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"127.0.0.1:{port}\""),
+    );
+    std::fs::write(&s.config, text).unwrap();
+    let admin = thoth_ingest::config::AdminListen::Tcp(([127, 0, 0, 1], port).into());
     // A first run leaves a queue and checkpoints for the second to open.
     append_lines(&s.log, 0..1000);
     let mut daemon = start_daemon(&s.config);
@@ -178,8 +189,38 @@ fn a_daemon_started_on_a_full_disk_waits_for_room_instead_of_exiting() {
     let text = still_up_and_disk_full_logged(&mut daemon, &stderr);
     let while_full = stored_seqs(&s.receiver).len();
     eprintln!("started on a full disk: {while_full} of 3000 lines delivered\n{text}");
+    // The admin endpoint is up and says why the daemon is not ready.
+    let get = |path: &str| thoth_ingest::admin::client::get(&admin, path);
+    let start = std::time::Instant::now();
+    while get("/healthz").is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no admin endpoint"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (code, why) = get("/readyz").unwrap();
+    assert_eq!(code, 503, "{why}");
+    assert!(why.contains("waits for disk space"), "{why}");
+    let status = std::process::Command::new(BIN)
+        .arg("--config")
+        .arg(&s.config)
+        .arg("status")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&status.stderr);
+    assert_eq!(status.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("503") && said.contains("disk space"),
+        "{said}"
+    );
 
     std::fs::remove_file(&filler).unwrap();
+    let start = std::time::Instant::now();
+    while !matches!(get("/readyz"), Ok((200, _))) {
+        assert!(start.elapsed() < Duration::from_secs(30), "never ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     all_arrive_once(&s.receiver, &mut daemon, 3000);
 }
 

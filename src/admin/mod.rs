@@ -49,6 +49,8 @@ struct Inner {
     /// None while no pipeline runs (its start waits for disk space).
     observed: Mutex<Option<Observed>>,
     state_dir: PathBuf,
+    /// The address bound, to name again once the state directory exists.
+    bound: Mutex<Option<String>>,
     rates: Rates,
     /// The sources the applied config names, and the stuck bound.
     expected: Mutex<(Vec<String>, Duration)>,
@@ -60,6 +62,7 @@ impl Admin {
             inner: Arc::new(Inner {
                 observed: Mutex::new(None),
                 state_dir: state_dir.to_path_buf(),
+                bound: Mutex::new(None),
                 rates: Rates::default(),
                 expected: Mutex::new((configured, stuck_after)),
             }),
@@ -67,9 +70,14 @@ impl Admin {
     }
 
     /// Reports from this pipeline from now on (None: none runs). Its
-    /// counters start again from zero: so do the last minute's rates.
+    /// counters start again from zero: so do the last minute's rates. A
+    /// pipeline that runs has its state directory: the bound address is
+    /// named there (again).
     pub fn attach(&self, observed: Option<Observed>) {
         self.inner.rates.restart(observed.as_ref());
+        if observed.is_some() {
+            self.name_address();
+        }
         *self
             .inner
             .observed
@@ -161,22 +169,44 @@ impl Admin {
             .route("/readyz", get(readyz))
             .route("/status", get(status))
             .with_state(self.clone());
-        let state_dir = self.inner.state_dir.clone();
         match listen {
             AdminListen::Off => Ok(()),
             AdminListen::Tcp(addr) => {
                 let listener = tokio::net::TcpListener::bind(addr).await?;
                 let bound = listener.local_addr()?;
                 info!(listen = %bound, "admin endpoint: /metrics /healthz /readyz /status");
-                name_address(&state_dir, &bound.to_string());
+                self.bound_at(bound.to_string());
                 axum::serve(Bounded::new(listener), app).await
             }
             AdminListen::Unix(path) => {
                 let listener = bind_unix(path)?;
                 info!(listen = %path.display(), "admin endpoint: /metrics /healthz /readyz /status");
-                name_address(&state_dir, &format!("unix:{}", path.display()));
+                self.bound_at(format!("unix:{}", path.display()));
                 axum::serve(Bounded::new(listener), app).await
             }
+        }
+    }
+}
+
+impl Admin {
+    fn bound_at(&self, address: String) {
+        *self.inner.bound.lock().unwrap_or_else(|p| p.into_inner()) = Some(address);
+        self.name_address();
+    }
+
+    /// Writes the bound address where `status` looks first (a state
+    /// directory not made yet, or a full disk, only delays it).
+    fn name_address(&self) {
+        let bound = self
+            .inner
+            .bound
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let Some(address) = bound else { return };
+        let path = self.inner.state_dir.join(ADDRESS_FILE);
+        if let Err(e) = write_atomically(&path, address.as_bytes()) {
+            debug!(path = %path.display(), error = %e, "cannot name the admin address in the state directory");
         }
     }
 }
@@ -205,14 +235,6 @@ fn bind_unix(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
         Err(e) => return Err(e),
     }
     tokio::net::UnixListener::bind(path)
-}
-
-/// Writes the bound address where `status` looks first.
-fn name_address(state_dir: &Path, address: &str) {
-    let path = state_dir.join(ADDRESS_FILE);
-    if let Err(e) = write_atomically(&path, address.as_bytes()) {
-        debug!(path = %path.display(), error = %e, "cannot name the admin address in the state directory");
-    }
 }
 
 /// Replaces `path` with `bytes` whole (a reader never sees half).

@@ -39,7 +39,7 @@ pub async fn run(path: &Path) -> anyhow::Result<ExitCode> {
         config.admin.stuck_after,
     );
     admin.start_sampling();
-    let mut admin_listen = Some(config.admin.endpoint().map_err(anyhow::Error::msg)?);
+    admin.serve(config.admin.endpoint().map_err(anyhow::Error::msg)?);
     loop {
         let Some(mut pipeline) =
             start_when_disk_has_room(&config, &key, &mut signals, &notifier).await?
@@ -48,10 +48,6 @@ pub async fn run(path: &Path) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         };
         admin.attach(Some(pipeline.observed()));
-        // Once the state directory exists, where the bound address is named.
-        if let Some(listen) = admin_listen.take() {
-            admin.serve(listen);
-        }
         notifier.ready(&pipeline.status_line());
         let watchdog = notifier.watchdog_interval();
         // systemd's advice: ping at half the interval.

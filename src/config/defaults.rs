@@ -43,8 +43,7 @@ pub(super) fn keys_occurred_at() -> Vec<String> {
 pub(super) fn default_event_type() -> String {
     "TOOL_CALL_POST".into()
 }
-/// The admin endpoint's default address (Prometheus' exporter registry
-/// does not list 9977).
+/// The admin endpoint's default address: loopback only.
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9977";
 
 pub(super) fn default_admin_listen() -> Spanned<String> {

@@ -70,6 +70,9 @@ pub(super) fn default_batch_max_events() -> usize {
 pub(super) fn default_linger() -> Duration {
     Duration::from_secs(1)
 }
+pub(super) fn default_max_linger() -> Duration {
+    Duration::from_secs(60)
+}
 pub(super) fn default_max_backoff() -> Duration {
     Duration::from_secs(300)
 }

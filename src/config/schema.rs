@@ -82,6 +82,11 @@ pub struct DeliveryConfig {
     /// How long a partial batch may wait for more events before it is sent.
     #[serde(default = "default_linger", with = "humantime_serde")]
     pub linger: Duration,
+    /// How long a partial batch may wait at most while the tenant's budget
+    /// is shared and our share of it is small (see README, "Sharing the
+    /// budget across a fleet").
+    #[serde(default = "default_max_linger", with = "humantime_serde")]
+    pub max_linger: Duration,
     /// Longest wait between retries of a failed request.
     #[serde(default = "default_max_backoff", with = "humantime_serde")]
     pub max_backoff: Duration,
@@ -117,6 +122,7 @@ impl Default for DeliveryConfig {
             requests_per_minute: default_rpm(),
             batch_max_events: default_batch_max_events(),
             linger: default_linger(),
+            max_linger: default_max_linger(),
             max_backoff: default_max_backoff(),
             budget: None,
             batch_max_bytes: default_batch_max_bytes(),

@@ -8,10 +8,12 @@
 
 pub mod answer;
 pub mod budget;
+pub mod pace;
 mod reload;
 mod retry;
 mod sender;
 pub mod share;
+pub mod simulation;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -23,12 +25,12 @@ use tokio::time::Instant;
 use tracing::{debug, info};
 
 use self::answer::RateHeaders;
-use self::budget::Budget;
-use self::reload::{with_margin, Limits};
+use self::pace::{batch_wait, unix_now, Pacer};
+use self::reload::Limits;
 pub use self::reload::{Reload, ReloadSlot};
 pub use self::retry::backoff;
 use self::sender::{Outcome, Reply, Sender};
-use self::share::{Advice, Observation, Share};
+use self::share::Observation;
 use crate::config::{ApiKey, Config};
 use crate::event::Timestamp;
 use crate::queue::{Batch, Queue, QueueError};
@@ -101,22 +103,16 @@ impl FlushStats {
 pub struct Flusher {
     sender: Arc<Sender>,
     queue: Arc<Queue>,
-    budget: Budget,
+    /// Our own budget, the tenant's shared one and Retry-After.
+    pacer: Pacer,
     /// Batch sizes, waits and concurrency; the batch bounds shrink on 413.
     limits: Limits,
     stats: Arc<FlushStats>,
     /// Batches already taken from the queue that must be sent again (after a
     /// failure, or as halves of a refused batch) before new ones.
     retry: VecDeque<Batch>,
-    /// No request starts before this (Retry-After, a spent shared window).
-    not_before: Instant,
-    /// Nor before this: a refused key or a backoff; a reload ends it.
+    /// No request before this: a refused key or a backoff; a reload ends it.
     hold_until: Option<Instant>,
-    /// Least gap between request starts while the tenant's budget is shared.
-    pace_gap: Option<Duration>,
-    last_start: Option<Instant>,
-    /// What the rate headers say about others drawing on the tenant's budget.
-    share: Share,
     consecutive_failures: u32,
     last_auth_log: Option<Instant>,
     last_redirect_log: Option<Instant>,
@@ -146,15 +142,11 @@ impl Flusher {
         Ok(Flusher {
             sender: Arc::new(settings.sender),
             queue,
-            budget: Budget::new(requests, with_margin(per)),
+            pacer: Pacer::new(requests, per, Instant::now(), pace::seed()),
             limits: settings.limits,
             stats,
             retry: VecDeque::new(),
-            not_before: Instant::now(),
             hold_until: None,
-            pace_gap: None,
-            last_start: None,
-            share: Share::new(requests, per),
             consecutive_failures: 0,
             last_auth_log: None,
             last_redirect_log: None,
@@ -209,12 +201,7 @@ impl Flusher {
                 self.stats.budget_waits.fetch_add(1, Ordering::Relaxed);
             }
             self.waiting_on_budget = held_by_budget;
-            // While sharing, one request at a time: its answer sets the next gap.
-            let max_in_flight = if self.pace_gap.is_some() || self.share.shared(now) {
-                1
-            } else {
-                self.limits.max_in_flight
-            };
+            let max_in_flight = self.limits.max_in_flight;
             if in_flight.len() >= max_in_flight || gate > now {
                 tokio::select! {
                     Some(done) = in_flight.join_next_with_id() => self.completed(done).await?,
@@ -249,9 +236,7 @@ impl Flusher {
                     }
                 },
             };
-            let now = Instant::now();
-            self.budget.record(now);
-            self.last_start = Some(now);
+            self.pacer.started(Instant::now(), unix_now());
             self.stats.requests.fetch_add(1, Ordering::Relaxed);
             self.outstanding += 1;
             let sender = self.sender.clone();
@@ -300,12 +285,13 @@ impl Flusher {
     fn publish_limits(&mut self, now: Instant) {
         self.limits_published_at = now;
         let s = &self.stats;
+        let budget = self.pacer.budget();
         s.budget_limit
-            .store(self.budget.limit() as u64, Ordering::Relaxed);
+            .store(budget.limit() as u64, Ordering::Relaxed);
         s.budget_window_ms
-            .store(self.budget.window().as_millis() as u64, Ordering::Relaxed);
+            .store(budget.window().as_millis() as u64, Ordering::Relaxed);
         s.budget_used
-            .store(self.budget.used(now) as u64, Ordering::Relaxed);
+            .store(budget.used(now) as u64, Ordering::Relaxed);
         s.batch_max_events
             .store(self.limits.batch_max_events as u64, Ordering::Relaxed);
         s.batch_max_bytes
@@ -314,32 +300,38 @@ impl Flusher {
 
     /// The earliest time the next request may start.
     fn next_start(&mut self, now: Instant) -> Instant {
-        let mut at = self.not_before.max(now + self.budget.wait_time(now));
-        if let Some(hold) = self.hold_until {
-            at = at.max(hold);
+        let at = self.pacer.gate(now, unix_now());
+        match self.hold_until {
+            Some(hold) => at.max(hold),
+            None => at,
         }
-        if let (Some(gap), Some(last)) = (self.pace_gap, self.last_start) {
-            at = at.max(last + gap);
-        }
-        at
     }
 
     /// A new batch from the queue, or how long to wait for one: a partial
-    /// batch waits up to `linger` for more events.
+    /// batch waits up to its linger for more events (see `pace`).
     async fn next_batch(&mut self) -> Result<Result<Batch, Duration>, FlushError> {
         let (events, bytes) = (self.limits.batch_max_events, self.limits.batch_max_bytes);
         let Some(batch) = self.on_disk(move |q| q.peek_batch(events, bytes)).await? else {
             return Ok(Err(Duration::from_millis(200)));
         };
-        let full = batch.events >= self.limits.batch_max_events
-            || batch.body.len() * 10 >= self.limits.batch_max_bytes * 9;
-        if !full {
-            let age = Duration::from_micros(
-                (Timestamp::now().unix_micros - batch.oldest.unix_micros).max(0) as u64,
-            );
-            if age < self.limits.linger {
-                return Ok(Err(self.limits.linger - age));
-            }
+        let age = Duration::from_micros(
+            Timestamp::now()
+                .unix_micros
+                .saturating_sub(batch.oldest.unix_micros)
+                .max(0) as u64,
+        );
+        let linger = self
+            .pacer
+            .linger(unix_now(), self.limits.linger, self.limits.max_linger);
+        if let Some(wait) = batch_wait(
+            batch.events,
+            batch.body.len(),
+            age,
+            self.limits.batch_max_events,
+            self.limits.batch_max_bytes,
+            linger,
+        ) {
+            return Ok(Err(wait));
         }
         self.queue.take(&batch);
         Ok(Ok(batch))
@@ -365,7 +357,7 @@ impl Flusher {
     }
 
     /// Shares the tenant's budget with its other clients (see `share`).
-    fn follow_rate_headers(&mut self, reply: &Reply, now: Instant) {
+    fn follow_rate_headers(&mut self, reply: &Reply) {
         let Some(RateHeaders {
             remaining,
             reset,
@@ -374,10 +366,6 @@ impl Flusher {
         else {
             return;
         };
-        let now_unix = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs_f64();
         let observation = Observation {
             remaining,
             reset,
@@ -385,24 +373,15 @@ impl Flusher {
             counted: !matches!(reply.outcome, Outcome::RateLimited(_)),
             other_in_flight: self.outstanding,
         };
-        let advice = self.share.observe(now, now_unix, observation);
+        self.pacer.observe(unix_now(), observation);
+        let share = self.pacer.share();
         debug!(
             remaining,
             reset,
-            others = self.share.others_in_window(),
-            reserve = self.share.reserve(),
-            ?advice,
+            others = share.others_in_window(),
+            senders = share.senders(),
+            reserve = share.reserve(),
             "rate headers"
         );
-        match advice {
-            Advice::Free => self.pace_gap = None,
-            Advice::Pace(gap) => self.pace_gap = Some(gap),
-            Advice::WaitUntil(at) => {
-                self.pace_gap = None;
-                // Whatever the headers said, no longer than max_backoff.
-                let at = at.min(answer::after(now, self.limits.max_backoff, Duration::ZERO));
-                self.not_before = self.not_before.max(at);
-            }
-        }
     }
 }

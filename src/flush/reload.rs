@@ -9,7 +9,6 @@ use tokio::time::Instant;
 use tracing::info;
 
 use super::sender::Sender;
-use super::share::Share;
 use super::{FlushError, Flusher};
 use crate::config::{ApiKey, Config};
 
@@ -28,6 +27,7 @@ pub(super) struct Limits {
     pub(super) batch_max_events: usize,
     pub(super) batch_max_bytes: usize,
     pub(super) linger: Duration,
+    pub(super) max_linger: Duration,
     pub(super) max_backoff: Duration,
     pub(super) max_in_flight: usize,
     pub(super) shutdown_timeout: Duration,
@@ -47,18 +47,13 @@ impl Reload {
                 batch_max_events: config.delivery.batch_max_events,
                 batch_max_bytes: config.delivery.batch_max_bytes.0 as usize,
                 linger: config.delivery.linger,
+                max_linger: config.delivery.max_linger,
                 max_backoff: config.delivery.max_backoff,
                 max_in_flight: config.delivery.max_in_flight,
                 shutdown_timeout: config.delivery.shutdown_timeout,
             },
         })
     }
-}
-
-/// Our window is a little longer than the server's: ours starts when a
-/// request leaves, the server's when it arrives.
-pub(super) fn with_margin(per: Duration) -> Duration {
-    per + (per / 100).max(Duration::from_millis(50))
 }
 
 impl Flusher {
@@ -69,9 +64,7 @@ impl Flusher {
         self.sender = Arc::new(r.sender);
         if r.budget != self.budget_config {
             let (requests, per) = r.budget;
-            self.budget.reconfigure(requests, with_margin(per));
-            self.share = Share::new(requests, per);
-            self.pace_gap = None;
+            self.pacer.reconfigure(requests, per, super::pace::seed());
             self.budget_config = r.budget;
         }
         self.limits = r.limits;

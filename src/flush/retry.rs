@@ -50,7 +50,7 @@ impl Flusher {
         self.count_answer(&reply);
         if !matches!(reply.outcome, Outcome::Unauthorized(..)) {
             // (A refused key has no tenant: its headers describe no budget.)
-            self.follow_rate_headers(&reply, now);
+            self.follow_rate_headers(&reply);
         }
         match reply.outcome {
             Outcome::Delivered => {
@@ -72,7 +72,7 @@ impl Flusher {
                     wait_ms = wait.as_millis() as u64,
                     "rate limited by the server"
                 );
-                self.not_before = self.not_before.max(answer::after(now, wait, max));
+                self.pacer.wait_until(answer::after(now, wait, max));
                 self.retry.push_front(batch);
             }
             Outcome::Redirected(status, location) => {

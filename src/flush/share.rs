@@ -1,47 +1,61 @@
-//! Sharing the tenant's request budget with its other clients (other hosts
-//! running this daemon, SDK-instrumented agents), from nothing but the
-//! `X-RateLimit-*` headers of our own answers.
+//! Sharing the tenant's request budget with its other clients (the other
+//! hosts running this daemon, SDK-instrumented agents), from nothing but the
+//! `X-RateLimit-*` headers of our own answers. README "Sharing the budget
+//! across a fleet" explains the design and its assumptions.
 //!
-//! The server counts requests per tenant in windows that end at
-//! `X-RateLimit-Reset` (Unix seconds). Within one window, the requests the
-//! server counted are `Limit - Remaining`; those that are not ours were sent
-//! by someone else. So:
+//! The server counts requests per tenant in fixed windows that end at
+//! `X-RateLimit-Reset` (Unix seconds, rounded up); the requests it counted
+//! so far are `Limit - Remaining`, and those that are not ours were sent by
+//! someone else.
 //!
-//! * **Alone** (no one else counted in this window), our own budget is the
-//!   only gate: a lone daemon runs at full speed and uses its whole budget.
-//! * **Shared** (someone else counted in this window, or in the last window
-//!   length), we send one request at a time, spread what remains evenly over
-//!   the time to the reset (`gap = left / remaining`), and leave the last
-//!   `reserve` requests of the window alone. Each client doing so drains the
-//!   window more slowly as it runs low, and, with one request in flight each,
-//!   two clients acting on the same stale `Remaining` still stay within it.
-//!   When the reserve is reached, we wait for the reset itself: the header is
-//!   whole seconds, rounded up, so the window has certainly rolled by then.
-//!   Waking half a second early (as an earlier version did) is what made two
-//!   daemons collect a 429 each at every window's end.
-//! * A 429 while sharing means more clients act on stale numbers than the
-//!   reserve covers: the reserve grows by one (up to a tenth of the limit),
-//!   and shrinks by one after each window without a 429.
+//! * **Alone** (no one else counted in the last window length), our own
+//!   budget is the only gate and a lone daemon uses all of it.
+//! * **Shared**, each window has two phases, the same for every daemon since
+//!   they all see the same `Reset`:
+//!   - the *roll call*, the first [`ROLL_CALL`] of the window: every daemon
+//!     with something to send sends exactly one request, at a uniformly
+//!     random moment. The `Remaining` of that answer says how many were
+//!     counted before ours; with the moment drawn uniformly, that count is
+//!     (senders - 1) times the share of the roll call elapsed, so the number
+//!     of senders follows from a few windows of samples. Unlike the ratio of
+//!     everyone's use to ours, this estimate is the same for every daemon,
+//!     whatever its current share: it is what makes the split fair.
+//!   - the rest of the window: what remains, less a reserve, is split evenly
+//!     among the senders, and each paces its share over the time left. Every
+//!     answer re-plans from its fresh `Remaining`, so the window is spent
+//!     evenly to its end whoever else (an SDK, a light host) also draws on
+//!     it. A share under one request is taken with that probability, at a
+//!     random moment.
 //!
-//! The state machine is pure (time is passed in), so it is tested here
-//! without a server.
+//!   With more senders than a window holds, each takes part in a window's
+//!   roll call with the probability that keeps the roll call within it.
+//! * A 429 while sharing grows the reserve by one (up to a tenth of the
+//!   limit); each window without one shrinks it back towards its base.
+//!
+//! The state machine is pure: time is passed in (wall-clock seconds, since
+//! `Reset` is wall-clock), and so is the random source, so the fleet
+//! simulator (`simulation`) runs this very code in virtual time.
 
-use std::time::Duration;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
 
-use tokio::time::Instant;
-
-/// Requests of a shared window left unused at first, see the module notes.
+/// The first part of each window, in which every sender sends one request.
+pub const ROLL_CALL: f64 = 0.2;
+/// The least number of requests of a shared window left unused.
 pub const SHARED_RESERVE: u64 = 2;
+/// Weight kept by older roll-call samples at each new one.
+const SAMPLE_DECAY: f64 = 0.9;
+/// Roll-call samples (summed shares of the roll call elapsed) needed before
+/// the estimate of senders is trusted over the conservative guess.
+const SAMPLES_NEEDED: f64 = 0.5;
 
-/// What the headers of one answer tell the flusher.
+/// What the share allows.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Advice {
     /// Alone on the tenant's budget: only our own budget gates.
     Free,
-    /// Shared: one request at a time, at least `gap` apart.
-    Pace(Duration),
-    /// The window is spent: no request before this.
-    WaitUntil(Instant),
+    /// No request before this wall-clock time (Unix seconds).
+    At(f64),
 }
 
 /// One answer's rate headers, and what we know about that request.
@@ -72,34 +86,85 @@ struct Window {
     limited: bool,
 }
 
+/// The plan for one window: when the next request may start.
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    /// The start of the window the plan is for.
+    start: f64,
+    /// None: nothing more in this window.
+    at: Option<f64>,
+    /// The spacing of our requests in this window, if paced.
+    gap: Option<f64>,
+    /// A moment in the roll call, which lapses with it.
+    roll_call: bool,
+}
+
+/// Our roll call request, not yet answered.
+#[derive(Debug, Clone, Copy)]
+struct RollCall {
+    /// The start of its window.
+    start: f64,
+    /// The share of the roll call elapsed when it left.
+    elapsed: f64,
+}
+
 #[derive(Debug)]
 pub struct Share {
-    /// Our own budget's limit and window, used when the server sends no
-    /// `X-RateLimit-Limit`, and as how long sharing lasts once seen.
+    /// Our own budget's limit, used when the server sends no
+    /// `X-RateLimit-Limit`.
     own_limit: u64,
-    per: Duration,
+    /// The window's length in seconds, and how long sharing lasts once
+    /// someone else was seen.
+    per: f64,
     window: Option<Window>,
-    shared_until: Option<Instant>,
+    shared_until: f64,
     reserve: u64,
-    /// The advice of the latest answer.
-    advice: Advice,
+    /// Decayed sums over roll-call samples: requests counted before ours,
+    /// and the share of the roll call elapsed times the participation then.
+    counted_before: f64,
+    elapsed: f64,
+    /// The chance of taking part in a window's roll call.
+    participation: f64,
+    /// Our request rate (per second) in what is left of this window after
+    /// the roll call: at first an even share among the roll call's senders,
+    /// then corrected at each answer by the same amount every sender
+    /// computes, so the rates stay even while the window is spent to its end
+    /// whatever SDKs and light hosts draw (see `rest_of_window`).
+    rate: Option<f64>,
+    /// When our last counted answer of the current window came, and the
+    /// requests counted then.
+    last_used: Option<(f64, u64)>,
+    plan: Option<Plan>,
+    roll_call: Option<RollCall>,
+    /// When our latest request started.
+    last_start: f64,
+    rng: SmallRng,
 }
 
 impl Share {
-    pub fn new(own_limit: u32, per: Duration) -> Share {
+    /// `seed` drives the random moments; daemons must not share one.
+    pub fn new(own_limit: u32, per: std::time::Duration, seed: u64) -> Share {
         Share {
             own_limit: u64::from(own_limit.max(1)),
-            per,
+            per: per.as_secs_f64().max(0.001),
             window: None,
-            shared_until: None,
+            shared_until: f64::NEG_INFINITY,
             reserve: SHARED_RESERVE,
-            advice: Advice::Free,
+            counted_before: 0.0,
+            elapsed: 0.0,
+            participation: 1.0,
+            rate: None,
+            last_used: None,
+            plan: None,
+            roll_call: None,
+            last_start: f64::NEG_INFINITY,
+            rng: SmallRng::seed_from_u64(seed),
         }
     }
 
     /// True while others are known to draw on the tenant's budget.
-    pub fn shared(&self, now: Instant) -> bool {
-        self.shared_until.is_some_and(|t| t > now)
+    pub fn shared(&self, now: f64) -> bool {
+        self.shared_until > now
     }
 
     /// Requests of a shared window left alone now.
@@ -113,22 +178,192 @@ impl Share {
         self.window.as_ref().map_or(0, |w| w.others)
     }
 
-    /// Takes one answer's headers; `now_unix` is the wall clock in seconds.
-    pub fn observe(&mut self, now: Instant, now_unix: f64, obs: Observation) -> Advice {
+    /// The estimated number of clients sending on the tenant's budget (one
+    /// while alone).
+    pub fn senders(&self) -> f64 {
+        if self.elapsed >= SAMPLES_NEEDED {
+            1.0 + self.counted_before / self.elapsed
+        } else {
+            // Before the roll call has said: everyone counted so far in the
+            // window may be a sender of their own (a high guess, so a
+            // newcomer starts modest rather than greedy).
+            self.window
+                .as_ref()
+                .map_or(1.0, |w| (w.others + 1) as f64)
+                .max(2.0)
+        }
+    }
+
+    /// The average time between our requests when the budget is shared
+    /// evenly, in seconds; None while alone. The flusher lets a partial
+    /// batch wait this long (within `max_linger`) for more events rather
+    /// than spend a scarce request on a few.
+    pub fn request_interval(&self, now: f64) -> Option<f64> {
+        if !self.shared(now) {
+            return None;
+        }
+        let per_window = self.usable() / self.senders();
+        Some(self.per / per_window.max(f64::MIN_POSITIVE))
+    }
+
+    fn limit(&self) -> u64 {
+        self.window.as_ref().map_or(self.own_limit, |w| w.limit)
+    }
+
+    /// Requests of a window the senders may spend between them.
+    fn usable(&self) -> f64 {
+        self.limit().saturating_sub(self.reserve).max(1) as f64
+    }
+
+    /// The reserve a window starts from: 2%, for the random spread of the
+    /// senders' requests, and at least [`SHARED_RESERVE`].
+    fn base_reserve(limit: u64) -> u64 {
+        limit.div_ceil(50).max(SHARED_RESERVE)
+    }
+
+    /// The start of the window holding `now`, on the grid of the last known
+    /// `Reset` (windows are contiguous).
+    fn window_start(&self, reset: u64, now: f64) -> f64 {
+        let first = reset as f64 - self.per;
+        let k = ((now - first) / self.per).floor();
+        first + k * self.per
+    }
+
+    /// The last moment of a window starting at `start` that is certainly in
+    /// it: `Reset` is rounded up, so the window may end up to a second
+    /// before it.
+    fn certain_end(&self, start: f64) -> f64 {
+        start + self.per - (self.per / 4.0).min(1.0)
+    }
+
+    /// When the next request may start.
+    pub fn advice(&mut self, now: f64) -> Advice {
+        let Some(reset) = self.window.as_ref().map(|w| w.reset) else {
+            return Advice::Free;
+        };
+        if !self.shared(now) {
+            return match &self.window {
+                // Alone, and our own requests spent the window: our own
+                // budget already waits for it. The window ends in the second
+                // before `Reset`; nothing is sent before that second starts.
+                Some(w) if w.remaining == 0 && now < reset as f64 => Advice::At(reset as f64 - 1.0),
+                _ => Advice::Free,
+            };
+        }
+        let start = self.window_start(reset, now);
+        let plan = match self.plan {
+            // A roll call moment missed (nothing was ready then) lapses: a
+            // request now would come unplanned into a window others have
+            // planned to spend.
+            Some(p)
+                if (p.start - start).abs() < self.per / 2.0
+                    && p.roll_call
+                    && p.at.is_some()
+                    && now >= start + ROLL_CALL * self.per =>
+            {
+                let p = self.late_plan(now, start);
+                self.plan = Some(p);
+                p
+            }
+            Some(p) if (p.start - start).abs() < self.per / 2.0 => p,
+            _ => {
+                let p = self.fresh_plan(now, start);
+                self.plan = Some(p);
+                p
+            }
+        };
+        Advice::At(plan.at.unwrap_or(start + self.per))
+    }
+
+    /// The plan for a window in which we have had no answer yet: a moment
+    /// in its roll call, or, when the roll call is over, [`Share::late_plan`].
+    fn fresh_plan(&mut self, now: f64, start: f64) -> Plan {
+        self.participation = (0.95 * self.usable() / self.senders()).clamp(0.01, 1.0);
+        let roll_call_end = start + ROLL_CALL * self.per;
+        if now >= roll_call_end {
+            return self.late_plan(now, start);
+        }
+        let at = (self.rng.gen::<f64>() < self.participation)
+            .then(|| self.rng.gen_range(now.max(start)..roll_call_end));
+        Plan {
+            start,
+            at,
+            gap: None,
+            roll_call: true,
+        }
+    }
+
+    /// After the roll call, with no answer in this window yet: one request
+    /// at a random moment of what is left, but only if the senders' even
+    /// share of what the roll call leaves is a request or more; otherwise
+    /// the next roll call.
+    fn late_plan(&mut self, now: f64, start: f64) -> Plan {
+        let participants = self.participants();
+        let share = (self.usable() - participants) / participants;
+        let end = self.certain_end(start);
+        let at = (share >= 1.0 && now < end).then(|| self.rng.gen_range(now..end));
+        Plan {
+            start,
+            at,
+            gap: None,
+            roll_call: false,
+        }
+    }
+
+    /// The expected number of senders in a window's roll call.
+    fn participants(&self) -> f64 {
+        (self.participation * self.senders()).max(1.0)
+    }
+
+    /// A request starts now.
+    pub fn started(&mut self, now: f64) {
+        self.last_start = now;
+        let Some(reset) = self.window.as_ref().map(|w| w.reset) else {
+            return;
+        };
+        let start = self.window_start(reset, now);
+        let ours_in_window = self
+            .window
+            .as_ref()
+            .filter(|w| (w.reset as f64 - self.per - start).abs() < self.per / 2.0)
+            .map_or(0, |w| w.ours);
+        let elapsed = (now - start) / (ROLL_CALL * self.per);
+        if ours_in_window == 0 && (0.0..1.0).contains(&elapsed) {
+            self.roll_call = Some(RollCall { start, elapsed });
+        }
+        if let Some(p) = &mut self.plan {
+            if (p.start - start).abs() < self.per / 2.0 {
+                // Paced: the next at the same spacing until an answer
+                // re-plans; otherwise the answer plans the next one.
+                p.at = p.gap.map(|gap| now + gap);
+            }
+        }
+    }
+
+    /// Takes one answer's headers; `now` is the wall clock in seconds.
+    pub fn observe(&mut self, now: f64, obs: Observation) {
+        let participants = self.participants();
         let limit = obs.limit.unwrap_or(self.own_limit).max(1);
-        let max_reserve = (limit / 10).max(SHARED_RESERVE);
+        let base = Share::base_reserve(limit);
+        let max_reserve = (limit / 10).max(base);
         // Which window the answer belongs to. `Reset` may jitter by a second
         // on some servers; a stale answer from an older window is ignored.
         let window = match &mut self.window {
-            Some(w) if obs.reset + 1 < w.reset => return self.advice,
+            Some(w) if obs.reset + 1 < w.reset => return,
             Some(w) if obs.reset <= w.reset + 1 => {
                 w.reset = w.reset.max(obs.reset);
                 w
             }
             slot => {
-                if slot.as_ref().is_some_and(|w| !w.limited) {
-                    self.reserve = self.reserve.saturating_sub(1).max(SHARED_RESERVE);
+                match slot.as_ref() {
+                    Some(w) if !w.limited => {
+                        self.reserve = self.reserve.saturating_sub(1).max(base);
+                    }
+                    Some(_) => {}
+                    None => self.reserve = base,
                 }
+                self.last_used = None;
+                self.rate = None;
                 slot.insert(Window {
                     reset: obs.reset,
                     limit,
@@ -147,296 +382,242 @@ impl Share {
         let used = limit.saturating_sub(window.remaining);
         let others = used.saturating_sub(window.ours + obs.other_in_flight as u64);
         window.others = window.others.max(others);
-        let others_now = window.others > 0;
-        if others_now {
-            self.shared_until = Some(now + self.per);
+        if window.others > 0 {
+            // Sharing lasts two windows, or two of our requests at an even
+            // share when there are more senders than a window holds: a
+            // daemon that waits its turn must not forget the others and
+            // burst as if alone.
+            let interval = self.per * participants.max(1.0) / (limit as f64 * 0.95);
+            self.shared_until = now + 2.0 * self.per.max(interval);
         }
-        let shared = self.shared_until.is_some_and(|t| t > now);
+        let shared = self.shared_until > now;
         if !obs.counted && shared {
             window.limited = true;
             self.reserve = (self.reserve + 1).min(max_reserve);
         }
-        let remaining = window.remaining;
-        let left = obs.reset as f64 - now_unix;
-        // The headers were checked for sense (flush::answer), but no number
-        // from a server becomes an unchecked `Instant` or `Duration`.
-        let per = self.per;
-        let until_reset = |extra: f64| {
-            let wait = Duration::try_from_secs_f64((left + extra).max(0.0)).unwrap_or(per);
-            now.checked_add(wait.min(per.saturating_mul(60)))
-                .unwrap_or(now)
-        };
-        self.advice = if left <= 0.0 {
-            // The window has ended already: the next answer tells more.
-            Advice::Free
-        } else if shared {
-            if remaining <= self.reserve {
-                // A little after the reset, which is rounded up: certainly
-                // in the next window.
-                Advice::WaitUntil(until_reset(0.02))
-            } else {
-                Advice::Pace(
-                    Duration::try_from_secs_f64(left / remaining as f64)
-                        .unwrap_or(per)
-                        .min(per),
-                )
+        // A roll-call sample: the requests counted before ours.
+        let window_start = obs.reset as f64 - self.per;
+        let roll_call = self
+            .roll_call
+            .filter(|r| (r.start - window_start).abs() < self.per / 2.0);
+        if let Some(RollCall { elapsed, .. }) = roll_call {
+            self.roll_call = None;
+            if obs.counted && obs.other_in_flight == 0 && window.ours == 1 {
+                self.counted_before = SAMPLE_DECAY * self.counted_before + others as f64;
+                self.elapsed = SAMPLE_DECAY * self.elapsed + elapsed * self.participation;
             }
-        } else if remaining == 0 {
-            // Alone, and our own requests spent the window: our own budget
-            // already waits for it. The window ends in the second before
-            // `Reset`; nothing is sent before that second starts.
-            Advice::WaitUntil(until_reset(-1.0))
-        } else {
-            Advice::Free
+        }
+        let roll_call_end = window_start + ROLL_CALL * self.per;
+        let certain_end = window_start + self.per - (self.per / 4.0).min(1.0);
+        if obs.counted {
+            if let (Some((then, before)), Some(rate)) = (self.last_used, self.rate) {
+                let elapsed = now - then;
+                let left = certain_end - now;
+                if then >= roll_call_end && elapsed > 0.0 && left > 0.0 {
+                    // The senders' rate over what the rest of the window
+                    // allows: every sender sees the same numbers, so all
+                    // correct by about the same amount.
+                    let fleet = used.saturating_sub(before) as f64 / elapsed;
+                    let target = (window.remaining as f64 - self.reserve as f64).max(0.0) / left;
+                    let correction = (target - fleet) * elapsed / (participants * self.per / 30.0);
+                    self.rate =
+                        Some((rate + correction).clamp(target / participants / 4.0, target));
+                }
+            }
+            self.last_used = Some((now, used));
+        }
+        if shared {
+            let start = obs.reset as f64 - self.per;
+            let (at, gap) = self.rest_of_window(now, start);
+            self.plan = Some(Plan {
+                start,
+                at,
+                gap,
+                roll_call: false,
+            });
+        }
+    }
+
+    /// After an answer in the window starting at `start`: when our next
+    /// request of that window goes, if at all, and at what spacing.
+    fn rest_of_window(&mut self, now: f64, start: f64) -> (Option<f64>, Option<f64>) {
+        let participants = self.participants();
+        let Some(window) = self.window.as_ref() else {
+            return (None, None);
         };
-        self.advice
+        let used = window.limit.saturating_sub(window.remaining) as f64;
+        let roll_call_end = start + ROLL_CALL * self.per;
+        let mut remaining = window.remaining as f64;
+        if now < roll_call_end {
+            // The rest of the roll call is still to come.
+            remaining -= (participants - used).max(0.0);
+        }
+        let available = remaining - self.reserve as f64;
+        let from = now.max(roll_call_end);
+        let span = self.certain_end(start) - from;
+        if available < 1.0 || span <= 0.0 {
+            return (None, None);
+        }
+        let rate = match self.rate {
+            Some(rate) if now >= roll_call_end => rate,
+            _ => available / span / participants,
+        };
+        self.rate = Some(rate);
+        let ours = rate * span;
+        let gap = span / ours;
+        if gap <= span {
+            if now < roll_call_end {
+                // The first after the roll call: at a random phase, so the
+                // senders do not start together.
+                (Some(from + self.rng.gen::<f64>() * gap), Some(gap))
+            } else {
+                (Some((self.last_start + gap).max(now)), Some(gap))
+            }
+        } else if self.rng.gen::<f64>() < ours {
+            (Some(from + self.rng.gen::<f64>() * span), None)
+        } else {
+            (None, None)
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
-    /// The wall clock at t = 0: not a whole second, so `Reset` is rounded.
-    const BASE: f64 = 1000.37;
-
-    /// A server with fixed windows, as the receiver: `limit` requests per
-    /// `window` seconds, windows starting at t = 0; `Reset` rounded up.
-    struct Server {
-        limit: u64,
-        window: f64,
-        start: f64,
-        used: u64,
-        counted: u64,
-        refused: u64,
-    }
-
-    impl Server {
-        fn new(limit: u64, window: f64) -> Server {
-            Server {
-                limit,
-                window,
-                start: 0.0,
-                used: 0,
-                counted: 0,
-                refused: 0,
-            }
-        }
-
-        /// Answers a request arriving at `t`: (remaining, reset, counted).
-        fn request(&mut self, t: f64) -> (u64, u64, bool) {
-            while t >= self.start + self.window {
-                self.start += self.window;
-                self.used = 0;
-            }
-            let counted = self.used < self.limit;
-            if counted {
-                self.used += 1;
-                self.counted += 1;
-            } else {
-                self.refused += 1;
-            }
-            let reset = (BASE + self.start + self.window).ceil() as u64;
-            (self.limit - self.used, reset, counted)
-        }
-    }
-
-    /// A simulated client: its own budget as a sliding log, one request in
-    /// flight, `latency` seconds per request.
-    struct Client {
-        share: Share,
-        own: crate::flush::budget::Budget,
-        next: f64,
-        pace: Option<f64>,
-        last: f64,
-        sent: u64,
-        latency: f64,
-        /// The largest reserve this client's share held.
-        max_reserve: u64,
-    }
-
-    fn at(t0: Instant, t: f64) -> Instant {
-        t0 + Duration::from_secs_f64(t)
-    }
-
-    impl Client {
-        fn new(limit: u32, per: f64, latency: f64) -> Client {
-            Client {
-                share: Share::new(limit, Duration::from_secs_f64(per)),
-                own: crate::flush::budget::Budget::new(limit, Duration::from_secs_f64(per * 1.01)),
-                next: 0.0,
-                pace: None,
-                last: f64::NEG_INFINITY,
-                sent: 0,
-                latency,
-                max_reserve: 0,
-            }
-        }
-
-        /// When this client would start its next request.
-        fn due(&mut self, t0: Instant, now: f64) -> f64 {
-            let own = self.own.wait_time(at(t0, now)).as_secs_f64();
-            let mut t = self.next.max(now + own);
-            if let Some(gap) = self.pace {
-                t = t.max(self.last + gap);
-            }
-            t
-        }
-
-        fn send(&mut self, t0: Instant, t: f64, server: &mut Server) {
-            self.own.record(at(t0, t));
-            self.last = t;
-            self.sent += 1;
-            let (remaining, reset, counted) = server.request(t + self.latency / 2.0);
-            let done = t + self.latency;
-            self.next = done;
-            let obs = Observation {
-                remaining,
-                reset,
-                limit: Some(server.limit),
-                counted,
-                other_in_flight: 0,
-            };
-            if !counted {
-                // Retry-After: whole seconds to the reset.
-                self.next = done.max(reset as f64 - BASE);
-            }
-            match self.share.observe(at(t0, done), BASE + done, obs) {
-                Advice::Free => self.pace = None,
-                Advice::Pace(gap) => self.pace = Some(gap.as_secs_f64()),
-                Advice::WaitUntil(i) => {
-                    self.pace = None;
-                    self.next = self.next.max(i.duration_since(t0).as_secs_f64());
-                }
-            }
-            self.max_reserve = self.max_reserve.max(self.share.reserve());
-        }
-    }
-
-    /// Runs clients against one server for `secs`; returns the server.
-    fn simulate(clients: &mut [Client], server: &mut Server, secs: f64) {
-        let t0 = Instant::now();
-        let mut now = 0.0;
-        while now < secs {
-            let (i, t) = clients
-                .iter_mut()
-                .enumerate()
-                .map(|(i, c)| (i, c.due(t0, now)))
-                .min_by(|a, b| a.1.total_cmp(&b.1))
-                .unwrap();
-            if t >= secs {
-                break;
-            }
-            now = t;
-            clients[i].send(t0, t, server);
-        }
-    }
-
-    #[test]
-    fn a_lone_client_uses_its_whole_budget() {
-        let mut server = Server::new(20, 5.0);
-        let mut clients = [Client::new(20, 5.0, 0.01)];
-        simulate(&mut clients, &mut server, 30.0);
-        assert_eq!(server.refused, 0);
-        assert_eq!(server.counted, 120);
-        assert!(!clients[0].share.shared(Instant::now()));
-    }
-
-    #[test]
-    fn two_clients_share_without_429() {
-        for latency in [0.005, 0.02, 0.1] {
-            let mut server = Server::new(20, 5.0);
-            let mut clients = [
-                Client::new(20, 5.0, latency),
-                Client::new(20, 5.0, latency * 1.3),
-            ];
-            simulate(&mut clients, &mut server, 60.0);
-            let (a, b) = (clients[0].sent, clients[1].sent);
-            eprintln!(
-                "latency {latency}: a {a}, b {b}, counted {}, refused {}",
-                server.counted, server.refused
-            );
-            assert_eq!(server.refused, 0, "latency {latency}: a {a}, b {b}");
-            assert!(
-                a * 10 >= (a + b) * 3 && b * 10 >= (a + b) * 3,
-                "a {a}, b {b}"
-            );
-            // Most of the budget is used: the reserve is left each window.
-            assert!(server.counted >= 12 * 17, "{}", server.counted);
-        }
-    }
-
-    #[test]
-    fn three_clients_share_without_429() {
-        let mut server = Server::new(20, 5.0);
-        let mut clients = [
-            Client::new(20, 5.0, 0.01),
-            Client::new(20, 5.0, 0.012),
-            Client::new(20, 5.0, 0.015),
-        ];
-        simulate(&mut clients, &mut server, 120.0);
-        let sent: Vec<u64> = clients.iter().map(|c| c.sent).collect();
-        eprintln!(
-            "three clients: {sent:?}, counted {}, refused {}",
-            server.counted, server.refused
-        );
-        assert_eq!(server.refused, 0, "{sent:?}");
-        // The whole budget is used: 24 windows of 20.
-        assert!(server.counted >= 24 * 20 * 95 / 100, "{}", server.counted);
-        // (Five clients are not yet 429-free: issue 19.)
-    }
-
-    #[test]
-    fn a_429_while_shared_raises_the_reserve_and_a_clean_window_lowers_it() {
-        let t0 = Instant::now();
-        // The reserve may grow to a tenth of the limit: 10 of 100.
-        let mut s = Share::new(100, Duration::from_secs(5));
-        let obs = |remaining, reset, counted| Observation {
+    fn obs(remaining: u64, reset: u64, counted: bool) -> Observation {
+        Observation {
             remaining,
             reset,
             limit: Some(100),
             counted,
             other_in_flight: 0,
+        }
+    }
+
+    #[test]
+    fn alone_it_is_free_until_its_own_requests_spend_the_window() {
+        let mut s = Share::new(100, Duration::from_secs(60), 1);
+        assert_eq!(s.advice(1000.0), Advice::Free);
+        s.started(1000.0);
+        s.observe(1000.1, obs(99, 1060, true));
+        assert_eq!(s.advice(1000.2), Advice::Free);
+        assert!(!s.shared(1000.2));
+        // Our own 100th request: wait for the second before the reset.
+        s.window.as_mut().unwrap().ours = 99;
+        s.observe(1030.0, obs(0, 1060, true));
+        assert_eq!(s.advice(1030.0), Advice::At(1059.0));
+    }
+
+    #[test]
+    fn someone_elses_requests_make_it_shared_and_the_next_window_starts_with_a_roll_call() {
+        let mut s = Share::new(100, Duration::from_secs(60), 2);
+        s.started(1000.0);
+        // 11 counted, one ours: others draw on the budget.
+        s.observe(1000.1, obs(89, 1060, true));
+        assert!(s.shared(1000.1));
+        assert_eq!(s.others_in_window(), 10);
+        // Next window [1060, 1120): its roll call is [1060, 1072).
+        let Advice::At(t) = s.advice(1061.0) else {
+            panic!("shared: a moment is planned")
         };
-        // Others are seen (10 counted, 1 ours): shared.
-        s.observe(t0, 1000.0, obs(90, 1005, true));
-        assert!(s.shared(t0));
+        assert!((1061.0..1072.0).contains(&t), "{t}");
+    }
+
+    #[test]
+    fn the_roll_call_estimates_the_senders_whatever_our_own_share() {
+        // 50 senders: at a share x of the roll call, 49 x were counted
+        // before us (on average); the estimate follows within a few windows.
+        let mut s = Share::new(1000, Duration::from_secs(60), 3);
+        // A first answer shows others: shared from then on.
+        s.observe(
+            1001.0,
+            Observation {
+                remaining: 900,
+                reset: 1060,
+                limit: Some(1000),
+                counted: true,
+                other_in_flight: 0,
+            },
+        );
+        let mut reset = 1120;
+        let mut rng = SmallRng::seed_from_u64(9);
+        for _ in 0..25 {
+            let start = reset as f64 - 60.0;
+            let Advice::At(t) = s.advice(start + 0.001) else {
+                panic!()
+            };
+            let t = t.max(start);
+            s.started(t);
+            let x = (t - start) / 12.0;
+            let before = (0..49).filter(|_| rng.gen::<f64>() < x).count() as u64;
+            s.observe(
+                t + 0.05,
+                Observation {
+                    remaining: 1000 - before - 1,
+                    reset,
+                    limit: Some(1000),
+                    counted: true,
+                    other_in_flight: 0,
+                },
+            );
+            reset += 60;
+        }
+        let n = s.senders();
+        assert!((35.0..65.0).contains(&n), "{n}");
+    }
+
+    #[test]
+    fn a_429_while_shared_raises_the_reserve_and_a_clean_window_lowers_it() {
+        let mut s = Share::new(100, Duration::from_secs(5), 4);
+        s.observe(1000.0, obs(90, 1005, true));
+        assert!(s.shared(1000.0));
         assert_eq!(s.reserve(), SHARED_RESERVE);
-        s.observe(t0, 1001.0, obs(0, 1005, false));
-        s.observe(t0, 1001.5, obs(0, 1005, false));
+        s.observe(1001.0, obs(0, 1005, false));
+        s.observe(1001.5, obs(0, 1005, false));
         assert_eq!(s.reserve(), SHARED_RESERVE + 2, "one more per 429");
         // Two windows: the next one (limited) keeps it, a clean one lowers it.
-        s.observe(t0, 1006.0, obs(50, 1010, true));
-        s.observe(t0, 1011.0, obs(50, 1015, true));
+        s.observe(1006.0, obs(50, 1010, true));
+        s.observe(1011.0, obs(50, 1015, true));
         assert_eq!(s.reserve(), SHARED_RESERVE + 1);
     }
 
     #[test]
-    fn someone_elses_requests_make_it_shared() {
-        let t0 = Instant::now();
-        let mut s = Share::new(20, Duration::from_secs(5));
-        let obs = |remaining, other_in_flight| Observation {
+    fn what_remains_is_split_among_the_senders_and_paced_to_the_window_end() {
+        let mut s = Share::new(1000, Duration::from_secs(60), 5);
+        let answer = |remaining| Observation {
             remaining,
-            reset: 1005,
-            limit: Some(20),
+            reset: 1060,
+            limit: Some(1000),
             counted: true,
-            other_in_flight,
+            other_in_flight: 0,
         };
-        // Ours, with another of ours in flight that may be counted already.
-        assert_eq!(s.observe(t0, 1000.0, obs(18, 1)), Advice::Free);
-        assert_eq!(s.observe(t0, 1000.1, obs(17, 1)), Advice::Free);
-        // 5 counted: ours are 3 answered and 1 in flight, so one is not ours.
-        match s.observe(t0, 1000.2, obs(15, 1)) {
-            Advice::Pace(gap) => {
-                assert!((gap.as_secs_f64() - 4.8 / 15.0).abs() < 1e-6, "{gap:?}")
-            }
-            other => panic!("{other:?}"),
-        }
-        assert!(s.shared(t0));
-        // At the reserve: wait past the reset.
-        match s.observe(t0, 1001.0, obs(2, 0)) {
-            Advice::WaitUntil(i) => assert!(i >= t0 + Duration::from_secs(4)),
-            other => panic!("{other:?}"),
-        }
+        // 10 senders known; our answer at 1005, in the roll call
+        // ([1000, 1012)): 600 remain, of which the reserve keeps 20. The
+        // rest is split evenly over [1012, 1059): 58 each, one every 0.81 s,
+        // the first at a random moment within that spacing.
+        s.counted_before = 9.0;
+        s.elapsed = 1.0;
+        s.observe(1005.0, answer(600));
+        let gap = 47.0 / (580.0 / 10.0);
+        let Advice::At(first) = s.advice(1005.0) else {
+            panic!()
+        };
+        assert!((1012.0..1012.0 + gap).contains(&first), "{first}");
+        // Then at that spacing; when the others send less than planned (an
+        // SDK or a light host left its share), the rate grows.
+        s.started(1030.0);
+        s.observe(1030.1, answer(500));
+        let Advice::At(next) = s.advice(1030.1) else {
+            panic!()
+        };
+        assert!((next - 1030.0 - gap).abs() < 1e-6, "{next}");
+        s.started(1031.0);
+        s.observe(1031.1, answer(499));
+        let Advice::At(after) = s.advice(1031.1) else {
+            panic!()
+        };
+        assert!(after - 1031.0 < gap * 0.99, "{after}");
     }
 }

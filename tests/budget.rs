@@ -19,15 +19,7 @@ fn stats_over(
     receiver: &ReceiverProc,
     span: Duration,
 ) -> (thoth_ingest::receiver::ReceiverStats, Instant) {
-    let start = Instant::now();
-    while receiver.stats().requests == 0 {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "no request arrived"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let first = Instant::now();
+    let first = wait_first_request(receiver);
     std::thread::sleep(span);
     (receiver.stats(), first)
 }

@@ -45,15 +45,7 @@ fn ten_daemons_share_one_tenant_budget() {
     // The receiver's windows start at the tenant's first request: snapshots
     // are taken just before a window ends, when the window's requests are
     // done (the daemons plan to finish a second before it).
-    let start = Instant::now();
-    while receiver.stats().requests == 0 {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "no request arrived"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let first = Instant::now();
+    let first = wait_first_request(&receiver);
     let at_window_end = |windows: u32| {
         let until = first + WINDOW * windows - Duration::from_millis(300);
         std::thread::sleep(until.saturating_duration_since(Instant::now()));

@@ -284,7 +284,7 @@ impl Share {
             return self.late_plan(now, start);
         }
         let at = (self.rng.gen::<f64>() < self.participation)
-            .then(|| self.rng.gen_range(now.max(start)..roll_call_end));
+            .then(|| random_moment(&mut self.rng, now.max(start), roll_call_end));
         Plan {
             start,
             at,
@@ -301,7 +301,7 @@ impl Share {
         let participants = self.participants();
         let share = (self.usable() - participants) / participants;
         let end = self.certain_end(start);
-        let at = (share >= 1.0 && now < end).then(|| self.rng.gen_range(now..end));
+        let at = (share >= 1.0 && now < end).then(|| random_moment(&mut self.rng, now, end));
         Plan {
             start,
             at,
@@ -479,6 +479,12 @@ impl Share {
             (None, None)
         }
     }
+}
+
+/// A uniformly random moment in `[from, to)`; `from` when the span is empty
+/// (which `gen_range` would panic on).
+fn random_moment(rng: &mut SmallRng, from: f64, to: f64) -> f64 {
+    from + rng.gen::<f64>() * (to - from).max(0.0)
 }
 
 #[cfg(test)]

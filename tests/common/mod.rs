@@ -451,3 +451,17 @@ impl NotifySocket {
         None
     }
 }
+
+/// Waits for the receiver's first request (at most 30 s) and returns when it
+/// was seen.
+pub fn wait_first_request(receiver: &ReceiverProc) -> Instant {
+    let start = Instant::now();
+    while receiver.stats().requests == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no request arrived"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Instant::now()
+}

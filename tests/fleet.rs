@@ -63,3 +63,29 @@ fn a_hundred_daemons_share_the_budget() {
 fn a_thousand_daemons_share_the_budget() {
     check(1000);
 }
+
+/// The real 10-daemon test's fleet (tests/fleet_daemons.rs): every host has
+/// a backlog, 100 requests per 5 s window, batches of 50, a local receiver's
+/// round trips. A short window is the hard case: the end of the window, where
+/// each daemon's latest `Remaining` is a round of requests old, is a large
+/// part of it.
+#[test]
+fn ten_backlogged_daemons_share_a_short_window() {
+    let mut failures = Vec::new();
+    for seed in 1..=5 {
+        let mut config = FleetConfig::new(10, seed);
+        config.all_backlogged = true;
+        config.limit = 100;
+        config.window = std::time::Duration::from_secs(5);
+        config.batch_max_events = 50;
+        config.warmup_windows = 4;
+        config.measured_windows = 40;
+        config.latency = (0.002, 0.03);
+        let report = simulate(&config);
+        eprintln!("seed {seed}: {}", row(&report));
+        if report.budget_used < 0.90 || report.refused_share > 0.02 || report.fairness_min < 0.5 {
+            failures.push(row(&report));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:?}");
+}

@@ -131,6 +131,9 @@ pub struct Share {
     /// computes, so the rates stay even while the window is spent to its end
     /// whatever SDKs and light hosts draw (see `rest_of_window`).
     rate: Option<f64>,
+    /// The senders' measured rate (per second, all of them) after the roll
+    /// call, from the requests counted between two of our answers.
+    fleet_rate: Option<f64>,
     /// When our last counted answer of the current window came, and the
     /// requests counted then.
     last_used: Option<(f64, u64)>,
@@ -154,6 +157,7 @@ impl Share {
             elapsed: 0.0,
             participation: 1.0,
             rate: None,
+            fleet_rate: None,
             last_used: None,
             plan: None,
             roll_call: None,
@@ -364,6 +368,7 @@ impl Share {
                 }
                 self.last_used = None;
                 self.rate = None;
+                self.fleet_rate = None;
                 slot.insert(Window {
                     reset: obs.reset,
                     limit,
@@ -412,16 +417,29 @@ impl Share {
         if obs.counted {
             if let (Some((then, before)), Some(rate)) = (self.last_used, self.rate) {
                 let elapsed = now - then;
-                let left = certain_end - now;
-                if then >= roll_call_end && elapsed > 0.0 && left > 0.0 {
-                    // The senders' rate over what the rest of the window
-                    // allows: every sender sees the same numbers, so all
-                    // correct by about the same amount.
+                if then >= roll_call_end && elapsed > 0.0 {
                     let fleet = used.saturating_sub(before) as f64 / elapsed;
-                    let target = (window.remaining as f64 - self.reserve as f64).max(0.0) / left;
-                    let correction = (target - fleet) * elapsed / (participants * self.per / 30.0);
-                    self.rate =
-                        Some((rate + correction).clamp(target / participants / 4.0, target));
+                    self.fleet_rate = Some(self.fleet_rate.map_or(fleet, |f| (f + fleet) / 2.0));
+                    let left = certain_end - now;
+                    // No correction in the window's last stretch (two of our
+                    // answers, and at least a tenth of the window): there the
+                    // target, what is left over the time left, swings with
+                    // each single request, and chasing it bursts past the
+                    // window.
+                    let last_stretch = (2.0 * elapsed).max(self.per / 10.0);
+                    if left > last_stretch {
+                        // The senders' rate over what the rest of the window
+                        // allows: every sender sees the same numbers, so all
+                        // correct by about the same amount, together at most
+                        // half the gap at each round of answers (more would
+                        // overshoot and swing).
+                        let target =
+                            (window.remaining as f64 - self.reserve as f64).max(0.0) / left;
+                        let gain = (elapsed / (self.per / 30.0)).min(0.5);
+                        let correction = (target - fleet) * gain / participants;
+                        self.rate =
+                            Some((rate + correction).clamp(target / participants / 4.0, target));
+                    }
                 }
             }
             self.last_used = Some((now, used));
@@ -463,18 +481,43 @@ impl Share {
             _ => available / span / participants,
         };
         self.rate = Some(rate);
-        let ours = rate * span;
+        // The senders still active, as many as would send the fleet's
+        // measured rate at ours: the light hosts of the roll call that left
+        // their share do not count, so the busy ones may take it.
+        let active = self.fleet_rate.map_or(participants, |fleet| {
+            (fleet / rate).clamp(1.0, participants)
+        });
+        // Never more than an even share among them of what the answer left.
+        let ours = (rate * span).min(available / active);
+        if ours <= 0.0 {
+            return (None, None);
+        }
         let gap = span / ours;
-        if gap <= span {
-            if now < roll_call_end {
-                // The first after the roll call: at a random phase, so the
-                // senders do not start together.
-                (Some(from + self.rng.gen::<f64>() * gap), Some(gap))
-            } else {
-                (Some((self.last_start + gap).max(now)), Some(gap))
-            }
-        } else if self.rng.gen::<f64>() < ours {
-            (Some(from + self.rng.gen::<f64>() * span), None)
+        let paced = ours >= 1.0;
+        let at = if !paced {
+            from + self.rng.gen::<f64>() * span
+        } else if now < roll_call_end {
+            // The first after the roll call: at a random phase, so the
+            // senders do not start together.
+            from + self.rng.gen::<f64>() * gap
+        } else {
+            (self.last_start + gap).max(now)
+        };
+        // Near the window's end this answer's `Remaining` is a round of the
+        // others' requests old by the time ours leaves: what they will have
+        // sent by then (at their measured rate, or an even share's) comes
+        // off, and the even share of the rest is a request, or that chance
+        // of one. This keeps the senders' last requests from spending more
+        // than the window holds.
+        let others_rate = self
+            .fleet_rate
+            .map_or(rate * (participants - 1.0), |fleet| (fleet - rate).max(0.0));
+        let left_then = available - others_rate * (at - from).max(0.0);
+        let claim = (left_then / active).min(ours);
+        if claim >= 1.0 {
+            (Some(at), paced.then_some(gap))
+        } else if self.rng.gen::<f64>() < claim {
+            (Some(at), None)
         } else {
             (None, None)
         }

@@ -50,6 +50,9 @@ pub struct FleetConfig {
     pub max_in_flight: usize,
     /// Round-trip time of a request, drawn uniformly per request, seconds.
     pub latency: (f64, f64),
+    /// Every host has a backlog (the real 10-daemon test's fleet), instead
+    /// of the mix of kinds.
+    pub all_backlogged: bool,
 }
 
 impl FleetConfig {
@@ -69,6 +72,7 @@ impl FleetConfig {
             max_linger: defaults.max_linger,
             max_in_flight: defaults.max_in_flight,
             latency: (0.02, 0.2),
+            all_backlogged: false,
         }
     }
 }
@@ -207,7 +211,11 @@ pub fn simulate(config: &FleetConfig) -> FleetReport {
     server.start -= window;
     let mut daemons: Vec<Daemon> = (0..config.daemons)
         .map(|i| {
-            let kind = Kind::of(i);
+            let kind = if config.all_backlogged {
+                Kind::Backlog
+            } else {
+                Kind::of(i)
+            };
             let rate = match kind {
                 Kind::Backlog => 20.0,
                 Kind::Bursty => 0.1,

@@ -123,6 +123,10 @@ pub struct Share {
     /// and the share of the roll call elapsed times the participation then.
     counted_before: f64,
     elapsed: f64,
+    /// The requests counted in our last window over ours: how many senders
+    /// at our rate would have used it (a fallback until the roll call has
+    /// said).
+    last_ratio: Option<f64>,
     /// The chance of taking part in a window's roll call.
     participation: f64,
     /// Our request rate (per second) in what is left of this window after
@@ -156,6 +160,7 @@ impl Share {
             counted_before: 0.0,
             elapsed: 0.0,
             participation: 1.0,
+            last_ratio: None,
             rate: None,
             fleet_rate: None,
             last_used: None,
@@ -189,11 +194,13 @@ impl Share {
             1.0 + self.counted_before / self.elapsed
         } else {
             // Before the roll call has said: everyone counted so far in the
-            // window may be a sender of their own (a high guess, so a
+            // window may be a sender of their own, and the last window held
+            // as many as would have used it at our rate (high guesses, so a
             // newcomer starts modest rather than greedy).
             self.window
                 .as_ref()
                 .map_or(1.0, |w| (w.others + 1) as f64)
+                .max(self.last_ratio.unwrap_or(0.0))
                 .max(2.0)
         }
     }
@@ -359,6 +366,10 @@ impl Share {
                 w
             }
             slot => {
+                if let Some(w) = slot.as_ref().filter(|w| w.ours > 0) {
+                    let used = w.limit.saturating_sub(w.remaining);
+                    self.last_ratio = Some(used as f64 / w.ours as f64);
+                }
                 match slot.as_ref() {
                     Some(w) if !w.limited => {
                         self.reserve = self.reserve.saturating_sub(1).max(base);

@@ -2,6 +2,7 @@
 //! at the budget without a 429 (also the backlog left by an outage), and two
 //! daemons of one tenant share it.
 
+#[path = "it/common/mod.rs"]
 mod common;
 
 use std::sync::Mutex;

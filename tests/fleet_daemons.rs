@@ -1,9 +1,10 @@
 //! Ten real daemons with a backlog each share one tenant's budget on one
 //! receiver (100 requests per 5 s window): over 40 s of steady state they
 //! use at least 90% of it, at most 2% of their requests get a 429, and each
-//! gets at least half of an even share. The simulator (tests/fleet.rs) checks
+//! gets at least half of an even share. The simulator (tests/it/fleet.rs) checks
 //! the same at fleet scale.
 
+#[path = "it/common/mod.rs"]
 mod common;
 
 use std::collections::BTreeSet;

@@ -4,6 +4,7 @@
 //!
 //! Set THOTH_ROTATION_SECS to run shorter or longer (default 30).
 
+#[path = "it/common/mod.rs"]
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -1,7 +1,7 @@
 //! A deterministic simulator of a fleet of daemons on one tenant's budget:
 //! virtual time, no sockets, the real pacing, sharing and batching code
 //! (`pace`, `share`, `budget`) of every daemon against a model of the
-//! server's fixed windows. tests/fleet.rs runs it for 10, 100 and 1,000
+//! server's fixed windows. tests/it/fleet.rs runs it for 10, 100 and 1,000
 //! daemons and asserts the sharing targets; README "Sharing the budget across
 //! a fleet" shows its table.
 //!

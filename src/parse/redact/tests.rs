@@ -1,4 +1,4 @@
-//! The detectors one by one; the corpus test is `tests/redaction_corpus.rs`.
+//! The detectors one by one; the corpus test is `tests/it/redaction_corpus.rs`.
 
 use super::*;
 

@@ -4,7 +4,7 @@
 //! resumed after kill -9 without loss; `--since`/`--until` and `--dry-run`;
 //! a non-zero exit for an unreadable file and for refused events.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;

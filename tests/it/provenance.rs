@@ -4,7 +4,7 @@
 //! "file_owner"` makes the owner the event's user. Files are written by two
 //! users through `setpriv`, as agents of two people would write them.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

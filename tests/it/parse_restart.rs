@@ -3,7 +3,7 @@
 //! calls and the sessions' tool histories travel in the checkpoint beside
 //! the offset.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -3,7 +3,7 @@
 //! counters agreeing with what the receiver counted, `status` with the
 //! daemon running and stopped, and the drain ETA against a measured drain.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -185,9 +185,12 @@ fn readiness_fails_with_the_reason_when_delivery_is_stuck() {
         .replace("[admin]\n", "[admin]\nstuck_after = \"2s\"\n");
     std::fs::write(&config, text).unwrap();
     append_lines(&dir.path().join("logs/a.jsonl"), 0..50);
+    // Timed from before the start: the daemon's clock for `stuck_after`
+    // starts with it, and on a loaded machine the admin endpoint may take a
+    // while to come up.
+    let start = Instant::now();
     let mut daemon = start_daemon(&config);
     let at = admin_address(dir.path());
-    let start = Instant::now();
     let (code, why) = loop {
         let answer = get(&at, "/readyz");
         if answer.0 != 200 {

@@ -3,7 +3,7 @@
 //! JSON lines; the service manager's notifications and the watchdog over a
 //! real notify socket; the unit's checks; the Debian package.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Stdio;

@@ -5,7 +5,7 @@
 //! arrives under exactly one event id, no event id names two lines, nothing
 //! is invented, and each file's lines first arrive in the order written.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;

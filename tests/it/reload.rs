@@ -2,7 +2,7 @@
 //! retries at once with the key it reads again, instead of after the slow
 //! 15 s retry; a config that does not load changes nothing.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

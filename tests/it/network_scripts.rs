@@ -9,7 +9,7 @@
 //!
 //! `THOTH_SCRIPT_CASES` sets the number of scripts (CI runs the default).
 
-mod common;
+use crate::common;
 
 use std::io::Read;
 use std::net::TcpListener;

@@ -4,7 +4,7 @@
 //! nor stall, follow no redirect, send the key nowhere else, and deliver
 //! every event under its id once the answers turn healthy.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeSet, VecDeque};
 use std::io::{BufRead, BufReader, Read, Write};

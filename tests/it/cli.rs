@@ -1,6 +1,6 @@
 //! The command line: `validate` exit codes and messages, and `demo`.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

@@ -5,7 +5,7 @@
 //! small tmpfs, filled up by each test; mounting needs root (CAP_SYS_ADMIN),
 //! so without it the tests fail and say so.
 
-mod common;
+use crate::common;
 
 use std::ffi::CString;
 use std::io::Write;

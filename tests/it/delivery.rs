@@ -1,7 +1,7 @@
 //! End-to-end: the real binary follows a file and delivers every line to the
 //! receiver, exactly once by event id, across kill -9 restarts.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::time::Duration;

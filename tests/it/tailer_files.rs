@@ -4,7 +4,7 @@
 //! multiline records and checkpoint retention. The unreadable-file case runs
 //! the real binary as an unprivileged user (root reads anything).
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

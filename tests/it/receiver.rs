@@ -1,7 +1,7 @@
 //! The local receiver answers as thoth-api.md says: 202 with the rate-limit
 //! headers, 401, 400 with the documented error body, and 429 with Retry-After.
 
-mod common;
+use crate::common;
 
 use common::*;
 use reqwest::blocking::Client;

@@ -5,7 +5,7 @@
 //! (tests/parse_cli.rs runs the binary on the same files). Arbitrary input
 //! never panics.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

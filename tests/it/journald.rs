@@ -3,7 +3,7 @@
 //! own journalctl. The oracle is journalctl itself: the cursors it lists
 //! for the source's filters are the entries that must arrive, once each.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

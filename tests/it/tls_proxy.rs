@@ -3,7 +3,7 @@
 //! `HTTPS_PROXY` / `NO_PROXY` are honoured (a CONNECT proxy in this test sees
 //! the tunnel, or nothing when the host is excluded).
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};

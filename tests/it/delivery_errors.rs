@@ -1,7 +1,7 @@
 //! The error table of thoth-api.md against the receiver: flaky servers, a
 //! poison event, 413, a refused key, an outage. Nothing is ever lost.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

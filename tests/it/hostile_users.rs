@@ -3,7 +3,7 @@
 //! Links to root-only files and directories, link loops and FIFOs in a home
 //! directory; the daemon's own state and key file modes.
 
-mod common;
+use crate::common;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};

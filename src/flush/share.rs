@@ -26,6 +26,10 @@
 //!     evenly to its end whoever else (an SDK, a light host) also draws on
 //!     it. A share under one request is taken with that probability, at a
 //!     random moment.
+//!   - the window's end: there each daemon's latest `Remaining` is a round
+//!     of the others' requests old, so a plan holds at most an even share
+//!     of what its answer left among the active senders, less what the
+//!     others will have sent by the time ours leaves (`rest_of_window`).
 //!
 //!   With more senders than a window holds, each takes part in a window's
 //!   roll call with the probability that keeps the roll call within it.
@@ -679,5 +683,36 @@ mod tests {
             panic!()
         };
         assert!(after - 1031.0 < gap * 0.99, "{after}");
+    }
+
+    #[test]
+    fn at_the_window_end_a_stale_remaining_is_shared_not_spent() {
+        // 10 senders at 3 requests a second each; our answer, half a second
+        // before the window's certain end, left 5 (3 above the reserve): an
+        // even share of those is 0.3 of a request, less what the others send
+        // meanwhile. Of 1,000 daemons in that spot, at most 300 send again
+        // (pacing alone sent every one of them).
+        let mut planned = 0;
+        for seed in 0..1000 {
+            let mut s = Share::new(100, Duration::from_secs(5), seed);
+            s.counted_before = 9.0;
+            s.elapsed = 1.0;
+            s.window = Some(Window {
+                reset: 1005,
+                limit: 100,
+                ours: 9,
+                remaining: 5,
+                others: 86,
+                limited: false,
+            });
+            s.rate = Some(3.0);
+            s.fleet_rate = Some(30.0);
+            s.last_start = 1003.4;
+            let (at, gap) = s.rest_of_window(1003.5, 1000.0);
+            assert_eq!(gap, None, "no pacing on a fraction of a request");
+            planned += usize::from(at.is_some());
+        }
+        assert!(planned <= 300, "{planned}");
+        assert!(planned > 0, "the fraction is still taken by chance");
     }
 }

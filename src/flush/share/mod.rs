@@ -500,7 +500,7 @@ impl Share {
         // measured rate at ours: the light hosts of the roll call that left
         // their share do not count, so the busy ones may take it.
         let active = self.fleet_rate.map_or(participants, |fleet| {
-            (fleet / rate).clamp(1.0, participants)
+            (fleet / rate.max(f64::MIN_POSITIVE)).clamp(1.0, participants)
         });
         // Never more than an even share among them of what the answer left.
         let ours = (rate * span).min(available / active);

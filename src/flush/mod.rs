@@ -11,6 +11,7 @@ pub mod budget;
 pub mod pace;
 mod reload;
 mod retry;
+pub mod scrub;
 mod sender;
 pub mod share;
 pub mod simulation;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE};
 
 use super::answer::{self, ErrorBody, RateHeaders};
+use super::scrub::Scrubber;
 use super::{FlushError, BATCH_PATH};
 use crate::config::{ApiKey, Compression, Config};
 use crate::queue::Batch;
@@ -62,6 +63,8 @@ pub(super) struct Sender {
     client: reqwest::Client,
     url: String,
     compression: Compression,
+    /// Cuts the key out of what the server says.
+    scrub: Scrubber,
 }
 
 impl Sender {
@@ -112,6 +115,7 @@ impl Sender {
             client,
             url: format!("{base}{BATCH_PATH}"),
             compression: config.delivery.compression,
+            scrub: Scrubber::new(key.expose()),
         })
     }
 }
@@ -137,7 +141,7 @@ impl Sender {
             Ok(r) => r,
             Err(e) => {
                 return Reply {
-                    outcome: Outcome::Transient(without_url(&e)),
+                    outcome: Outcome::Transient(self.scrub.scrub(&without_url(&e))),
                     status: None,
                     rate: None,
                 }
@@ -153,7 +157,7 @@ impl Sender {
                     .headers()
                     .get(reqwest::header::LOCATION)
                     .and_then(|l| l.to_str().ok())
-                    .map(|l| l.chars().take(200).collect())
+                    .map(|l| self.scrub.scrub(l).chars().take(200).collect())
                     .unwrap_or_else(|| "(no Location)".to_string());
                 Outcome::Redirected(status, location)
             }
@@ -162,7 +166,7 @@ impl Sender {
             ),
             413 => Outcome::TooLarge,
             400 | 401 | 403 => {
-                let detail = ErrorBody::parse(&bounded_text(&mut response).await);
+                let detail = self.error_body(&mut response).await;
                 if status == 400 {
                     Outcome::BadRequest(detail)
                 } else {
@@ -170,7 +174,7 @@ impl Sender {
                 }
             }
             other => {
-                let detail = ErrorBody::parse(&bounded_text(&mut response).await);
+                let detail = self.error_body(&mut response).await;
                 Outcome::Transient(format!(
                     "HTTP {other} {} {} {}",
                     detail.code, detail.message, detail.request_id
@@ -181,6 +185,21 @@ impl Sender {
             outcome,
             status: Some(status),
             rate,
+        }
+    }
+}
+
+impl Sender {
+    /// The answer's error body, its fields scrubbed of the key and of
+    /// secrets before anything keeps them.
+    async fn error_body(&self, response: &mut reqwest::Response) -> ErrorBody {
+        // Scrubbed whole first: a key cut in two by a field's length bound
+        // would no longer be recognised.
+        let parsed = ErrorBody::parse(&self.scrub.scrub(&bounded_text(response).await));
+        ErrorBody {
+            code: self.scrub.scrub(&parsed.code),
+            message: self.scrub.scrub(&parsed.message),
+            request_id: self.scrub.scrub(&parsed.request_id),
         }
     }
 }

@@ -37,6 +37,9 @@ pub struct Step {
     /// Extra headers, sent as they are (nothing is checked).
     #[serde(default)]
     pub headers: Vec<(String, String)>,
+    /// The body. `{head}` in it (and in header values) stands for the
+    /// request's head as it came, `{head_json}` for the same escaped as the
+    /// inside of a JSON string: a server or proxy that echoes the request.
     #[serde(default)]
     pub body: String,
     /// Wait this long before answering (or closing).
@@ -116,6 +119,8 @@ pub(super) async fn serve(
 
 /// A request as read off the wire.
 struct Request {
+    /// The request line and headers as they came, for echoes.
+    head: String,
     method: String,
     path: String,
     headers: HeaderMap,
@@ -128,7 +133,7 @@ async fn connection(
     steps: Steps,
 ) -> std::io::Result<()> {
     let limit = shared.config.max_body.saturating_add(1 << 20);
-    let Some(request) = tokio::time::timeout(READ_TIMEOUT, read_request(&mut stream, limit))
+    let Some(mut request) = tokio::time::timeout(READ_TIMEOUT, read_request(&mut stream, limit))
         .await
         .map_err(|_| std::io::ErrorKind::TimedOut)??
     else {
@@ -150,6 +155,7 @@ async fn connection(
                     let answer = match step.status {
                         None => own_answer(&shared, request).await,
                         Some(status) => {
+                            let head = std::mem::take(&mut request.head);
                             if step.accept {
                                 own_answer(&shared, request).await;
                             }
@@ -157,12 +163,19 @@ async fn connection(
                             inner.stats.requests += 1;
                             *inner.stats.status.entry(status).or_default() += 1;
                             drop(inner);
+                            let head_line = head.replace("\r\n", "; ");
+                            let values: Vec<String> = step
+                                .headers
+                                .iter()
+                                .map(|(_, v)| echo(v, &head_line))
+                                .collect();
                             let headers: Vec<(&str, &str)> = step
                                 .headers
                                 .iter()
-                                .map(|(k, v)| (k.as_str(), v.as_str()))
+                                .zip(&values)
+                                .map(|((k, _), v)| (k.as_str(), v.as_str()))
                                 .collect();
-                            raw_answer(status, &headers, step.body.as_bytes())
+                            raw_answer(status, &headers, echo(&step.body, &head).as_bytes())
                         }
                     };
                     tokio::time::sleep(Duration::from_millis(step.delay_ms)).await;
@@ -180,6 +193,16 @@ async fn connection(
         _ => raw_answer(404, &[], b""),
     };
     write(&mut stream, &answer).await
+}
+
+/// `text` with `{head}` and `{head_json}` replaced by the request's head.
+fn echo(text: &str, head: &str) -> String {
+    if !text.contains("{head") {
+        return text.to_string();
+    }
+    let json = serde_json::to_string(head).unwrap_or_default();
+    let json = json.trim_start_matches('"').trim_end_matches('"');
+    text.replace("{head_json}", json).replace("{head}", head)
 }
 
 async fn write(stream: &mut TcpStream, bytes: &[u8]) -> std::io::Result<()> {
@@ -260,7 +283,9 @@ async fn read_request(stream: &mut TcpStream, max_body: usize) -> std::io::Resul
         }
         buf.extend_from_slice(&chunk[..n]);
     };
-    let head = std::str::from_utf8(&buf[..head_end]).map_err(|_| invalid("head is not UTF-8"))?;
+    let head = std::str::from_utf8(&buf[..head_end])
+        .map_err(|_| invalid("head is not UTF-8"))?
+        .to_string();
     let mut lines = head.split("\r\n");
     let mut request_line = lines.next().unwrap_or_default().split(' ');
     let method = request_line.next().unwrap_or_default().to_string();
@@ -293,6 +318,7 @@ async fn read_request(stream: &mut TcpStream, max_body: usize) -> std::io::Resul
     }
     body.truncate(length);
     Ok(Some(Request {
+        head,
         method,
         path,
         headers,

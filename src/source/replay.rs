@@ -256,9 +256,11 @@ impl ReplaySource {
                     .fetch_add(size, Ordering::Relaxed);
                 return Ok(Outcome::Done);
             }
-            // An empty tail proves nothing past the start of a plain file.
+            // An empty tail proves nothing past the start of a plain file;
+            // a file given to another owner is not the one replayed.
             Some(cp)
-                if (compressed || cp.offset == 0 || cp.tail.len > 0)
+                if cp.owner.is_none_or(|o| o == meta.uid())
+                    && (compressed || cp.offset == 0 || cp.tail.len > 0)
                     && tail_at(cp.offset, cp.tail.len)? == Some(cp.tail) =>
             {
                 Some(cp)
@@ -272,7 +274,7 @@ impl ReplaySource {
             }
             None => {
                 let identity = file_identity(&file, id);
-                let stream = self.live_stream_name(&fp, id, &identity, &mut tail_at)?;
+                let stream = self.live_stream_name(&fp, id, &identity, meta.uid(), &mut tail_at)?;
                 (stream, 0, false, None)
             }
         };
@@ -307,6 +309,7 @@ impl ReplaySource {
             key,
             stream,
             path: path.to_path_buf(),
+            owner: meta.uid(),
             file: &file,
             size,
             compressed,
@@ -333,11 +336,12 @@ impl ReplaySource {
         fp: &str,
         id: FileId,
         identity: &str,
+        owner: u32,
         tail_at: &mut dyn FnMut(u64, u16) -> std::io::Result<Option<Tail>>,
     ) -> std::io::Result<String> {
         let candidates = self.live.candidates(fp);
         Ok(
-            match identity::resolve(&self.name, fp, id, identity, candidates, tail_at)? {
+            match identity::resolve(&self.name, fp, id, identity, owner, candidates, tail_at)? {
                 Resolution::Resume(cp) => cp.stream,
                 // The same bytes as a file the daemon read: its copy (rotated,
                 // compressed), unless that file is still there, unchanged,
@@ -460,6 +464,7 @@ impl ReplaySource {
             closed_at: 0,
             disk_size: if complete { r.size } else { 0 },
             path: r.path.clone(),
+            owner: Some(r.owner),
             parser_state: self.sink.stream_state(r.slot),
         };
         self.sink.commit(&r.key, &cp.encode())?;
@@ -472,6 +477,7 @@ struct Reading<'a> {
     key: Vec<u8>,
     stream: String,
     path: PathBuf,
+    owner: u32,
     file: &'a File,
     size: u64,
     compressed: bool,

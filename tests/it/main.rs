@@ -11,6 +11,7 @@ mod enospc;
 mod fleet;
 mod hostile_network;
 mod hostile_users;
+mod isolation;
 mod journald;
 mod layout;
 mod network_scripts;

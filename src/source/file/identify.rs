@@ -75,12 +75,14 @@ impl FileSource {
             return Ok(Identified::ReadWhole);
         }
         let file_id = file_identity(file, id);
+        let owner = t.owner;
         let resolved = match body {
             Body::Plain => identity::resolve(
                 &self.name,
                 &fp,
                 id,
                 &file_id,
+                owner,
                 &candidates,
                 &mut |offset, len| tail_of_file(file, offset, len),
             ),
@@ -89,6 +91,7 @@ impl FileSource {
                 &fp,
                 id,
                 &file_id,
+                owner,
                 &candidates,
                 &mut |offset, len| gz_tail(file, offset, len),
             ),
@@ -114,7 +117,7 @@ impl FileSource {
         if let Some(old) = t.slot.take() {
             self.sink.close_stream(old);
         }
-        let owner = t.handle()?.metadata().ok().map(|m| m.uid());
+        let owner = Some(t.owner);
         t.cutter.resume(false);
         let stream = match resolution {
             Resolution::Resume(cp) | Resolution::Copy { checkpoint: cp, .. } => {

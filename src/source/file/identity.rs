@@ -103,9 +103,13 @@ pub fn key_file_id(key: &[u8]) -> Option<FileId> {
     Some(FileId::new(d.parse().ok()?, i.parse().ok()?))
 }
 
-const VERSION: u8 = 2;
+/// Version 3 added the file's owner; version 2 checkpoints decode with
+/// `owner: None`.
+const VERSION: u8 = 3;
+const VERSION_WITHOUT_OWNER: u8 = 2;
 const FLAG_SKIPPING: u8 = 1;
 const FLAG_COMPLETE: u8 = 2;
+const FLAG_OWNER: u8 = 4;
 
 /// Where a file was left, and what is needed to recognise it again.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -126,6 +130,10 @@ pub struct Checkpoint {
     /// Size of the file on disk when `complete` was set.
     pub disk_size: u64,
     pub path: PathBuf,
+    /// The uid that owned the file (None in checkpoints older than
+    /// version 3). A stream continues only in a file of the same owner,
+    /// so a user who copies another's file cannot take its event ids.
+    pub owner: Option<u32>,
     pub parser_state: Vec<u8>,
 }
 
@@ -143,11 +151,15 @@ impl Checkpoint {
         if self.complete {
             flags |= FLAG_COMPLETE;
         }
+        if self.owner.is_some() {
+            flags |= FLAG_OWNER;
+        }
         v.push(flags);
         v.extend_from_slice(&self.tail.len.to_le_bytes());
         v.extend_from_slice(&self.tail.crc.to_le_bytes());
         v.extend_from_slice(&self.closed_at.to_le_bytes());
         v.extend_from_slice(&self.disk_size.to_le_bytes());
+        v.extend_from_slice(&self.owner.unwrap_or(0).to_le_bytes());
         v.extend_from_slice(&(self.stream.len() as u16).to_le_bytes());
         v.extend_from_slice(self.stream.as_bytes());
         v.extend_from_slice(&(path.len() as u32).to_le_bytes());
@@ -159,7 +171,8 @@ impl Checkpoint {
     /// None for anything this version did not write.
     pub fn decode(v: &[u8]) -> Option<Checkpoint> {
         let mut r = Cursor(v);
-        if r.take(1)?[0] != VERSION {
+        let version = r.take(1)?[0];
+        if version != VERSION && version != VERSION_WITHOUT_OWNER {
             return None;
         }
         let offset = r.u64()?;
@@ -168,6 +181,11 @@ impl Checkpoint {
         let tail_crc = u32::from_le_bytes(r.take(4)?.try_into().ok()?);
         let closed_at = r.u64()?;
         let disk_size = r.u64()?;
+        let owner = match version {
+            VERSION => Some(u32::from_le_bytes(r.take(4)?.try_into().ok()?))
+                .filter(|_| flags & FLAG_OWNER != 0),
+            _ => None,
+        };
         let stream_len = u16::from_le_bytes(r.take(2)?.try_into().ok()?) as usize;
         let stream = String::from_utf8(r.take(stream_len)?.to_vec()).ok()?;
         let path_len = u32::from_le_bytes(r.take(4)?.try_into().ok()?) as usize;
@@ -184,6 +202,7 @@ impl Checkpoint {
             closed_at,
             disk_size,
             path,
+            owner,
             parser_state: r.0.to_vec(),
         })
     }
@@ -232,22 +251,32 @@ pub enum Resolution {
 }
 
 /// Decides what a newly identified file is. `file_identity` names the file
-/// for as long as it exists (device, inode, birth time); `tail_at(offset)`
-/// returns the tail of the file's bytes before `offset`, or None if it is
-/// shorter.
+/// for as long as it exists (device, inode, birth time); `owner` is the
+/// uid that owns it; `tail_at(offset)` returns the tail of the file's bytes
+/// before `offset`, or None if it is shorter.
+///
+/// Only checkpoints of files with the same owner are candidates: a user
+/// who copies another user's file (or one renamed out of the globs while
+/// it is still written) holds the same bytes, but continuing that stream
+/// would give their lines the other user's next event ids, and the server
+/// keeps only the first event of an id. Checkpoints written before owners
+/// were recorded (`owner: None`) still match, so an upgrade does not read
+/// rotated files again.
 pub fn resolve(
     source: &str,
     fingerprint: &str,
     file_id: FileId,
     file_identity: &str,
+    owner: u32,
     candidates: &[Candidate],
     tail_at: &mut dyn FnMut(u64, u16) -> std::io::Result<Option<Tail>>,
 ) -> std::io::Result<Resolution> {
+    let same_owner = |c: &Candidate| c.checkpoint.owner.is_none_or(|o| o == owner);
     // Its own checkpoint, taken while it was followed: resume unless it was
     // rewritten (then it is a new generation of the stream).
     let own = candidates
         .iter()
-        .position(|c| c.file_id == Some(file_id) && c.checkpoint.closed_at == 0);
+        .position(|c| c.file_id == Some(file_id) && c.checkpoint.closed_at == 0 && same_owner(c));
     let mut rewritten = None;
     if let Some(i) = own {
         let cp = &candidates[i].checkpoint;
@@ -264,7 +293,7 @@ pub fn resolve(
     let mut by_offset: Vec<&Candidate> = candidates
         .iter()
         .enumerate()
-        .filter(|(i, _)| Some(*i) != own)
+        .filter(|(i, c)| Some(*i) != own && same_owner(c))
         .map(|(_, c)| c)
         .collect();
     by_offset.sort_by_key(|c| std::cmp::Reverse(c.checkpoint.offset));
@@ -362,7 +391,8 @@ mod tests {
     ) -> Resolution {
         let name = format!("{dev}-{ino}");
         let id = FileId::new(dev, ino);
-        resolve("s", "f", id, &name, candidates, &mut tails(content)).expect("tails never fail")
+        resolve("s", "f", id, &name, 1000, candidates, &mut tails(content))
+            .expect("tails never fail")
     }
 
     #[test]
@@ -376,9 +406,15 @@ mod tests {
             closed_at: 1_700_000_000,
             disk_size: 77,
             path: "/var/log/a b.log".into(),
+            owner: Some(1001),
             parser_state: b"{\"s\":1}\0x".to_vec(),
         };
-        assert_eq!(Checkpoint::decode(&c.encode()), Some(c));
+        assert_eq!(Checkpoint::decode(&c.encode()), Some(c.clone()));
+        let unowned = Checkpoint {
+            owner: None,
+            ..c.clone()
+        };
+        assert_eq!(Checkpoint::decode(&unowned.encode()), Some(unowned));
         assert_eq!(Checkpoint::decode(b""), None);
         assert_eq!(Checkpoint::decode(&[2, 1, 2]), None);
         assert_eq!(Checkpoint::decode(&[1; 40]), None);
@@ -496,6 +532,45 @@ mod tests {
                 stream: next_generation("s", "f", "s/f1", 14)
             }
         );
+    }
+
+    #[test]
+    fn a_copy_by_another_owner_is_a_stream_of_its_own() {
+        // Bob's file (uid 1001), renamed away while he writes; Alice (the
+        // resolving owner, 1000) copies it and appends.
+        let mut bobs = cp(14, b"head\nline one\n", "s/f", false);
+        bobs.owner = Some(1001);
+        let original = Candidate {
+            file_id: Some(FileId::new(1, 5)),
+            checkpoint: bobs,
+        };
+        let r = resolve_in(
+            (1, 6),
+            std::slice::from_ref(&original),
+            b"head\nline one\nalice\n",
+        );
+        assert_eq!(
+            r,
+            Resolution::Fresh {
+                stream: "s/f/1-6".into()
+            }
+        );
+        // Even its own inode, given to another owner, starts a new stream.
+        let r = resolve_in(
+            (1, 5),
+            std::slice::from_ref(&original),
+            b"head\nline one\nalice\n",
+        );
+        assert!(matches!(r, Resolution::Fresh { .. }), "{r:?}");
+        // Alice's own checkpoint is continued.
+        let mut hers = original.clone();
+        hers.checkpoint.owner = Some(1000);
+        let r = resolve_in(
+            (1, 6),
+            std::slice::from_ref(&hers),
+            b"head\nline one\nalice\n",
+        );
+        assert!(matches!(r, Resolution::Copy { .. }), "{r:?}");
     }
 
     #[test]

@@ -103,6 +103,9 @@ struct Tracked {
     /// Birth time where the file system keeps one: tells a reused inode
     /// apart when a parked file is reopened.
     born: Option<SystemTime>,
+    /// Its owner when it was opened: whose stream it can continue, and who
+    /// is charged for it under fairness by owner.
+    owner: u32,
     last_active: Instant,
     gz: Option<Gz>,
     ident: Option<Ident>,
@@ -148,6 +151,9 @@ impl Tracked {
         let Ok(meta) = file.metadata() else {
             return false;
         };
+        if meta.uid() != self.owner {
+            return false; // given to another owner: not their stream to go on
+        }
         if let (Some(then), Ok(now)) = (self.born, meta.created()) {
             if then != now {
                 return false;

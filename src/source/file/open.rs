@@ -3,7 +3,10 @@
 //! source follows links, and then only to a target its link's owner owns),
 //! and nothing but a regular file is kept. The open is non-blocking, so a
 //! FIFO swapped in cannot hang the tailer; the type is checked on the
-//! descriptor, not on the path.
+//! descriptor, not on the path. A hard link to someone else's file, made in
+//! a directory of another owner, is refused whatever
+//! `fs.protected_hardlinks` says (with the sysctl at 0 any user can link
+//! any file they can see, `/etc/shadow` or another user's 0600 transcript).
 
 use std::fs::{File, Metadata};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -21,6 +24,13 @@ pub enum Refusal {
     NotRegular(&'static str),
     /// The link led to a path the source's `exclude` leaves out.
     Excluded(PathBuf),
+    /// A file with more than one name whose owner is not its directory's:
+    /// a hard link someone else may have made to a file not theirs.
+    ForeignHardLink {
+        links: u64,
+        file_uid: u32,
+        dir_uid: u32,
+    },
 }
 
 impl std::fmt::Display for Refusal {
@@ -41,6 +51,15 @@ impl std::fmt::Display for Refusal {
             Refusal::Excluded(real) => {
                 write!(f, "leads to {}, which `exclude` leaves out", real.display())
             }
+            Refusal::ForeignHardLink {
+                links,
+                file_uid,
+                dir_uid,
+            } => write!(
+                f,
+                "a file with {links} hard links owned by uid {file_uid} in a directory owned by uid {dir_uid}: \
+                 it may be a link to a file its directory's owner may not read"
+            ),
         }
     }
 }
@@ -60,6 +79,26 @@ pub fn file_kind(meta: &Metadata) -> &'static str {
     } else {
         "special file"
     }
+}
+
+/// A file with more than one link is kept only if its owner also owns the
+/// directory it was found in: the one place a link can be made by someone
+/// other than the file's owner is a directory they can write, and a file
+/// linked there from elsewhere keeps its own owner. Logrotate's and the
+/// agents' own files live in their owner's directories, so they pass.
+fn foreign_hard_link(meta: &Metadata, found_at: &Path) -> std::io::Result<Option<Refusal>> {
+    if meta.nlink() <= 1 {
+        return Ok(None);
+    }
+    let Some(dir) = found_at.parent() else {
+        return Ok(None);
+    };
+    let dir_uid = std::fs::metadata(dir)?.uid();
+    Ok((dir_uid != meta.uid()).then_some(Refusal::ForeignHardLink {
+        links: meta.nlink(),
+        file_uid: meta.uid(),
+        dir_uid,
+    }))
 }
 
 /// Opens `path`, found by a walk that started at the operator's directory
@@ -93,8 +132,15 @@ pub fn open_checked(
     // Where the descriptor really is: a directory on the way swapped for a
     // link after the walk shows here (O_NOFOLLOW guards the last name only).
     let Ok(real) = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())) else {
-        return Ok(Ok((file, meta))); // no /proc: the walk's checks stand
+        // No /proc: the walk's checks stand.
+        if let Some(refusal) = foreign_hard_link(&meta, path)? {
+            return Ok(Err(refusal));
+        }
+        return Ok(Ok((file, meta)));
     };
+    if let Some(refusal) = foreign_hard_link(&meta, &real)? {
+        return Ok(Err(refusal));
+    }
     let expected = base
         .canonicalize()
         .ok()
@@ -168,5 +214,40 @@ mod tests {
             open_checked(&base.join("link.log"), &base, true, secret).unwrap(),
             Err(Refusal::Excluded(_))
         ));
+    }
+
+    #[test]
+    fn a_hard_link_to_a_file_of_another_owner_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = tmp.path().join("logs");
+        std::fs::create_dir(&base).unwrap();
+        std::fs::write(base.join("own.log"), b"x\n").unwrap();
+        // A second name of one's own file in one's own directory is fine.
+        std::fs::hard_link(base.join("own.log"), base.join("own-too.log")).unwrap();
+        let none = |_: &Path| false;
+        assert!(open_checked(&base.join("own-too.log"), &base, false, none)
+            .unwrap()
+            .is_ok());
+        // The file given to another owner (as if linked from elsewhere).
+        if std::os::unix::fs::chown(base.join("own.log"), Some(65534), None).is_err() {
+            eprintln!("not root: the foreign link case is covered by tests/it/isolation.rs");
+            return;
+        }
+        assert!(matches!(
+            open_checked(&base.join("own-too.log"), &base, false, none)
+                .unwrap()
+                .err(),
+            Some(Refusal::ForeignHardLink {
+                links: 2,
+                file_uid: 65534,
+                ..
+            })
+        ));
+        // One name only: a file given to another owner in the directory
+        // is not a link someone made (logs written by a service user).
+        std::fs::remove_file(base.join("own.log")).unwrap();
+        assert!(open_checked(&base.join("own-too.log"), &base, false, none)
+            .unwrap()
+            .is_ok());
     }
 }

@@ -189,6 +189,7 @@ impl FileSource {
             closed_at: 0,
             disk_size: if complete { t.size } else { 0 },
             path: t.path.clone(),
+            owner: Some(t.owner),
             parser_state: t
                 .slot
                 .map(|slot| self.sink.stream_state(slot))

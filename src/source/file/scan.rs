@@ -95,6 +95,7 @@ impl FileSource {
                             parked_stat: None,
                             modified: None,
                             born: opened_meta.created().ok(),
+                            owner: opened_meta.uid(),
                             last_active: Instant::now(),
                             gz: None,
                             ident: None,

@@ -22,6 +22,8 @@ use crate::source::journald::JournaldSource;
 use crate::source::{KeyValue, ReadStats, RecordIn, Sink, SinkError, Source, StreamSlot};
 
 pub mod provenance;
+#[cfg(test)]
+mod tests;
 
 use self::provenance::Provenance;
 use crate::event::StreamMetadata;
@@ -77,8 +79,12 @@ pub struct Stage {
     stream_origins: HashMap<u64, (Option<PathBuf>, Option<u32>)>,
     /// The stream whose entries `events` carries now.
     metadata_of: Option<u64>,
-    /// A file's owner is the `user_id` of its events (`user_id_from`).
-    user_from_owner: bool,
+    /// Where `user_id` comes from when the source takes it from a fact the
+    /// kernel vouches for (`user_id_from`): a file's owner, a journal
+    /// entry's `_UID`. What a line claims then goes to metadata.
+    user_from: Option<UserIdFrom>,
+    /// Each file stream's owner's name, with `user_from = FileOwner`.
+    stream_users: HashMap<u64, Arc<str>>,
     /// The source's stop flag: a commit waiting for room gives up on it.
     stop: Option<Arc<AtomicBool>>,
 }
@@ -108,7 +114,8 @@ impl Stage {
             stream_metadata: HashMap::new(),
             stream_origins: HashMap::new(),
             metadata_of: None,
-            user_from_owner: false,
+            user_from: None,
+            stream_users: HashMap::new(),
             stop: None,
         }
     }
@@ -126,16 +133,17 @@ impl Stage {
         self
     }
 
-    /// Makes each file's owner the `user_id` of its events (with a
-    /// provenance, which resolves owners).
     /// Gives a commit waiting for room the source's stop flag to end on.
     pub fn with_stop(mut self, stop: Arc<AtomicBool>) -> Stage {
         self.stop = Some(stop);
         self
     }
 
-    pub fn with_user_from_owner(mut self, on: bool) -> Stage {
-        self.user_from_owner = on;
+    /// Makes each file's owner (or each journal entry's `_UID`) the
+    /// `user_id` of its events, over what the line claims (with a
+    /// provenance, which resolves owners).
+    pub fn with_user_id_from(mut self, from: Option<UserIdFrom>) -> Stage {
+        self.user_from = from;
         self
     }
 
@@ -169,10 +177,12 @@ impl Sink for Stage {
         self.next_slot += 1;
         self.parsers.insert(slot, parser);
         if let Some(provenance) = self.provenance.as_mut() {
-            if let (true, Some(uid)) = (self.user_from_owner, owner) {
+            if let (Some(UserIdFrom::FileOwner), Some(uid)) = (self.user_from, owner) {
+                let user: Arc<str> = provenance.owner(uid).into();
                 if let Some(parser) = self.parsers.get_mut(&slot) {
-                    parser.set_user(&provenance.owner(uid));
+                    parser.set_user(&user);
                 }
+                self.stream_users.insert(slot, user);
             }
             let entries = provenance.for_stream(origin, owner);
             if !entries.is_empty() {
@@ -188,9 +198,11 @@ impl Sink for Stage {
         self.parsers.remove(&slot.0);
         self.stream_metadata.remove(&slot.0);
         self.stream_origins.remove(&slot.0);
+        self.stream_users.remove(&slot.0);
         if self.metadata_of == Some(slot.0) {
             self.metadata_of = None;
             self.events.set_stream_metadata(None);
+            self.events.set_trusted_user(None);
         }
     }
 
@@ -201,6 +213,18 @@ impl Sink for Stage {
         };
         if !record.fields.is_empty() {
             parser.set_record_fields(record.fields);
+        }
+        if self.user_from == Some(UserIdFrom::JournalUid) {
+            // journald sets `_UID` from the writer's credentials.
+            let user = record
+                .fields
+                .iter()
+                .find(|(name, _)| *name == "user")
+                .map(|(_, user)| user.as_str());
+            if let Some(user) = user {
+                parser.set_user(user);
+            }
+            self.events.set_trusted_user(user.map(Arc::from));
         }
         if let Some(provenance) = self.provenance.as_mut() {
             if provenance.refresh_host() {
@@ -220,6 +244,10 @@ impl Sink for Stage {
             self.metadata_of = Some(slot.0);
             self.events
                 .set_stream_metadata(self.stream_metadata.get(&slot.0).cloned());
+            if self.user_from == Some(UserIdFrom::FileOwner) {
+                self.events
+                    .set_trusted_user(self.stream_users.get(&slot.0).cloned());
+            }
         }
         if let Some((key, metadata)) = record.metadata {
             // Without a provenance there is no redaction to screen with:
@@ -376,7 +404,7 @@ pub fn file_source(
     let stage = Stage::new(parser, queue, stats.clone())
         .with_max_event_bytes(config.redaction.event_bound(&config.delivery))
         .with_provenance(provenance(config))
-        .with_user_from_owner(source.user_id_from == Some(UserIdFrom::FileOwner))
+        .with_user_id_from(source.user_id_from)
         .with_stop(shutdown.clone());
     Ok(FileSource::new(
         source.clone(),
@@ -402,6 +430,7 @@ pub fn source(
             let stage = Stage::new(parser, queue, stats.clone())
                 .with_max_event_bytes(config.redaction.event_bound(&config.delivery))
                 .with_provenance(provenance(config))
+                .with_user_id_from(source.user_id_from)
                 .with_stop(shutdown.clone());
             Box::new(JournaldSource::new(
                 source.clone(),

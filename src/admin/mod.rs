@@ -204,6 +204,9 @@ impl Admin {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         let Some(address) = bound else { return };
+        if !crate::private_fs::state_dir_is_trusted(&self.inner.state_dir) {
+            return; // not ours (yet): the queue's open says why
+        }
         let path = self.inner.state_dir.join(ADDRESS_FILE);
         if let Err(e) = write_atomically(&path, address.as_bytes()) {
             debug!(path = %path.display(), error = %e, "cannot name the admin address in the state directory");
@@ -241,7 +244,9 @@ fn bind_unix(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut tmp = PathBuf::from(path);
     tmp.set_extension("tmp");
-    std::fs::write(&tmp, bytes)?;
+    let mut file = crate::private_fs::create_private(&tmp)?;
+    std::io::Write::write_all(&mut file, bytes)?;
+    drop(file);
     std::fs::rename(&tmp, path)
 }
 

@@ -96,7 +96,6 @@ pub async fn replay(config_path: &Path, args: ReplayArgs) -> anyhow::Result<Exit
         ..SourceStats::default()
     });
     let parser = thoth_ingest::parse::build(&config, &source)?;
-    let user_from_owner = source.user_id_from == Some(thoth_ingest::config::UserIdFrom::FileOwner);
     let event_bound = config.redaction.event_bound(&config.delivery);
     let mut signals = ops::StopSignals::install().context("cannot install signal handlers")?;
     let mut progress = Progress::new(args.progress, &config.delivery);
@@ -106,7 +105,7 @@ pub async fn replay(config_path: &Path, args: ReplayArgs) -> anyhow::Result<Exit
         stage
             .with_max_event_bytes(event_bound)
             .with_provenance(thoth_ingest::stage::provenance(&config))
-            .with_user_from_owner(user_from_owner)
+            .with_user_id_from(source.user_id_from)
             .with_window(window)
     };
 

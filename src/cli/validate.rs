@@ -4,9 +4,8 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use thoth_ingest::config::{Env, SourceConfig, SourceKind};
-use thoth_ingest::source::file::FileMatcher;
-use thoth_ingest::source::journald::{self, child::Access};
+use thoth_ingest::config::Env;
+use thoth_ingest::source::preflight::{self, Depth};
 
 pub fn validate(path: &Path) -> anyhow::Result<ExitCode> {
     let env = Env::from_process();
@@ -28,27 +27,10 @@ pub fn validate(path: &Path) -> anyhow::Result<ExitCode> {
     let mut report = Vec::new();
     let mut problems = Vec::new();
     for source in &config.sources {
-        let name = source.name.get_ref();
-        if source.kind == SourceKind::Journald {
-            match journal_state(source) {
-                Ok(line) => report.push(line),
-                Err(problem) => problems.push(format!("source `{name}`: {problem}")),
-            }
-            continue;
+        match preflight::check(source, Depth::Report) {
+            Ok(lines) => report.extend(lines),
+            Err(problem) => problems.push(problem),
         }
-        let files = match FileMatcher::new(source) {
-            Ok(matcher) => matcher.matching_files(),
-            Err(e) => {
-                problems.push(format!("source `{name}`: {e}"));
-                continue;
-            }
-        };
-        report.push(format!(
-            "  source `{name}` (parser {}): {} file(s) match now",
-            source.parser.get_ref(),
-            files.len()
-        ));
-        report.extend(files.iter().map(|f| format!("    {}", f.display())));
     }
     if !problems.is_empty() {
         for problem in problems {
@@ -63,41 +45,17 @@ pub fn validate(path: &Path) -> anyhow::Result<ExitCode> {
         config.api.tenant_id.get_ref()
     );
     println!("  key: from {origin}");
-    println!("  state: {}", config.state.dir.display());
+    if config.api.base_url.get_ref().starts_with("http://") {
+        println!(
+            "  warning: base_url is plain http: a local user who binds that port first receives the key"
+        );
+    }
+    println!(
+        "  state: {}",
+        thoth_ingest::ops::shown_path(&config.state.dir)
+    );
     for line in report {
         println!("{line}");
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// What a journald source reads now: whether its journal is readable and
-/// how many entries its filters match; why not, if it cannot be read.
-fn journal_state(source: &SourceConfig) -> Result<String, String> {
-    let name = source.name.get_ref();
-    let parser = source.parser.get_ref();
-    let what = match &source.directory {
-        Some(dir) => format!("journal directory {}", dir.display()),
-        None => "the system journal".to_string(),
-    };
-    match journald::child::access(source, &|| {}).map_err(|e| journalctl_error(source, e))? {
-        Access::Readable => {
-            let n =
-                journald::child::count_entries(source).map_err(|e| journalctl_error(source, e))?;
-            Ok(format!(
-                "  source `{name}` (journald, parser {parser}): {what} readable, {n} entries match now"
-            ))
-        }
-        Access::NoFiles => Ok(format!(
-            "  source `{name}` (journald, parser {parser}): {what} has no journal files yet"
-        )),
-        Access::Denied(why) => Err(format!("cannot read {what}: {why}")),
-    }
-}
-
-fn journalctl_error(source: &SourceConfig, e: std::io::Error) -> String {
-    if e.kind() == std::io::ErrorKind::NotFound {
-        journald::child::not_found_message(source)
-    } else {
-        format!("journalctl: {e}")
-    }
 }

@@ -52,6 +52,12 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(
+        "{path}: the config file {why}: they could make the daemon run any program \
+         (journalctl_path) or send events anywhere; make it root's, not writable by others \
+         (chown root; chmod 640)"
+    )]
+    Unsafe { path: PathBuf, why: String },
     #[error("{path}:{line}:{column}: `{key}`: {message}")]
     Parse {
         path: PathBuf,
@@ -116,11 +122,38 @@ impl Env {
 
 impl Config {
     /// Reads, parses and validates the file, then applies `env`'s overrides.
+    /// A file that another user than root and the daemon's own may change
+    /// is refused, as a key file is.
     pub fn load(path: &Path, env: &Env) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        use std::io::Read as _;
+        use std::os::unix::fs::MetadataExt as _;
+        let read = |source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
-        })?;
+        };
+        let mut file = std::fs::File::open(path).map_err(read)?;
+        let meta = file.metadata().map_err(read)?;
+        let mode = meta.mode() & 0o7777;
+        // SAFETY: geteuid(2) cannot fail and touches no memory.
+        let me = unsafe { libc::geteuid() };
+        let why = if mode & 0o002 != 0 {
+            Some(format!("is writable by every user (mode {mode:04o})"))
+        } else if meta.uid() != 0 && meta.uid() != me {
+            Some(format!(
+                "belongs to uid {}, neither root nor the daemon's user",
+                meta.uid()
+            ))
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            return Err(ConfigError::Unsafe {
+                path: path.to_path_buf(),
+                why,
+            });
+        }
+        let mut text = String::new();
+        file.read_to_string(&mut text).map_err(read)?;
         Config::from_toml(&text, path, env)
     }
 

@@ -442,8 +442,11 @@ pub struct SourceConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum UserIdFrom {
-    /// The owner of the file (by name, else the uid).
+    /// The owner of the file (by name, else the uid): file sources.
     FileOwner,
+    /// The entry's `_UID` (by name, else the uid), which journald sets from
+    /// the writer's credentials: journald sources.
+    JournalUid,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]

@@ -2,7 +2,7 @@
 //! source names and globs, and the rule that the API is reached over https
 //! (plain http only to loopback). Errors name the key and its line.
 
-use super::{Config, ConfigError, SourceConfig, SourceKind, MIN_MAX_EVENT_BYTES};
+use super::{Config, ConfigError, SourceConfig, SourceKind, UserIdFrom, MIN_MAX_EVENT_BYTES};
 
 impl Config {
     pub(super) fn validate(&self, text: &str) -> Result<(), ConfigError> {
@@ -128,12 +128,12 @@ impl Config {
                 if let Some((field, problem)) = journald_problem(source) {
                     return Err(self.invalid(text, source.name.span(), &key(field), problem));
                 }
-                if source.user_id_from.is_some() {
+                if source.user_id_from == Some(UserIdFrom::FileOwner) {
                     return Err(self.invalid(
                         text,
                         source.name.span(),
                         &key("user_id_from"),
-                        "\"file_owner\" applies to file sources; a journal entry's `_UID` is in its metadata".into(),
+                        "\"file_owner\" applies to file sources; a journald source takes \"journal_uid\" (the entry's `_UID`)".into(),
                     ));
                 }
             } else if let Some(field) = journald_key_on_a_file_source(source) {
@@ -142,6 +142,13 @@ impl Config {
                     source.name.span(),
                     &key(field),
                     "is a key of journald sources (type = \"journald\")".into(),
+                ));
+            } else if source.user_id_from == Some(UserIdFrom::JournalUid) {
+                return Err(self.invalid(
+                    text,
+                    source.name.span(),
+                    &key("user_id_from"),
+                    "\"journal_uid\" applies to journald sources; a file source takes \"file_owner\"".into(),
                 ));
             } else if source.include.is_empty() {
                 return Err(self.invalid(

@@ -25,7 +25,15 @@ pub struct EventBuf {
     times: Vec<Timestamp>,
     /// Entries the events of the stream being parsed carry (host, path).
     stream: Option<std::sync::Arc<StreamMetadata>>,
+    /// The user the kernel vouches for (a file's owner, a journal entry's
+    /// `_UID`), when the source takes `user_id` from it: an event whose
+    /// line names another user gets this one, the claim going to
+    /// `metadata.claimed_user_id`.
+    trusted_user: Option<std::sync::Arc<str>>,
 }
+
+/// Longest claimed user id kept in metadata, in bytes.
+const MAX_CLAIMED_USER_BYTES: usize = 256;
 
 /// A span of event times: `since` included, `until` excluded; an open end
 /// is unbounded.
@@ -58,12 +66,18 @@ impl EventBuf {
             window: None,
             times: Vec::new(),
             stream: None,
+            trusted_user: None,
         }
     }
 
     /// Sets the entries every event pushed next carries in its metadata.
     pub fn set_stream_metadata(&mut self, stream: Option<std::sync::Arc<StreamMetadata>>) {
         self.stream = stream;
+    }
+
+    /// Sets the user every event pushed next is of (see `trusted_user`).
+    pub fn set_trusted_user(&mut self, user: Option<std::sync::Arc<str>>) {
+        self.trusted_user = user;
     }
 
     /// Keeps only events whose `occurred_at` falls in `window` (see
@@ -116,11 +130,22 @@ impl EventBuf {
         if self.window.is_some() {
             self.times.push(event.occurred_at);
         }
-        let Some((key, extra)) = &self.record_metadata else {
+        let claim_differs = self
+            .trusted_user
+            .as_deref()
+            .is_some_and(|user| event.user_id != user);
+        if self.record_metadata.is_none() && !claim_differs {
             return self.push_as_is(event);
-        };
+        }
         let mut event = event.clone();
-        event.metadata = event.metadata.with_entry(key, extra);
+        if let (true, Some(user)) = (claim_differs, &self.trusted_user) {
+            let claimed = crate::event::truncate_utf8(&event.user_id, MAX_CLAIMED_USER_BYTES);
+            event.metadata = event.metadata.with_str_entry("claimed_user_id", claimed);
+            event.user_id = std::borrow::Cow::Owned(user.to_string());
+        }
+        if let Some((key, extra)) = &self.record_metadata {
+            event.metadata = event.metadata.with_entry(key, extra);
+        }
         self.push_as_is(&event);
     }
 

@@ -340,6 +340,15 @@ impl<'a> Metadata<'a> {
         }
     }
 
+    /// This object with `"key": "value"` added (a JSON string).
+    pub fn with_str_entry(&self, key: &str, value: &str) -> Metadata<'static> {
+        let mut text = String::new();
+        let mut quoted = Vec::with_capacity(value.len() + 2);
+        push_str(&mut quoted, value);
+        text.push_str(&String::from_utf8_lossy(&quoted));
+        self.with_entry(key, &Metadata(Cow::Owned(text)))
+    }
+
     pub fn into_owned(self) -> Metadata<'static> {
         Metadata(Cow::Owned(self.0.into_owned()))
     }

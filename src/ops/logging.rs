@@ -44,7 +44,8 @@ pub fn init_logging(default_level: &str, format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_target(false);
+        .with_target(false)
+        .fmt_fields(escaped_fields());
     // A second init (tests) keeps the first: nothing to report.
     let _ = match format.resolve() {
         LogFormat::Json => builder.json().with_ansi(false).try_init(),
@@ -61,6 +62,26 @@ pub fn init_logging(default_level: &str, format: LogFormat) {
             .with_ansi(std::io::stderr().is_terminal())
             .try_init(),
     };
+}
+
+/// Fields as the default formatter writes them (`name=value`, the message
+/// bare), with control characters escaped: a file name or a server's
+/// words with a newline in them would otherwise start a forged log line
+/// in text and journal output (JSON escapes them itself).
+fn escaped_fields() -> impl for<'w> FormatFields<'w> + 'static {
+    use tracing_subscriber::field::MakeExt;
+    tracing_subscriber::fmt::format::debug_fn(|writer, field, value| {
+        let text = format!("{value:?}");
+        let text = super::escape_controls(&text);
+        match field.name() {
+            "message" => write!(writer, "{text}"),
+            // The `log` crate's origin fields (sled's), as the default
+            // formatter leaves them out.
+            name if name.starts_with("log.") => Ok(()),
+            name => write!(writer, "{name}={text}"),
+        }
+    })
+    .delimited(" ")
 }
 
 /// True when stderr is the stream systemd connected to the journal:

@@ -55,6 +55,30 @@ pub fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
     }
 }
 
+/// `text` with every control character written as an escape (`\n`,
+/// `\u{1b}`): a file name is a user's choice, and one with a newline or a
+/// terminal escape in it must not forge a log line or drive a terminal.
+pub fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// A path as shown to an operator outside the logs (`validate`, `status`):
+/// control characters escaped.
+pub fn shown_path(path: &std::path::Path) -> String {
+    escape_controls(&path.display().to_string()).into_owned()
+}
+
 /// Whether the test hook `name` is on (`THOTH_INGEST_TEST_HOOK`, comma
 /// separated). Only the integration tests set it, to make the real binary
 /// misbehave in ways no input can force (a source stuck in I/O).

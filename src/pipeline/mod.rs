@@ -17,6 +17,7 @@ use crate::config::SourceConfig;
 use crate::config::{ApiKey, Config};
 use crate::flush::{FlushStats, Flusher, Reload, ReloadSlot};
 use crate::queue::Queue;
+use crate::source::preflight::{self, Depth};
 use crate::stage::SourceStats;
 
 use sources::Sources;
@@ -135,6 +136,10 @@ impl Pipeline {
                 }
             }
         });
+        if config.api.base_url.get_ref().starts_with("http://") {
+            warn!(url = %config.api.base_url.get_ref(),
+                "base_url is plain http: the API key goes in clear to whatever listens on that loopback port, and any local user who binds it first (while the relay or proxy there is down) receives the key; use https, or a unix-socket or root-only port for the local hop");
+        }
         info!(
             sources = sources.running.len(),
             state = %config.state.dir.display(),
@@ -209,6 +214,25 @@ impl Pipeline {
     /// did not stop within the bound stays asked to, and its new self
     /// starts once it has: see [`Pipeline::start_missing_sources`]).
     pub async fn reload(&mut self, config: &Config, key: &ApiKey) -> anyhow::Result<Vec<String>> {
+        // A source added or changed that could not start would end the
+        // daemon once its thread failed: refuse the reload, as `validate`
+        // would (`ExecReload=` runs it first; a raw SIGHUP does not).
+        let new_sources: Vec<SourceConfig> = config
+            .sources
+            .iter()
+            .filter(|s| !self.applied.sources.contains(s))
+            .cloned()
+            .collect();
+        let cannot_start = tokio::task::spawn_blocking(move || {
+            new_sources
+                .iter()
+                .filter_map(|s| preflight::check(s, Depth::CanStart).err())
+                .collect::<Vec<_>>()
+        })
+        .await?;
+        if !cannot_start.is_empty() {
+            anyhow::bail!("{}", cannot_start.join("; "));
+        }
         let settings = Reload::new(config, key)?;
         self.queue.set_bound(
             config.queue.max_bytes.0,

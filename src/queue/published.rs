@@ -5,7 +5,7 @@
 //! beside, then renamed), so a reader sees the old version or the new one.
 
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use super::{Queue, QueueError};
@@ -32,13 +32,7 @@ impl Queue {
         // One writer per name: a fixed scratch name leaves nothing behind
         // however often a crash interrupts it.
         let scratch = folder.join(format!(".{name}.new"));
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(crate::private_fs::FILE_MODE)
-            .open(&scratch)
-            .map_err(io)?;
+        let mut file = crate::private_fs::create_private(&scratch).map_err(io)?;
         file.write_all(bytes).map_err(io)?;
         drop(file);
         std::fs::rename(&scratch, folder.join(name)).map_err(io)?;

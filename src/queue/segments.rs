@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
 use super::chunk::{Chunk, Pointer};
@@ -87,7 +87,7 @@ impl Segments {
 
     pub(super) fn open_file(&mut self, id: u64) -> std::io::Result<&File> {
         if !self.files.contains_key(&id) {
-            let f = File::open(self.path(id))?;
+            let f = crate::private_fs::open_private(&self.path(id), false)?;
             self.files.insert(id, f);
         }
         Ok(&self.files[&id])
@@ -100,18 +100,9 @@ impl Segments {
         let f = match self.free.pop() {
             Some(old) => {
                 std::fs::rename(&old, &path)?;
-                std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open(&path)?
+                crate::private_fs::open_private(&path, true)?
             }
-            None => std::fs::OpenOptions::new()
-                .create(true)
-                .truncate(true)
-                .read(true)
-                .write(true)
-                .mode(crate::private_fs::FILE_MODE)
-                .open(&path)?,
+            None => crate::private_fs::create_private(&path)?,
         };
         // The new file's directory entry must survive a power cut too.
         File::open(&self.dir)?.sync_all()?;

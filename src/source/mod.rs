@@ -10,6 +10,7 @@
 
 pub mod file;
 pub mod journald;
+pub mod preflight;
 pub mod replay;
 
 use std::path::Path;

@@ -301,3 +301,177 @@ fn a_server_that_echoes_the_request_head_gets_the_key_nowhere() {
         String::from_utf8_lossy(&grep.stdout)
     );
 }
+
+/// Item 8: a raw SIGHUP (no `validate` first) that adds a journald source
+/// whose `journalctl` is missing is refused; the daemon keeps running its
+/// old sources.
+#[test]
+fn a_reload_with_a_source_that_cannot_start_keeps_the_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let receiver = ReceiverProc::start(root, &[]);
+    let config = write_config(root, &receiver.addr, "");
+    let path = root.join("logs/a.jsonl");
+    append_lines(&path, 0..5);
+    let (mut daemon, err) = start_logged(&config, root);
+    wait_seqs(&receiver, 5, Duration::from_secs(20));
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(
+        "\n[[sources]]\nname = \"journal\"\ntype = \"journald\"\njournalctl_path = \"/nonexistent/journalctl\"\n",
+    );
+    std::fs::write(&config, text).unwrap();
+    signal(&daemon, libc::SIGHUP);
+    let log = wait_log(&err, "reload refused", Duration::from_secs(20));
+    assert!(log.contains("journalctl not found"), "{log}");
+    append_lines(&path, 5..10);
+    let seqs = wait_seqs(&receiver, 10, Duration::from_secs(20));
+    assert_eq!(seqs, (0..10).collect());
+    assert!(
+        daemon.try_wait().unwrap().is_none(),
+        "the daemon ended: {}",
+        std::fs::read_to_string(&err).unwrap_or_default()
+    );
+    assert!(terminate(&mut daemon).success());
+}
+
+/// Item 11: a file name with a newline and a terminal escape cannot forge
+/// a log line or reach a terminal raw, in the log or in `validate`.
+#[test]
+fn file_names_with_newlines_and_escapes_are_shown_escaped() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let receiver = ReceiverProc::start(root, &[]);
+    let config = write_config(root, &receiver.addr, "");
+    let forged = "x\n2026-01-01T00:00:00.000000Z ERROR forged \x1b[2J.jsonl";
+    // A FIFO: refused with a warning that names it.
+    let fifo = root.join("logs").join(forged);
+    let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: mkfifo on a NUL-terminated path in our temporary directory.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    // A regular file of the same kind of name, for `validate`'s list.
+    std::fs::write(
+        root.join("logs").join(forged.replacen('x', "y", 1)),
+        line(1),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .arg("validate")
+        .env("THOTH_API_KEY", KEY)
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(shown.contains("y\\n2026"), "{shown}");
+    for format in ["text", "journal"] {
+        let err = root.join(format!("{format}.err"));
+        let file = std::fs::File::create(&err).unwrap();
+        let mut daemon = start_daemon_cmd(&config, |c| {
+            c.env("THOTH_API_KEY", KEY)
+                .env("THOTH_INGEST_LOG_FORMAT", format)
+                .stderr(file);
+        });
+        let log = wait_log(&err, "not read", Duration::from_secs(20));
+        assert!(terminate(&mut daemon).success());
+        assert!(log.contains("x\\n2026"), "{log}");
+        assert!(!log.contains('\x1b'), "{log}");
+        assert!(
+            !log.lines().any(|l| l.starts_with("2026-01-01")),
+            "a forged line: {log}"
+        );
+    }
+    assert!(!shown.contains('\x1b'), "{shown}");
+}
+
+/// Item 4: a state directory someone else made (a careless `/tmp` path),
+/// or one with a link planted in it, is refused at start with a message
+/// that says why; the link's target is not written.
+#[test]
+fn a_state_directory_others_control_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let receiver = ReceiverProc::start(root, &[]);
+    let config = write_config(root, &receiver.addr, "");
+    append_lines(&root.join("logs/a.jsonl"), 0..3);
+    let run = || {
+        Command::new(BIN)
+            .arg("--config")
+            .arg(&config)
+            .arg("run")
+            .env("THOTH_API_KEY", KEY)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    // Made by another user before the daemon's first start.
+    let state = root.join("state");
+    std::fs::create_dir(&state).unwrap();
+    std::os::unix::fs::chown(&state, Some(BOB), Some(BOB)).unwrap();
+    let out = run();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("state directory refused") && err.contains("owned by uid 65534"),
+        "{err}"
+    );
+    // Ours, but with a link planted where the next segment will go.
+    std::fs::remove_dir(&state).unwrap();
+    let victim = root.join("root-only");
+    std::fs::write(&victim, b"precious\n").unwrap();
+    std::fs::create_dir_all(state.join("segments")).unwrap();
+    std::os::unix::fs::symlink(&victim, state.join("segments/0000000000000000.seg")).unwrap();
+    let out = run();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("symbolic link"), "{err}");
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious\n");
+    // Removed as the message says: the daemon starts and delivers.
+    std::fs::remove_file(state.join("segments/0000000000000000.seg")).unwrap();
+    let mut daemon = start_daemon(&config);
+    wait_seqs(&receiver, 3, Duration::from_secs(20));
+    assert!(terminate(&mut daemon).success());
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious\n");
+}
+
+/// Item 10: under `user_id_from = "file_owner"`, a line that names another
+/// user is of the file's owner; the claim is kept in
+/// `metadata.claimed_user_id`.
+#[test]
+fn a_line_that_claims_another_user_is_of_its_files_owner() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let alices = home(root, "alice", ALICE);
+    let session = alices.join("s.jsonl");
+    as_uid(ALICE, "touch", &[&session.display().to_string()]);
+    let claim = r#"{"seq":1,"content":"as root","user_id":"root"}"#;
+    as_uid(
+        ALICE,
+        "sh",
+        &[
+            "-c",
+            &format!("printf '%s\\n' '{claim}' >> '{}'", session.display()),
+        ],
+    );
+    append_as(ALICE, &session, 2);
+    let receiver = ReceiverProc::start(root, &[]);
+    let config = home_config(root, &receiver.addr, "");
+    let (mut daemon, _err) = start_logged(&config, root);
+    wait_seqs(&receiver, 2, Duration::from_secs(20));
+    assert!(terminate(&mut daemon).success());
+    let events = receiver.stored();
+    let by = |seq: u64| {
+        events
+            .iter()
+            .find(|e| e["metadata"]["seq"] == seq)
+            .cloned()
+            .expect("event")
+    };
+    let (claimed, plain) = (by(1), by(2));
+    assert_eq!(claimed["user_id"], plain["user_id"], "{claimed}");
+    assert_ne!(claimed["user_id"], "root", "{claimed}");
+    assert_eq!(claimed["metadata"]["claimed_user_id"], "root", "{claimed}");
+    assert!(
+        plain["metadata"].get("claimed_user_id").is_none(),
+        "{plain}"
+    );
+}

@@ -528,7 +528,10 @@ fn a_journal_the_daemons_user_may_not_read_is_a_clear_error() {
         "this test switches to uid 65534 with setpriv: run it as root"
     );
     let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    // Sticky, as /tmp: the daemon's user may make its state here, and no
+    // other user may replace it (a state directory under a 0777 directory
+    // is refused).
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
     // Journal files root alone may read, as in /var/log/journal for a user
     // outside systemd-journal.
     let journal = journal_dir("basic", &["basic.journal"], &dir.path().join("journal"));

@@ -364,8 +364,15 @@ fn an_unreadable_file_is_logged_once_and_read_when_it_becomes_readable() {
         std::fs::Permissions::from_mode(0o000),
     )
     .unwrap();
-    for p in [dir.path().to_path_buf(), logs.clone(), config.clone()] {
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o777)).unwrap();
+    // Open to the daemon's user: the directory sticky (as /tmp: a state
+    // directory under a plain 0777 one is refused), the config readable
+    // (a config others may write is refused).
+    for (p, mode) in [
+        (dir.path().to_path_buf(), 0o1777),
+        (logs.clone(), 0o777),
+        (config.clone(), 0o644),
+    ] {
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
     }
     std::fs::set_permissions(
         logs.join("open.jsonl"),

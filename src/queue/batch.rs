@@ -127,7 +127,10 @@ impl Queue {
             }
             let (k, v) = item.map_err(|e| self.storage(e))?;
             let seq = seq_of(&k);
-            let ptr = Pointer::decode(&v).ok_or_else(|| self.corrupt(seq, "unreadable pointer"))?;
+            let Some(ptr) = Pointer::decode(&v) else {
+                self.quarantine(&mut read, seq, None, "unreadable pointer")?;
+                continue;
+            };
             let mut taken = read.acked.get(&seq).cloned().unwrap_or_default();
             if let Some(f) = read.in_flight.get(&seq) {
                 for r in &f.0 {
@@ -139,11 +142,18 @@ impl Queue {
             }
             let chunk = match &read.cached {
                 Some((s, c)) if *s == seq => c.clone(),
-                _ => {
-                    let c = Arc::new(self.read_chunk(seq, &ptr)?);
-                    read.cached = Some((seq, c.clone()));
-                    c
-                }
+                _ => match self.read_chunk(seq, &ptr) {
+                    Ok(c) => {
+                        let c = Arc::new(c);
+                        read.cached = Some((seq, c.clone()));
+                        c
+                    }
+                    Err(QueueError::Corrupt { what, .. }) => {
+                        self.quarantine(&mut read, seq, Some(ptr), &what)?;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                },
             };
             let mut from = 0;
             while events < max_events && !full {

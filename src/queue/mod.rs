@@ -46,6 +46,7 @@ mod batch;
 mod bound;
 mod chunk;
 mod commit;
+mod damage;
 mod dead_letter;
 mod delivery;
 mod disk;
@@ -56,6 +57,7 @@ mod segments;
 pub use batch::{Batch, Piece};
 pub use bound::RoomWait;
 pub use chunk::CHUNK_TARGET_BYTES;
+pub use damage::DAMAGED_CODE;
 pub use dead_letter::{DeadLetter, DeadReason};
 pub use disk::{is_disk_full, DISK_RESERVE_BYTES};
 
@@ -127,6 +129,9 @@ pub struct Queue {
     dead_max_bytes: AtomicU64,
     dead_dropped: AtomicU64,
     dead_warned: Mutex<Option<std::time::Instant>>,
+    /// Chunks set aside as damaged, and their events (see `damage.rs`).
+    damaged_chunks: AtomicU64,
+    damaged_events: AtomicU64,
 }
 
 enum IndexOpen {
@@ -199,18 +204,18 @@ impl Queue {
         let mut queued_bytes = 0u64;
         let mut events_at_open = 0u64;
         let mut next_seq = 0;
+        let mut unreadable = Vec::new();
         for item in chunks.iter() {
             let (k, v) = item.map_err(storage)?;
             let seq = seq_of(&k);
-            let ptr = Pointer::decode(&v).ok_or_else(|| QueueError::Corrupt {
-                dir: dir.to_path_buf(),
-                seq,
-                what: "unreadable pointer".into(),
-            })?;
+            next_seq = seq + 1;
+            let Some(ptr) = Pointer::decode(&v) else {
+                unreadable.push(seq); // set aside once the queue is open
+                continue;
+            };
             *live.entry(ptr.segment).or_default() += 1;
             queued_bytes += u64::from(ptr.len);
             events_at_open += u64::from(ptr.count);
-            next_seq = seq + 1;
         }
         // Segments no chunk points to: fully delivered, or the unreferenced
         // tail of a commit that a crash cut short.
@@ -260,7 +265,7 @@ impl Queue {
             let (k, v) = item.map_err(storage)?;
             read.acked.insert(seq_of(&k), RangeSet::decode(&v));
         }
-        Ok(Queue {
+        let queue = Queue {
             dir: dir.to_path_buf(),
             db,
             chunks,
@@ -285,7 +290,11 @@ impl Queue {
             dead_max_bytes: AtomicU64::new(u64::MAX),
             dead_dropped: AtomicU64::new(dead_dropped),
             dead_warned: Mutex::new(None),
-        })
+            damaged_chunks: AtomicU64::new(0),
+            damaged_events: AtomicU64::new(0),
+        };
+        queue.quarantine_unreadable_pointers(&unreadable)?;
+        Ok(queue)
     }
 
     fn storage(&self, source: sled::Error) -> QueueError {

@@ -118,18 +118,21 @@ impl Queue {
         let mut bytes = vec![0u8; ptr.len as usize];
         {
             let mut segments = self.segments.lock().unwrap_or_else(|p| p.into_inner());
-            let file = segments.open_file(ptr.segment).map_err(|e| {
-                self.corrupt(
-                    seq,
-                    format!("segment {} cannot be opened: {e}", ptr.segment),
-                )
-            })?;
-            file.read_exact_at(&mut bytes, ptr.offset).map_err(|e| {
-                self.corrupt(
-                    seq,
-                    format!("segment {} offset {}: {e}", ptr.segment, ptr.offset),
-                )
-            })?;
+            // A segment gone or cut short is damage; any other error may
+            // pass, and the chunk is read again later.
+            let file = segments
+                .open_file(ptr.segment)
+                .map_err(|e| match e.kind() {
+                    std::io::ErrorKind::NotFound => self.corrupt(seq, "its segment file is gone"),
+                    _ => self.io(e),
+                })?;
+            file.read_exact_at(&mut bytes, ptr.offset)
+                .map_err(|e| match e.kind() {
+                    std::io::ErrorKind::UnexpectedEof => {
+                        self.corrupt(seq, "its segment file is shorter than the chunk")
+                    }
+                    _ => self.io(e),
+                })?;
         }
         Chunk::check(bytes, ptr).map_err(|what| self.corrupt(seq, what))
     }

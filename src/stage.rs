@@ -322,6 +322,16 @@ impl Sink for Stage {
         Ok(())
     }
 
+    fn commit_room(&self) -> usize {
+        match &self.store {
+            // Chunk headers add a few bytes an event: keep a quarter spare.
+            Store::Queue(queue) => queue.room_above_reserve().map_or(usize::MAX, |room| {
+                usize::try_from(room / 4 * 3).unwrap_or(usize::MAX)
+            }),
+            Store::DryRun(_) => usize::MAX,
+        }
+    }
+
     fn checkpoint(&self, key: &[u8]) -> Result<Option<Vec<u8>>, SinkError> {
         match &self.store {
             Store::Queue(queue) => Ok(queue

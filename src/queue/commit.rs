@@ -73,17 +73,18 @@ impl Queue {
         // The segment lock is not held while the disk is full, so deliveries
         // (and their acknowledgements, which free space) go on meanwhile.
         let (mut segments, segment, offset) = loop {
-            // Segments reused in place need no new blocks, but sled's log
-            // does: keep its reserve.
             let free = free_bytes(&self.dir);
-            if free.is_some_and(|f| f < DISK_RESERVE_BYTES.saturating_add(total)) {
-                self.pause_on_full_disk(&mut warned, free, &mut wait)?;
-                continue;
-            }
+            let short = free.is_some_and(|f| f < DISK_RESERVE_BYTES.saturating_add(total));
             let mut segments = self.segments.lock().unwrap_or_else(|p| p.into_inner());
-            if segments.current_len >= SEGMENT_MAX_BYTES {
-                let old = segments.current;
-                if segments.live.get(&old).copied().unwrap_or(0) == 0 {
+            let old = segments.current;
+            let delivered = segments.live.get(&old).copied().unwrap_or(0) == 0;
+            // On a nearly full disk a segment whose chunks are all delivered
+            // is started again from its first byte: rewriting its blocks
+            // takes no new space, so commits go on while deliveries do.
+            if segments.current_len >= SEGMENT_MAX_BYTES
+                || (short && delivered && segments.current_len > 0)
+            {
+                if delivered {
                     // Its pointers' removal must be durable before its bytes go, or
                     // a power cut could bring back pointers into a reused file.
                     self.sync()?;
@@ -93,6 +94,22 @@ impl Queue {
             }
             let segment = segments.current;
             let offset = segments.current_len;
+            // Only what grows the file needs new blocks, and then sled's log
+            // keeps its reserve; a commit written over blocks the segment
+            // has needs room for its sled records alone (half the reserve
+            // stays for the acknowledgements).
+            let on_disk = segments.files[&segment].metadata().map_or(0, |m| m.len());
+            let grows = offset.saturating_add(total).saturating_sub(on_disk);
+            let needed = if grows == 0 {
+                DISK_RESERVE_BYTES / 2
+            } else {
+                DISK_RESERVE_BYTES.saturating_add(grows)
+            };
+            if free.is_some_and(|f| f < needed) {
+                drop(segments);
+                self.pause_on_full_disk(&mut warned, free, &mut wait)?;
+                continue;
+            }
             if total > 0 {
                 let slices: Vec<std::io::IoSlice<'_>> = headers
                     .iter()

@@ -56,6 +56,29 @@ pub(super) fn free_bytes(dir: &Path) -> Option<u64> {
 }
 
 impl Queue {
+    /// Bytes a commit may take now without meeting the reserve (None: the
+    /// file system does not say): the free space above it, and the part of
+    /// the current segment file that can be written again without new
+    /// blocks (past its end of data, or all of it once every chunk in it
+    /// is delivered).
+    pub fn room_above_reserve(&self) -> Option<u64> {
+        let free = free_bytes(&self.dir)?.saturating_sub(DISK_RESERVE_BYTES);
+        let segments = self.segments.lock().unwrap_or_else(|p| p.into_inner());
+        let current = segments.current;
+        let on_disk = segments
+            .files
+            .get(&current)
+            .and_then(|f| f.metadata().ok())
+            .map_or(0, |m| m.len());
+        let delivered = segments.live.get(&current).copied().unwrap_or(0) == 0;
+        let reusable = if delivered {
+            on_disk
+        } else {
+            on_disk.saturating_sub(segments.current_len)
+        };
+        Some(free.saturating_add(reusable))
+    }
+
     /// One second's pause of a commit on a full disk, logged once per commit.
     pub(super) fn pause_on_full_disk(
         &self,

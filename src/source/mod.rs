@@ -73,6 +73,14 @@ pub trait Sink: Send {
     /// Bytes of events held: a source stops cutting records at a bound, so
     /// one commit stays reasonable whatever the records expand to.
     fn held_bytes(&self) -> usize;
+    /// The most bytes of events one commit may hold now: a source ends its
+    /// read round there (at its own bound if lower). On a nearly full disk
+    /// this is what fits above the queue's reserve, so commits get smaller
+    /// instead of waiting for a room they will never have; a single record
+    /// is still committed whole (it waits until it fits).
+    fn commit_room(&self) -> usize {
+        usize::MAX
+    }
     /// Drops the events held (a commit of a position alone follows).
     fn discard_held(&mut self);
     /// The stream's parser state, to be saved in its checkpoint.

@@ -411,6 +411,7 @@ impl ReplaySource {
     /// Hands the records of `buf` (file bytes at the read position) to the
     /// sink until it holds what one commit may; returns the bytes consumed.
     fn cut(&mut self, r: &mut Reading<'_>, buf: &[u8], at_end: bool) -> usize {
+        let room = COMMIT_MAX_EVENT_BYTES.min(self.sink.commit_room());
         let sink = RefCell::new(self.sink.as_mut());
         sink.borrow_mut().discard_held();
         let held = Cell::new(0usize);
@@ -430,7 +431,8 @@ impl ReplaySource {
             );
             held.set(sink.held_bytes());
         };
-        let mut full = || held.get() >= COMMIT_MAX_EVENT_BYTES;
+        // At least one record a commit, however little room there is.
+        let mut full = || held.get() > 0 && held.get() >= room;
         let truncated_before = r.cutter.stats.truncated;
         let consumed = r
             .cutter

@@ -244,3 +244,36 @@ fn a_disk_that_fills_while_deliveries_are_acknowledged_loses_nothing() {
     std::fs::remove_file(&filler).unwrap();
     all_arrive_once(&s.receiver, &mut daemon, 8000);
 }
+
+/// Issue 32, item 6: with 12 MiB free (the reserve is 4 MiB) and more
+/// events to queue than that, commits shrink to what fits and segments
+/// whose chunks are delivered are rewritten in place: every line arrives,
+/// though the disk never gets more room.
+#[test]
+fn a_nearly_full_disk_still_delivers_more_than_it_has_room_for() {
+    let s = setup(&[], "batch_max_events = 500");
+    append_lines(&s.log, 0..100);
+    let (mut daemon, stderr) = start_logged(&s.config, s.dir.path());
+    wait_seqs(&s.receiver, 100, Duration::from_secs(30));
+    let filler = s.state.join("filler");
+    let filled = fill(&filler);
+    let leave = 12u64 << 20;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&filler)
+        .unwrap()
+        .set_len(filled.saturating_sub(leave))
+        .unwrap();
+    // About 60 MB of events: five times the room.
+    let n = 200_000;
+    append_lines(&s.log, 100..n);
+    let seqs = wait_seqs(&s.receiver, n as usize, Duration::from_secs(240));
+    assert_eq!(
+        seqs.len() as u64,
+        n,
+        "{}",
+        std::fs::read_to_string(&stderr).unwrap_or_default()
+    );
+    assert!(daemon.try_wait().unwrap().is_none());
+    all_arrive_once(&s.receiver, &mut daemon, n);
+}

@@ -102,6 +102,7 @@ impl FileSource {
             .map(|i| i.stream.as_str())
             .unwrap_or_default();
         let held = std::cell::Cell::new(0usize);
+        let room = COMMIT_MAX_EVENT_BYTES.min(sink.commit_room());
         let sink = std::cell::RefCell::new(sink);
         let mut emit = |line: Line<'_>| {
             let mut sink = sink.borrow_mut();
@@ -118,7 +119,8 @@ impl FileSource {
             );
             held.set(sink.held_bytes());
         };
-        let mut full = || held.get() >= COMMIT_MAX_EVENT_BYTES;
+        // At least one record a commit, however little room there is.
+        let mut full = || held.get() > 0 && held.get() >= room;
         Ok(f(cutter, &mut emit, &mut full))
     }
 

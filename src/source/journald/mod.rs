@@ -173,6 +173,7 @@ impl JournaldSource {
         let mut stream_of: Option<String> = None;
         // journalctl starts at the cursor's own entry, already committed.
         let mut already_read = cursor.clone();
+        let mut room = COMMIT_MAX_EVENT_BYTES.min(self.sink.commit_room());
         loop {
             self.stats.beat();
             if self.shutdown.load(Ordering::SeqCst) {
@@ -181,11 +182,11 @@ impl JournaldSource {
             // A commit (two fsyncs) per pipe-full would cap the rate: commit
             // when the output pauses, at the size bound, or after a second.
             let due = pending
-                && (oldest_pending.elapsed() >= COMMIT_EVERY
-                    || self.sink.held_bytes() >= COMMIT_MAX_EVENT_BYTES);
+                && (oldest_pending.elapsed() >= COMMIT_EVERY || self.sink.held_bytes() >= room);
             if due {
                 self.commit(slot, cursor.as_deref())?;
                 pending = false;
+                room = COMMIT_MAX_EVENT_BYTES.min(self.sink.commit_room());
             }
             let wait = if pending { PAUSE } else { IDLE_WAIT };
             let read = match journal.read_line(&mut line, max, wait) {

@@ -438,14 +438,28 @@ impl Timestamp {
         self.unix_micros.div_euclid(1_000_000)
     }
 
+    /// Last microsecond of year 9999.
+    pub const MAX_UNIX_MICROS: i64 = 253_402_300_799_999_999;
+
     /// Parses an RFC 3339 timestamp (`2026-03-13T12:00:00.123Z`, `...+02:00`).
+    /// Instants before 1970 or after 9999 are refused: a log line's year 0
+    /// would make a negative `ttl` (the line then gets its read time).
     pub fn parse_rfc3339(s: &str) -> Option<Self> {
         let t =
             time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
-        let micros = t.unix_timestamp_nanos() / 1000;
-        Some(Timestamp {
-            unix_micros: i64::try_from(micros).ok()?,
-        })
+        let micros = i64::try_from(t.unix_timestamp_nanos() / 1000).ok()?;
+        (0..=Self::MAX_UNIX_MICROS)
+            .contains(&micros)
+            .then_some(Timestamp {
+                unix_micros: micros,
+            })
+    }
+
+    /// A timestamp from outside (a journal entry's), if within 1970-9999.
+    pub fn from_unix_micros_checked(unix_micros: i64) -> Option<Self> {
+        (0..=Self::MAX_UNIX_MICROS)
+            .contains(&unix_micros)
+            .then_some(Timestamp { unix_micros })
     }
 
     /// Interprets a Unix epoch number, guessing its unit from its magnitude:
@@ -558,6 +572,19 @@ pub fn truncate_utf8(s: &str, max: usize) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timestamps_outside_1970_to_9999_are_refused() {
+        assert_eq!(Timestamp::parse_rfc3339("0000-01-01T00:00:00Z"), None);
+        assert_eq!(Timestamp::parse_rfc3339("1969-12-31T23:59:59Z"), None);
+        assert!(Timestamp::parse_rfc3339("1970-01-01T00:00:00Z").is_some());
+        assert!(Timestamp::parse_rfc3339("9999-12-31T23:59:59.999999Z").is_some());
+        assert_eq!(Timestamp::from_unix_micros_checked(-1), None);
+        assert_eq!(
+            Timestamp::from_unix_micros_checked(Timestamp::MAX_UNIX_MICROS + 1),
+            None
+        );
+    }
 
     const API_EXAMPLE: &str = r#"{
       "event_id": "acme-corp:4f1c2b9e-6a53-4d67-9d0e-3b6f0c9a1e27",

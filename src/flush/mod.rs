@@ -116,6 +116,9 @@ pub struct Flusher {
     hold_until: Option<Instant>,
     consecutive_failures: u32,
     last_auth_log: Option<Instant>,
+    /// When a 413 for one small event (a proxy's limit, not the API's)
+    /// was last logged.
+    last_proxy_log: Option<Instant>,
     last_redirect_log: Option<Instant>,
     /// The batch of each request task, to release it if the task fails.
     sending: HashMap<tokio::task::Id, Batch>,
@@ -150,6 +153,7 @@ impl Flusher {
             hold_until: None,
             consecutive_failures: 0,
             last_auth_log: None,
+            last_proxy_log: None,
             last_redirect_log: None,
             sending: HashMap::new(),
             outstanding: 0,

@@ -20,6 +20,10 @@ use crate::queue::{Batch, DeadReason};
 const AUTH_RETRY: Duration = Duration::from_secs(15);
 /// A refused key is reported at most this often.
 const AUTH_LOG_EVERY: Duration = Duration::from_secs(300);
+/// A request of one event this small that gets a 413 meets a proxy's limit,
+/// not the API's: 16 KiB is below any body limit a server of events sets
+/// (nginx's default is 1 MiB).
+const SMALL_EVENT_BYTES: usize = 16 << 10;
 
 impl Flusher {
     pub(super) async fn completed(
@@ -62,6 +66,9 @@ impl Flusher {
                 self.consecutive_failures = 0;
                 if self.last_auth_log.take().is_some() {
                     info!("the API accepts the key again; delivery resumed");
+                }
+                if self.last_proxy_log.take().is_some() {
+                    info!("requests are accepted again after 413s for single small events; delivery resumed");
                 }
             }
             Outcome::RateLimited(wait) => {
@@ -126,7 +133,27 @@ impl Flusher {
             }
             Outcome::TooLarge => {
                 self.stats.rejected_requests.fetch_add(1, Ordering::Relaxed);
-                if batch.events == 1 {
+                if batch.events == 1 && batch.body.len() <= SMALL_EVENT_BYTES {
+                    // No server that takes events refuses one this small:
+                    // a proxy's body limit is set too low. Setting events
+                    // aside one by one would empty the queue into dead
+                    // letters; hold them all and say so, as for a refused key.
+                    if self
+                        .last_proxy_log
+                        .is_none_or(|t| t.elapsed() >= AUTH_LOG_EVERY)
+                    {
+                        error!(
+                            bytes = batch.body.len(),
+                            "413 for a request of one small event: a proxy or load balancer between here and the API \
+                             limits request bodies too tightly (nginx: client_max_body_size). Every event is kept; \
+                             sending is retried every {}s",
+                            AUTH_RETRY.min(self.limits.max_backoff).as_secs()
+                        );
+                        self.last_proxy_log = Some(now);
+                    }
+                    self.hold(now + AUTH_RETRY.min(self.limits.max_backoff));
+                    self.retry.push_front(batch);
+                } else if batch.events == 1 {
                     warn!(
                         bytes = batch.body.len(),
                         "the API refused an event as too large (413); it is set aside"

@@ -475,3 +475,36 @@ fn a_line_that_claims_another_user_is_of_its_files_owner() {
         "{plain}"
     );
 }
+
+/// Item 11: a proxy that answers 413 to every request, even of one small
+/// event, holds delivery (and says so) instead of setting every event
+/// aside; once it lets requests through, everything arrives.
+#[test]
+fn a_413_for_one_small_event_holds_delivery_instead_of_dead_lettering() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let listen = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let tight = ReceiverProc::start_at(root, &listen, &["--max-body", "100"]);
+    let config = write_config_with(root, &tight.addr, "max_backoff = \"2s\"");
+    append_lines(&root.join("logs/a.jsonl"), 0..200);
+    let (mut daemon, err) = start_logged(&config, root);
+    let log = wait_log(
+        &err,
+        "413 for a request of one small event",
+        Duration::from_secs(30),
+    );
+    assert!(log.contains("client_max_body_size"), "{log}");
+    std::thread::sleep(Duration::from_secs(3));
+    let refused = tight.stats().status.get(&413).copied().unwrap_or(0);
+    drop(tight);
+    assert!(refused <= 20, "held, not hammered: {refused} 413s");
+    let receiver = ReceiverProc::start_at(root, &listen, &[]);
+    let seqs = wait_seqs(&receiver, 200, Duration::from_secs(60));
+    assert_eq!(seqs, (0..200).collect());
+    assert!(terminate(&mut daemon).success());
+    let queue = open_queue(&root.join("state"));
+    assert_eq!(queue.dead_letters(), 0, "nothing was set aside");
+}

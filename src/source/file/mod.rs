@@ -382,6 +382,15 @@ impl FileSource {
                 continue;
             };
             let closing = t.gone_since.is_some_and(|g| g.elapsed() >= rotate_wait);
+            // Deleted (not renamed) and past rotate_wait: one last read round
+            // (which ends an open record at the file's end), then what is
+            // still unread is dropped, so a deleted file (a sparse 100 GB
+            // one included) does not cost a core until read to its end.
+            let deleted = closing
+                && t.file
+                    .as_ref()
+                    .and_then(|f| f.metadata().ok())
+                    .is_some_and(|m| m.nlink() == 0);
             let reopened = t.file.is_some()
                 || self
                     .unpark(id, check_parked)
@@ -405,6 +414,14 @@ impl FileSource {
                 }
             }
             match result {
+                Ok(Progress::Read) if deleted => {
+                    progressed = true;
+                    if let Some(t) = self.tracked.get(&id).filter(|t| t.offset < t.size) {
+                        warn!(source = %self.name, path = %t.path.display(), unread_bytes = t.size - t.offset,
+                            "file deleted before it was read to its end; its unread bytes are dropped (rotate_wait has passed)");
+                    }
+                    finished.push(id);
+                }
                 Ok(Progress::Read) => progressed = true,
                 Ok(Progress::Idle) if closing => finished.push(id),
                 Ok(Progress::Idle) => {}

@@ -103,7 +103,7 @@ impl Entry {
         let written_at = raw
             .realtime
             .and_then(|t| t.parse::<i64>().ok())
-            .map(Timestamp::from_unix_micros);
+            .and_then(Timestamp::from_unix_micros_checked);
         let mut metadata = Metadata::builder();
         let mut fields = Vec::with_capacity(FIELD_NAMES.len());
         let values = [

@@ -85,6 +85,10 @@ pub struct Stage {
     user_from: Option<UserIdFrom>,
     /// Each file stream's owner's name, with `user_from = FileOwner`.
     stream_users: HashMap<u64, Arc<str>>,
+    /// The configured user, for journal entries without `_UID`, and the
+    /// user the journal's parser was last given (None: the configured).
+    default_user: String,
+    journal_user: Option<Arc<str>>,
     /// The source's stop flag: a commit waiting for room gives up on it.
     stop: Option<Arc<AtomicBool>>,
 }
@@ -116,6 +120,8 @@ impl Stage {
             metadata_of: None,
             user_from: None,
             stream_users: HashMap::new(),
+            default_user: String::new(),
+            journal_user: None,
             stop: None,
         }
     }
@@ -144,6 +150,13 @@ impl Stage {
     /// provenance, which resolves owners).
     pub fn with_user_id_from(mut self, from: Option<UserIdFrom>) -> Stage {
         self.user_from = from;
+        self
+    }
+
+    /// The source's configured user (its own, else `[defaults]`): what an
+    /// entry without `_UID` is of under `journal_uid`.
+    pub fn with_default_user(mut self, user: &str) -> Stage {
+        self.default_user = user.to_string();
         self
     }
 
@@ -221,10 +234,11 @@ impl Sink for Stage {
                 .iter()
                 .find(|(name, _)| *name == "user")
                 .map(|(_, user)| user.as_str());
-            if let Some(user) = user {
-                parser.set_user(user);
+            if self.journal_user.as_deref() != user {
+                parser.set_user(user.unwrap_or(&self.default_user));
+                self.journal_user = user.map(Arc::from);
+                self.events.set_trusted_user(self.journal_user.clone());
             }
-            self.events.set_trusted_user(user.map(Arc::from));
         }
         if let Some(provenance) = self.provenance.as_mut() {
             if provenance.refresh_host() {
@@ -441,6 +455,7 @@ pub fn source(
                 .with_max_event_bytes(config.redaction.event_bound(&config.delivery))
                 .with_provenance(provenance(config))
                 .with_user_id_from(source.user_id_from)
+                .with_default_user(&crate::parse::EventContext::for_source(config, source).user_id)
                 .with_stop(shutdown.clone());
             Box::new(JournaldSource::new(
                 source.clone(),

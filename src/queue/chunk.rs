@@ -133,7 +133,7 @@ mod tests {
     use super::super::Queue;
 
     #[test]
-    fn a_damaged_chunk_is_reported_not_sent() {
+    fn a_damaged_chunk_is_set_aside_not_sent() {
         let dir = tempfile::tempdir().unwrap();
         {
             let q = Queue::open(dir.path(), 8 << 20).unwrap();
@@ -150,10 +150,9 @@ mod tests {
         bytes[last] ^= 0xff;
         std::fs::write(&seg, bytes).unwrap();
         let q = Queue::open(dir.path(), 8 << 20).unwrap();
-        let e = q
-            .peek_batch(10, usize::MAX)
-            .expect_err("corruption detected")
-            .to_string();
-        assert!(e.contains("checksum"), "{e}");
+        assert!(q.peek_batch(10, usize::MAX).unwrap().is_none());
+        assert_eq!(q.damaged_chunks(), 1);
+        let letters = q.dead_letter_list().unwrap();
+        assert!(letters[0].1.message.contains("checksum"), "{letters:?}");
     }
 }

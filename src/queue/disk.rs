@@ -42,6 +42,10 @@ fn is_io_disk_full(e: &std::io::Error) -> bool {
 /// segment files do, and deliveries can still be acknowledged.
 pub const DISK_RESERVE_BYTES: u64 = 4 << 20;
 
+/// Free space above the reserve past which [`Queue::room_above_reserve`]
+/// does not look at the current segment (more than any commit holds).
+const ROOMY_BYTES: u64 = 64 << 20;
+
 /// Bytes available to an unprivileged writer on the file system of `dir`.
 pub(super) fn free_bytes(dir: &Path) -> Option<u64> {
     use std::os::unix::ffi::OsStrExt;
@@ -63,6 +67,9 @@ impl Queue {
     /// is delivered).
     pub fn room_above_reserve(&self) -> Option<u64> {
         let free = free_bytes(&self.dir)?.saturating_sub(DISK_RESERVE_BYTES);
+        if free >= ROOMY_BYTES {
+            return Some(free); // the usual case: no lock taken
+        }
         let segments = self.segments.lock().unwrap_or_else(|p| p.into_inner());
         let current = segments.current;
         let on_disk = segments

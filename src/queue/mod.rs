@@ -240,6 +240,9 @@ impl Queue {
                 }
             }
         }
+        // A segment file gone but still pointed at keeps its id: new chunks
+        // must never sit where an old pointer could read them.
+        last_segment = last_segment.max(live.keys().next_back().copied().unwrap_or(0));
         let mut segments = Segments {
             dir: seg_dir,
             files: BTreeMap::new(),

@@ -77,6 +77,9 @@ impl Segments {
         self.live.remove(&id);
         self.files.remove(&id);
         let path = self.path(id);
+        if !path.exists() {
+            return Ok(()); // gone already (damage set aside): nothing to reuse
+        }
         if self.free.len() < SEGMENT_POOL {
             self.free.push(path);
             Ok(())

@@ -15,6 +15,7 @@ fn stage(from: UserIdFrom) -> Stage {
     Stage::dry_run(Box::new(parser), Arc::new(SourceStats::default()))
         .with_provenance(provenance)
         .with_user_id_from(Some(from))
+        .with_default_user("configured")
 }
 
 fn record<'a>(line: &'a [u8], fields: &'a [(&'static str, String)]) -> RecordIn<'a> {
@@ -57,6 +58,9 @@ fn a_journal_entry_is_of_its_uid_whatever_its_message_claims() {
         record(br#"{"user":"kernel-said","content":"k"}"#, &[]),
     );
     assert_eq!(event(&stage, 3)["user_id"], "kernel-said");
+    // Without a claim either: the configured user, not the last entry's.
+    stage.record(slot, record(br#"{"content":"k2"}"#, &[]));
+    assert_eq!(event(&stage, 4)["user_id"], "configured");
 }
 
 #[test]

@@ -259,7 +259,10 @@ pub enum Resolution {
 /// who copies another user's file (or one renamed out of the globs while
 /// it is still written) holds the same bytes, but continuing that stream
 /// would give their lines the other user's next event ids, and the server
-/// keeps only the first event of an id. Checkpoints written before owners
+/// keeps only the first event of an id. A file's own checkpoint (same
+/// device and inode, still followed) is continued whatever its owner now:
+/// only root can chown, and a restore that does must not re-send the file
+/// under new ids. Checkpoints written before owners
 /// were recorded (`owner: None`) still match, so an upgrade does not read
 /// rotated files again.
 pub fn resolve(
@@ -276,7 +279,7 @@ pub fn resolve(
     // rewritten (then it is a new generation of the stream).
     let own = candidates
         .iter()
-        .position(|c| c.file_id == Some(file_id) && c.checkpoint.closed_at == 0 && same_owner(c));
+        .position(|c| c.file_id == Some(file_id) && c.checkpoint.closed_at == 0);
     let mut rewritten = None;
     if let Some(i) = own {
         let cp = &candidates[i].checkpoint;
@@ -555,13 +558,13 @@ mod tests {
                 stream: "s/f/1-6".into()
             }
         );
-        // Even its own inode, given to another owner, starts a new stream.
+        // Its own inode, chowned by root (a restore), keeps its stream.
         let r = resolve_in(
             (1, 5),
             std::slice::from_ref(&original),
             b"head\nline one\nalice\n",
         );
-        assert!(matches!(r, Resolution::Fresh { .. }), "{r:?}");
+        assert!(matches!(r, Resolution::Resume(_)), "{r:?}");
         // Alice's own checkpoint is continued.
         let mut hers = original.clone();
         hers.checkpoint.owner = Some(1000);

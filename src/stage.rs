@@ -189,6 +189,11 @@ impl Sink for Stage {
         let slot = self.next_slot;
         self.next_slot += 1;
         self.parsers.insert(slot, parser);
+        if self.user_from == Some(UserIdFrom::JournalUid) {
+            // A fresh parser has the configured user: no entry's yet.
+            self.journal_user = None;
+            self.events.set_trusted_user(None);
+        }
         if let Some(provenance) = self.provenance.as_mut() {
             if let (Some(UserIdFrom::FileOwner), Some(uid)) = (self.user_from, owner) {
                 let user: Arc<str> = provenance.owner(uid).into();

@@ -64,19 +64,22 @@ impl Scrubber {
     pub fn new(key: &str) -> Scrubber {
         let mut needles = Vec::new();
         if !key.is_empty() {
-            let b64 = [
+            // Base64 of anything holding the key (a whole echoed head, a
+            // Basic `user:key`) encodes it at one of three alignments: the
+            // characters that depend on the key's bytes alone, for each.
+            for engine in [
                 &base64::engine::general_purpose::STANDARD,
-                &base64::engine::general_purpose::STANDARD_NO_PAD,
                 &base64::engine::general_purpose::URL_SAFE,
-                &base64::engine::general_purpose::URL_SAFE_NO_PAD,
-            ];
-            for engine in b64 {
-                for form in [key.to_string(), format!("Bearer {key}"), format!(":{key}")] {
-                    let encoded = engine.encode(form.as_bytes());
-                    // The last characters of a base64 form depend on what
-                    // follows it: match the whole groups of three bytes.
-                    let stable = (form.len() / 3 * 4).min(encoded.len());
-                    needles.push(encoded[..stable].to_string());
+            ] {
+                for shift in 0..3usize {
+                    let mut bytes = vec![0u8; shift];
+                    bytes.extend_from_slice(key.as_bytes());
+                    let encoded = engine.encode(&bytes);
+                    let from = if shift == 0 { 0 } else { 4 };
+                    let to = (bytes.len() / 3 * 4).min(encoded.len());
+                    if from < to {
+                        needles.push(encoded[from..to].to_string());
+                    }
                 }
             }
             needles.push(key.to_string());
@@ -249,6 +252,23 @@ mod tests {
             );
             let b = b64.encode(KEY);
             assert!(!out.contains(&b[..20]), "{echo} -> {out}");
+        }
+    }
+
+    #[test]
+    fn base64_of_the_key_at_any_alignment_is_cut() {
+        let s = Scrubber::new(KEY);
+        let b64 = base64::engine::general_purpose::STANDARD;
+        for prefix in [
+            "",
+            "a",
+            "ab",
+            "abc",
+            "GET / HTTP/1.1\r\nAuthorization: Bearer ",
+        ] {
+            let encoded = b64.encode(format!("{prefix}{KEY}\r\nHost: x"));
+            let out = s.scrub(&format!("echo: {encoded}"));
+            assert!(out.contains(KEY_PLACEHOLDER), "{prefix:?}: {out}");
         }
     }
 
